@@ -1,0 +1,110 @@
+"""The classifier head in numpy: embedding -> 64 ReLU -> classes, with a temperature.
+
+It stays in float outside the quantized encoder graph because every device refits its own copy
+(see calibration.py). Dropout is a training-time thing and has no place here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+HEAD_KEYS = ("w1", "b1", "w2", "b2", "temperature", "emb_mean", "emb_scale")
+
+
+@dataclass(frozen=True)
+class Head:
+    """Weights of the two-layer head. Shapes: w1 (D, H), b1 (H,), w2 (H, C), b2 (C,).
+
+    `emb_mean`/`emb_scale` (D,) re-normalize embeddings per device (identity by default).
+    """
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    temperature: float = 1.0
+    emb_mean: np.ndarray | None = None
+    emb_scale: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        d, h = self.w1.shape
+        if self.b1.shape != (h,) or self.w2.shape[0] != h or self.b2.shape != (self.w2.shape[1],):
+            raise ValueError(
+                f"inconsistent head shapes: w1 {self.w1.shape}, b1 {self.b1.shape}, "
+                f"w2 {self.w2.shape}, b2 {self.b2.shape}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("emb_mean", "emb_scale"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (d,):
+                raise ValueError(f"{name} must have shape ({d},), got {value.shape}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.w2.shape[1])
+
+    def adapt(self, embeddings: np.ndarray) -> np.ndarray:
+        """Apply the per-device embedding re-normalization (identity when unset)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if self.emb_mean is not None:
+            x = x - self.emb_mean
+        if self.emb_scale is not None:
+            x = x * self.emb_scale
+        return x
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) logits divided by the temperature."""
+        hidden = np.maximum(self.adapt(embeddings) @ self.w1 + self.b1, 0.0)
+        return (hidden @ self.w2 + self.b2) / np.float32(self.temperature)
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) calibrated class probabilities."""
+        return softmax(self.logits(embeddings))
+
+    def with_temperature(self, temperature: float) -> Head:
+        return replace(self, temperature=float(temperature))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {k: getattr(self, k) for k in ("w1", "b1", "w2", "b2")}
+        arrays["temperature"] = np.float32(self.temperature)
+        d = self.embedding_dim
+        arrays["emb_mean"] = self.emb_mean if self.emb_mean is not None else np.zeros(d, np.float32)
+        arrays["emb_scale"] = self.emb_scale if self.emb_scale is not None else np.ones(d, np.float32)
+        return arrays
+
+    def save(self, path: Path) -> None:
+        """Write as .npz (no pickle). Callers that need atomicity write to a temp path first."""
+        with open(path, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        """Read a head .npz written by `save`; a missing key raises ValueError naming it."""
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("w1", "b1", "w2", "b2", "temperature") if k not in data]
+            if missing:
+                raise ValueError(f"{path}: head file lacks {missing}")
+            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
+        return cls(
+            w1=arrays["w1"],
+            b1=arrays["b1"],
+            w2=arrays["w2"],
+            b2=arrays["b2"],
+            temperature=float(arrays["temperature"]),
+            emb_mean=arrays.get("emb_mean"),
+            emb_scale=arrays.get("emb_scale"),
+        )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,1 @@
+"""faultwatch training: contrastive pretraining, fine-tuning, baselines and evaluation."""
