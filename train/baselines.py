@@ -1,0 +1,79 @@
+"""Baselines on the same split: supervised only, pseudo-labeling, and nearest-prototype / kNN
+classifiers on frozen embeddings (a fine-tuned head should never do worse than these)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from train.config import TrainConfig
+from train.encoder import build_encoder
+from train.loop import Classifier, calibrate_temperature, encoder_spec, new_head, pick_device, seed_everything, train_classifier
+from train.splits import Split, WindowSet
+
+logger = logging.getLogger(__name__)
+
+
+def supervised(cfg: TrainConfig, split: Split, labeled: WindowSet | None = None, *, show_progress: bool = True) -> Classifier:
+    """Same encoder and head from random initialization, trained end-to-end on the labels only."""
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
+    model = Classifier(encoder, new_head(cfg, len(split.class_names), device))
+    train_classifier(cfg, model, labeled or split.labeled, epochs=cfg.supervised_epochs, lr=cfg.probe_lr,
+                     train_encoder=True, freeze_bn=False, stage="supervised", show_progress=show_progress)
+    calibrate_temperature(model, split.val)
+    return model
+
+
+def pseudo_label(cfg: TrainConfig, split: Split, *, show_progress: bool = True, pool_limit: int = 8000) -> Classifier:
+    """Self-training: fit on labels, label the pool where confident, refit on both; `pseudo_rounds` times.
+
+    Pseudo-labels are capped per class at the size of the largest class's share so the ~90%
+    normal pool does not swamp the few fault windows.
+    """
+    model = supervised(cfg, split, show_progress=show_progress)
+    pool = split.pool.windows(limit=pool_limit)
+    for round_ in range(cfg.pseudo_rounds):
+        probs = model.probabilities(pool.x)
+        conf, pred = probs.max(1), probs.argmax(1)
+        keep = np.flatnonzero(conf >= cfg.pseudo_threshold)
+        cap = max(len(split.labeled), 1) * 4
+        chosen = np.concatenate([keep[pred[keep] == c][:cap] for c in range(len(split.class_names))]).astype(int)
+        logger.info("pseudo-label round %d: %d of %d pool windows kept", round_ + 1, len(chosen), len(pool))
+        data = WindowSet.concat(
+            [split.labeled, WindowSet(pool.x[chosen], pred[chosen].astype(np.int64), [pool.record_ids[i] for i in chosen])],
+            split.labeled.x.shape[-1],
+        )
+        model = supervised(cfg, split, labeled=data, show_progress=show_progress)
+    return model
+
+
+def prototype_probabilities(
+    train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, n_classes: int, *, scale: float = 10.0
+) -> np.ndarray:
+    """Nearest class mean by cosine similarity -> softmax(scale * cos). Missing classes get 0."""
+    a = train_emb / (np.linalg.norm(train_emb, axis=1, keepdims=True) + 1e-8)
+    b = test_emb / (np.linalg.norm(test_emb, axis=1, keepdims=True) + 1e-8)
+    sims = np.full((len(b), n_classes), -np.inf)
+    for c in range(n_classes):
+        if (train_y == c).any():
+            proto = a[train_y == c].mean(0)
+            sims[:, c] = b @ (proto / (np.linalg.norm(proto) + 1e-8))
+    z = scale * (sims - sims.max(1, keepdims=True))
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def knn_probabilities(
+    train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, n_classes: int, k: int = 5
+) -> np.ndarray:
+    """k nearest labeled neighbours by cosine similarity; probability = vote share."""
+    a = train_emb / (np.linalg.norm(train_emb, axis=1, keepdims=True) + 1e-8)
+    b = test_emb / (np.linalg.norm(test_emb, axis=1, keepdims=True) + 1e-8)
+    k = max(1, min(k, len(a)))
+    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
+    votes = np.zeros((len(b), n_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[nearest].ravel()), 1.0)
+    return votes / k

@@ -1,0 +1,178 @@
+"""`faultwatch train ...`: run | pretrain | finetune | baseline | evaluate.
+
+Every command takes `--config FILE.toml` and `--set field=value` overrides (unknown fields are
+errors naming the field); common fields also have their own options.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from train.config import ConfigError, TrainConfig, load_config
+
+app = typer.Typer(help="Contrastive pretraining, fine-tuning, baselines and evaluation.", no_args_is_help=True)
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set epochs=5.")]
+DataOpt = Annotated[str | None, typer.Option(help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | recordings")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Pretraining epochs.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
+RunOpt = Annotated[str | None, typer.Option("--run-name", help="Run folder name under out_dir.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+class Baseline(str, Enum):
+    supervised = "supervised"
+    pseudo_label = "pseudo-label"
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+def _config(config: Path | None, overrides: list[str] | None, **fields: Any) -> TrainConfig:
+    try:
+        return load_config(config, overrides, **fields)
+    except ConfigError as exc:
+        console.print(f"[red]invalid config[/red]\n{exc}")
+        raise typer.Exit(1) from exc
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def print_metrics(results: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="test metrics")
+    for col in ("method", "accuracy", "macro-F1", "uncertain", "acc. confident"):
+        table.add_column(col)
+    for name, m in results.items():
+        conf = m.get("confident_accuracy")
+        table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['uncertain_rate']:.3f}",
+                      "-" if conf is None else f"{conf:.3f}")
+    console.print(table)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, epochs: EpochsOpt = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
+    baselines: Annotated[bool, typer.Option(help="Also train the supervised and pseudo-label baselines.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted pretraining of this run.")] = False,
+) -> None:
+    """The whole recipe: pretrain, fine-tune, baselines, report (writes runs/<name>/)."""
+    _setup_logging(quiet)
+    cfg = _config(config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name)
+    from train.workflow import run_all
+
+    try:
+        out = run_all(cfg, baselines=baselines, resume=resume, show_progress=not quiet)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    print_metrics(out["metrics"]["test"])
+    console.print(f"run folder: {out['run_dir']}  (report.md, finetuned.pt)")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, epochs: EpochsOpt = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's pretrained.pt.")] = False,
+) -> None:
+    """SimCLR pretraining only; writes runs/<name>/pretrained.pt (resumable)."""
+    _setup_logging(quiet)
+    cfg = _config(config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name)
+    from train.data import build_split
+    from train.loop import pretrain
+    from train.runs import PRETRAINED
+
+    try:
+        split = build_split(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    result = pretrain(cfg, split, checkpoint=cfg.run_dir() / PRETRAINED, resume=resume, show_progress=not quiet)
+    console.print(f"pretrained encoder: {cfg.run_dir() / PRETRAINED}  ({result.views_per_second:.0f} views/s)")
+    if result.collapse.get("warning"):
+        console.print(f"[bold red]COLLAPSE: {result.collapse['warning']}[/bold red]")
+
+
+@app.command()
+def finetune(
+    pretrained: Annotated[Path, typer.Option(help="A pretrained.pt from `faultwatch train pretrain`.")],
+    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune a pretrained encoder on the labeled windows; writes finetuned.pt and the report."""
+    _setup_logging(quiet)
+    if not pretrained.is_file():
+        _fail(f"{pretrained}: no such checkpoint; run `faultwatch train pretrain` first")
+    cfg = _config(config, set_, data=data, seed=seed, device=device, run_name=run_name)
+    from train.workflow import run_all
+
+    out = run_all(cfg, baselines=False, pretrained=pretrained, show_progress=not quiet)
+    print_metrics(out["metrics"]["test"])
+    console.print(f"fine-tuned checkpoint: {out['checkpoint']}")
+
+
+@app.command()
+def baseline(
+    method: Annotated[Baseline, typer.Argument(help="supervised | pseudo-label")],
+    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Train a baseline on the same split and print its test metrics."""
+    _setup_logging(quiet)
+    cfg = _config(config, set_, data=data, seed=seed, device=device)
+    from train.baselines import pseudo_label, supervised
+    from train.data import build_split
+    from train.runs import evaluate
+
+    split = build_split(cfg)
+    fn = supervised if method is Baseline.supervised else pseudo_label
+    model = fn(cfg, split, show_progress=not quiet)
+    print_metrics({method.value: evaluate(model, split, cfg.uncertain_below)})
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="A finetuned.pt (or its run folder).")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-evaluate a fine-tuned checkpoint on its own held-out windows (heldout.npz)."""
+    _setup_logging(quiet)
+    import numpy as np
+    import torch
+
+    from edge_agent.head import Head
+    from train.loop import load_encoder
+    from train.metrics import classification_metrics
+
+    path = checkpoint / "finetuned.pt" if checkpoint.is_dir() else checkpoint
+    heldout = path.parent / "heldout.npz"
+    if not path.is_file() or not heldout.is_file():
+        _fail(f"{path}: need finetuned.pt and heldout.npz in the run folder")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    encoder = load_encoder(path)
+    head = Head(**{k: np.asarray(v) for k, v in state["head"].items() if k != "temperature"},
+                temperature=float(state["head"]["temperature"]))
+    with np.load(heldout) as data:
+        x, y = data["x"], data["y"]
+    from train.loop import embed
+
+    metrics = classification_metrics(head.probabilities(embed(encoder, x)), y, state["class_names"],
+                                      state["config"]["uncertain_below"])
+    print_metrics({path.parent.name: metrics})
+    console.print_json(json.dumps({"per_class": metrics["per_class"]}))

@@ -1,0 +1,130 @@
+"""One flat, frozen training config. TOML files and CLI overrides set fields by name.
+
+Defaults are the reference recipe (SimCLR, NT-Xent at temperature 0.5, batch 128, 100 epochs;
+head 128->64->C with dropout 0.3; probe at 1e-3 then end-to-end at 1e-4).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DataName = Literal["sim-reference", "cwru-4class", "cwru-10class", "cwru-crossload", "recordings"]
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data and split
+    data: DataName = Field("sim-reference", description="Which data set and split to build.")
+    data_root: Path | None = Field(None, description="Folder holding cwru/ (default ../shared/datasets).")
+    manifest: Path | None = Field(None, description="Recordings manifest (data = 'recordings').")
+    labels_per_class: int = Field(50, ge=1, description="Labeled training windows per class.")
+    unlabeled_windows: int = Field(8000, ge=0, description="Size of the simulated unlabeled pool.")
+    sim_seconds_per_record: float = Field(5.0, gt=0, description="Simulated record length.")
+    sample_rate_hz: int = Field(12_000, gt=0)
+    window: int = Field(2048, ge=64)
+    hop: int = Field(1024, ge=1)
+    normalization: Literal["zscore", "center"] = "zscore"
+    # model
+    encoder: Literal["cnn", "resnet1d"] = "cnn"
+    embedding_dim: int = Field(128, ge=2)
+    width: float = Field(1.0, gt=0, description="Channel multiplier of the reference CNN.")
+    norm: Literal["batch", "none"] = "batch"
+    projection_dims: tuple[int, ...] = Field((256, 128), description="Projection MLP after the encoder.")
+    # pretraining
+    loss: Literal["ntxent", "supcon", "vicreg"] = "ntxent"
+    temperature: float = Field(0.5, gt=0)
+    batch_size: int = Field(128, ge=2)
+    epochs: int = Field(100, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1, description="Default: pool size / batch size.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    augmentations: tuple[str, ...] | None = Field(None, description="Names; None = all.")
+    aug_k_min: int = Field(2, ge=1)
+    aug_k_max: int = Field(3, ge=1)
+    fail_on_collapse: bool = Field(False, description="Stop pretraining when embeddings collapse.")
+    # fine-tuning
+    head_hidden: int = Field(64, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    probe_epochs: int = Field(60, ge=0, description="Frozen-encoder epochs at probe_lr.")
+    probe_lr: float = Field(1e-3, gt=0)
+    finetune_epochs: int = Field(40, ge=0, description="End-to-end epochs at finetune_lr.")
+    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_batch: int = Field(32, ge=2)
+    finetune_steps_per_epoch: int = Field(8, ge=1)
+    # baselines
+    supervised_epochs: int = Field(100, ge=1)
+    pseudo_threshold: float = Field(0.9, gt=0, lt=1)
+    pseudo_rounds: int = Field(2, ge=1)
+    # decisions and run
+    uncertain_below: float = Field(0.7, gt=0, lt=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="Mixed precision on CUDA.")
+    out_dir: Path = Path("runs")
+    run_name: str | None = None
+    log_every: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.aug_k_min > self.aug_k_max:
+            raise ValueError(f"aug_k_min ({self.aug_k_min}) must be <= aug_k_max ({self.aug_k_max})")
+        if self.hop > self.window:
+            raise ValueError(f"hop ({self.hop}) must be <= window ({self.window})")
+        if self.data == "recordings" and self.manifest is None:
+            raise ValueError("data = 'recordings' needs manifest = <path to CSV or TOML manifest>")
+        return self
+
+    def run_dir(self) -> Path:
+        return self.out_dir / (self.run_name or f"{self.data}-s{self.seed}")
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists `field: problem` lines."""
+
+
+def format_errors(exc: ValidationError) -> str:
+    return "\n".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`field=value` -> (field, value); the value is read as TOML when it parses, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like field=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+    """Defaults <- TOML file <- keyword fields <- `field=value` overrides; unknown fields are errors."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    values.update({k: v for k, v in fields.items() if v is not None})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        values[key] = value
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from exc

@@ -1,0 +1,346 @@
+"""The recipe: `pretrain(cfg, split)` (SimCLR on the unlabeled pool) and `finetune(cfg, split,
+encoder)` (frozen probe, then end-to-end at a lower rate, then temperature scaling). Each is a
+visible loop: batch, forward, loss, step, log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from train.augment import build_pipeline
+from train.collapse import check_collapse, embedding_stats
+from train.config import TrainConfig
+from train.encoder import build_encoder
+from train.heads import ClassifierHead, ProjectionHead, fit_temperature
+from train.losses import NTXentLoss, SupConLoss, VICRegLoss
+from train.splits import Split, WindowSet
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_AUGMENTATIONS = ["gain", "noise", "shift", "time_mask"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def encoder_spec(cfg: TrainConfig) -> dict[str, Any]:
+    """Name and arguments that rebuild the encoder (stored in every checkpoint)."""
+    kwargs: dict[str, Any] = {"embedding_dim": cfg.embedding_dim, "norm": cfg.norm}
+    if cfg.encoder == "cnn":
+        kwargs["width"] = cfg.width
+    return {"name": cfg.encoder, "kwargs": kwargs}
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar; `advance(loss=...)` moves it. Disabled -> a no-op."""
+    if not enabled:
+        yield lambda **_: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def advance(**info: float) -> None:
+            bar.update(task, advance=1, info=" ".join(f"{k} {v:.4g}" for k, v in info.items()))
+
+        yield advance
+
+
+@dataclass
+class PretrainResult:
+    encoder: nn.Module
+    projection: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    collapse: dict[str, Any] = field(default_factory=dict)
+    views_per_second: float = 0.0
+
+
+def make_loss(cfg: TrainConfig, gather=None) -> nn.Module:
+    if cfg.loss == "ntxent":
+        return NTXentLoss(cfg.temperature, gather=gather)
+    if cfg.loss == "supcon":
+        return SupConLoss(cfg.temperature)
+    return VICRegLoss()
+
+
+def pretrain(
+    cfg: TrainConfig,
+    split: Split,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    dist: Any = None,
+    show_progress: bool = True,
+) -> PretrainResult:
+    """SimCLR pretraining on the split's unlabeled pool; saves `checkpoint` after every epoch.
+
+    `dist` is a train.distributed.DistContext for multi-process runs (torchrun), else None.
+    """
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    device = dist.device if dist else pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
+    projection = ProjectionHead([cfg.embedding_dim, *cfg.projection_dims]).to(device)
+    params = [*encoder.parameters(), *projection.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr * math.sqrt(world), weight_decay=cfg.weight_decay)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, len(split.pool) // (cfg.batch_size * world))
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(total // 10, 200)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / max(1, total)))
+    )
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        encoder.load_state_dict(state["encoder_state"])
+        projection.load_state_dict(state["projection_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        schedule.load_state_dict(state["schedule_state"])
+        start, history = state["step"], state["history"]
+        logger.info("resumed pretraining from %s at step %d", checkpoint, start)
+    model = nn.Sequential(encoder, projection)
+    if dist is not None and world > 1:
+        from train.distributed import gather_with_grad, wrap_ddp
+
+        model = wrap_ddp(model, dist)
+        loss_fn = make_loss(cfg, gather=gather_with_grad)
+    else:
+        loss_fn = make_loss(cfg)
+    pipeline = build_pipeline(list(cfg.augmentations) if cfg.augmentations else None,
+                              sample_rate_hz=cfg.sample_rate_hz, k_min=cfg.aug_k_min, k_max=cfg.aug_k_max)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + start)
+    rng = np.random.default_rng([cfg.seed, rank, start])
+    probe = torch.from_numpy(split.pool.sample(min(512, max(64, len(split.pool))), np.random.default_rng(cfg.seed))).to(device)
+    labeled_x = torch.from_numpy(split.labeled.x).to(device)
+    labeled_y = torch.from_numpy(split.labeled.y).to(device)
+    collapse: dict[str, Any] = {}
+    views, t_start = 0, time.perf_counter()
+    model.train()
+    with progress_bar("pretrain", total - start, show_progress and rank == 0) as advance:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            x = torch.from_numpy(split.pool.sample(cfg.batch_size, rng)).to(device, non_blocking=True)
+            labels = torch.full((x.shape[0],), -1, device=device, dtype=torch.long)
+            if cfg.loss == "supcon" and len(labeled_x):
+                x, labels = torch.cat([x, labeled_x]), torch.cat([labels, labeled_y])
+            with torch.no_grad():
+                v0, v1 = pipeline(x, gen), pipeline(x, gen)
+            with autocast(device, cfg.amp):
+                z = model(torch.cat([v0, v1])).float()
+            z0, z1 = z.chunk(2)
+            loss = loss_fn(z0, z1, labels) if cfg.loss == "supcon" else loss_fn(z0, z1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            views += 2 * x.shape[0] * world
+            ms = 1000 * (time.perf_counter() - t0)
+            record = {"step": step + 1, "loss": float(loss), "lr": schedule.get_last_lr()[0], "ms": ms}
+            history.append(record)
+            advance(loss=record["loss"])
+            if rank == 0 and (step + 1) % cfg.log_every == 0:
+                logger.info("step %d | loss %.3f | lr %.1e | %.0f ms/step", step + 1, record["loss"], record["lr"], ms)
+            if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+                collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
+                if checkpoint is not None and rank == 0:
+                    save_pretrain(checkpoint, cfg, encoder, projection, optimizer, schedule, step + 1, history, collapse)
+    if not collapse:
+        collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
+    elapsed = time.perf_counter() - t_start
+    return PretrainResult(encoder, projection, history, collapse, views / elapsed if elapsed > 0 and views else 0.0)
+
+
+def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict[str, Any]:
+    """Embedding spread on a fixed probe batch; a collapse is logged loudly (or raised)."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        stats = embedding_stats(encoder(probe).float())
+    encoder.train(was_training)
+    warning = check_collapse(stats)
+    stats = {k: float(v) if isinstance(v, (int, float, np.floating)) else v for k, v in stats.items()}
+    if warning:
+        logger.error("REPRESENTATION COLLAPSE: %s", warning)
+        if fail:
+            from train.collapse import CollapseError
+
+            raise CollapseError(warning)
+    return {**stats, "warning": warning}
+
+
+def save_pretrain(path: Path, cfg: TrainConfig, encoder, projection, optimizer, schedule, step, history, collapse) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "kind": "pretrained", "config": cfg.model_dump(mode="json"), "encoder": encoder_spec(cfg),
+        "encoder_state": _unwrap(encoder).state_dict(), "projection_state": projection.state_dict(),
+        "optimizer_state": optimizer.state_dict(), "schedule_state": schedule.state_dict(),
+        "step": step, "history": history, "collapse": collapse,
+    }, tmp)
+    tmp.replace(path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def load_encoder(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild an encoder from any faultwatch checkpoint (pretrained or fine-tuned)."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    encoder = build_encoder(state["encoder"]["name"], **state["encoder"]["kwargs"])
+    encoder.load_state_dict(state["encoder_state"])
+    return encoder.to(device)
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Encoder in eval mode over (N, 1, W) windows -> (N, D) float32 numpy."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    parts = [encoder(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
+             for i in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "embedding_dim", 1)), np.float32)
+
+
+@dataclass
+class Classifier:
+    """A fine-tuned model: encoder + head + temperature (what evaluation and export need)."""
+
+    encoder: nn.Module
+    head: ClassifierHead
+    temperature: float = 1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return embed(self.encoder, x)
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.head.eval()
+        device = next(self.head.parameters()).device
+        return self.head(torch.from_numpy(self.embed(x)).to(device)).float().cpu().numpy()
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        z = self.logits(x) / self.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def balanced_batches(y: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one class-balanced batch: classes drawn uniformly, then a window of it."""
+    classes = np.unique(y)
+    picks = rng.choice(classes, size=batch)
+    by_class = {c: np.flatnonzero(y == c) for c in classes}
+    return np.array([rng.choice(by_class[c]) for c in picks])
+
+
+def train_classifier(
+    cfg: TrainConfig,
+    model: Classifier,
+    data: WindowSet,
+    *,
+    epochs: int,
+    lr: float,
+    train_encoder: bool,
+    freeze_bn: bool,
+    stage: str,
+    show_progress: bool = True,
+) -> None:
+    """Class-balanced supervised training of the head (and optionally the encoder)."""
+    if len(data) == 0 or epochs == 0:
+        return
+    device = next(model.encoder.parameters()).device
+    for p in model.encoder.parameters():
+        p.requires_grad_(train_encoder)
+    params = list(model.head.parameters()) + (list(model.encoder.parameters()) if train_encoder else [])
+    optimizer = torch.optim.Adam(params, lr=lr)
+    pipeline = build_pipeline(FINETUNE_AUGMENTATIONS, sample_rate_hz=cfg.sample_rate_hz, k_min=1, k_max=2)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 17)
+    rng = np.random.default_rng([cfg.seed, 17])
+    x_all = torch.from_numpy(data.x).to(device)
+    y_all = torch.from_numpy(data.y).to(device)
+    steps = epochs * cfg.finetune_steps_per_epoch
+    loss_fn = nn.CrossEntropyLoss()
+    with progress_bar(stage, steps, show_progress) as advance:
+        for step in range(steps):
+            idx = torch.from_numpy(balanced_batches(data.y, cfg.finetune_batch, rng)).to(device)
+            x = pipeline(x_all[idx], gen)
+            model.encoder.train(train_encoder and not freeze_bn)
+            model.head.train()
+            with torch.set_grad_enabled(train_encoder):
+                emb = model.encoder(x)
+            loss = loss_fn(model.head(emb), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.history.append({"stage": stage, "step": step + 1, "loss": float(loss)})  # type: ignore[dict-item]
+            advance(loss=float(loss))
+    for p in model.encoder.parameters():
+        p.requires_grad_(True)
+
+
+def calibrate_temperature(model: Classifier, val: WindowSet) -> float:
+    """Temperature scaling on validation windows so max probability is a calibrated confidence."""
+    if len(val) < 2:
+        logger.warning("no validation windows: temperature left at 1.0")
+        return 1.0
+    logits = torch.from_numpy(model.logits(val.x))
+    model.temperature = float(fit_temperature(logits, torch.from_numpy(val.y)))
+    return model.temperature
+
+
+def new_head(cfg: TrainConfig, n_classes: int, device: torch.device) -> ClassifierHead:
+    return ClassifierHead(cfg.embedding_dim, cfg.head_hidden, n_classes, cfg.dropout).to(device)
+
+
+def finetune(cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True) -> Classifier:
+    """Frozen-encoder probe at probe_lr, end-to-end at finetune_lr (BN statistics frozen, since a
+    handful of labels cannot re-estimate them), then temperature scaling on validation windows."""
+    device = next(encoder.parameters()).device
+    model = Classifier(encoder, new_head(cfg, len(split.class_names), device))
+    train_classifier(cfg, model, split.labeled, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                     train_encoder=False, freeze_bn=True, stage="probe", show_progress=show_progress)
+    train_classifier(cfg, model, split.labeled, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                     train_encoder=True, freeze_bn=True, stage="finetune", show_progress=show_progress)
+    calibrate_temperature(model, split.val)
+    return model

@@ -1,0 +1,99 @@
+"""The run report: Markdown with a metrics table per method, plus PNGs (PCA of embeddings before
+fine-tuning, loss curves, confusion matrix of the fine-tuned model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """Project (N, D) onto its first two principal components -> (N, 2)."""
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_embeddings(path: Path, emb: np.ndarray, y: np.ndarray, class_names: list[str], title: str) -> None:
+    plt = _plt()
+    xy = pca_2d(emb)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for c, name in enumerate(class_names):
+        m = y == c
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=name)
+    ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(path: Path, curves: dict[str, list[float]]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        ax.plot(values, lw=0.8)
+        ax.set_title(f"{name} loss")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], class_names: list[str]) -> None:
+    plt = _plt()
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.5 * len(class_names)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, fontsize=7, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metrics_table(results: dict[str, dict[str, Any]]) -> str:
+    rows = ["| method | accuracy | macro-F1 | uncertain rate | accuracy when confident |",
+            "|---|---|---|---|---|"]
+    for name, m in results.items():
+        conf = m.get("confident_accuracy")
+        rows.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['uncertain_rate']:.3f} | "
+                    f"{'-' if conf is None else f'{conf:.3f}'} |")
+    return "\n".join(rows)
+
+
+def write_report(run_dir: Path, *, title: str, results: dict[str, dict[str, Any]], class_names: list[str],
+                 split_counts: dict[str, Any], collapse: dict[str, Any] | None, images: list[str]) -> Path:
+    """Write report.md in the run folder; returns its path."""
+    main = next(iter(results.values()))
+    lines = [f"# {title}", "", "## Test metrics", "", metrics_table(results), "",
+             "## Split", "", "```", *(f"{k}: {v}" for k, v in split_counts.items()), "```", ""]
+    if collapse:
+        verdict = collapse.get("warning") or "no collapse detected"
+        lines += ["## Representation health", "",
+                  f"effective rank {collapse.get('effective_rank', float('nan')):.1f} of {collapse.get('dims')}, "
+                  f"mean per-dimension std {collapse.get('std_mean', float('nan')):.4f}: **{verdict}**", ""]
+    lines += ["## Per-class (first method)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name in class_names:
+        pc = main["per_class"][name]
+        lines.append(f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
+    lines += ["", *(f"![{img}]({img})" for img in images), ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

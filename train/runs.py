@@ -1,0 +1,88 @@
+"""The run folder: the fine-tuned checkpoint (what export reads), calibration and held-out windows,
+the split description and metrics. Everything export and the report need, nothing guessed later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.config import TrainConfig
+from train.heads import to_numpy_head
+from train.loop import Classifier, encoder_spec
+from train.metrics import classification_metrics
+from train.splits import Split, split_summary
+
+FINETUNED = "finetuned.pt"
+PRETRAINED = "pretrained.pt"
+CALIBRATION_WINDOWS = 512
+
+
+def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
+    return classification_metrics(model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below)
+
+
+def reference_stats(model: Classifier, split: Split, pool_limit: int = 4000) -> dict[str, dict[str, Any]]:
+    """Mean and covariance of training embeddings per class, for the device's drift monitor.
+
+    Uses the labeled windows plus pool windows the model classifies with confidence >= 0.9.
+    """
+    pool = split.pool.windows(limit=pool_limit)
+    probs = model.probabilities(pool.x)
+    keep = probs.max(1) >= 0.9
+    emb = np.concatenate([model.embed(split.labeled.x), model.embed(pool.x[keep])])
+    y = np.concatenate([split.labeled.y, probs.argmax(1)[keep]])
+    stats = {}
+    for c, name in enumerate(split.class_names):
+        e = emb[y == c].astype(np.float64)
+        if len(e) >= 2:
+            stats[name] = {"count": len(e), "mean": e.mean(0).tolist(), "cov": np.cov(e, rowvar=False).tolist()}
+    return stats
+
+
+def calibration_windows(split: Split, seed: int) -> np.ndarray:
+    """Representative windows for INT8 calibration: pool windows spread over records plus the labels."""
+    pool = split.pool.windows(limit=CALIBRATION_WINDOWS)
+    x = np.concatenate([split.labeled.x, pool.x])
+    rng = np.random.default_rng(seed)
+    return x[rng.permutation(len(x))[:CALIBRATION_WINDOWS]]
+
+
+def save_run(
+    run_dir: Path, cfg: TrainConfig, model: Classifier, split: Split, metrics: dict[str, Any],
+    provenance: dict[str, Any],
+) -> Path:
+    """Write finetuned.pt + calibration.npz + heldout.npz + split.json + metrics.json; return the checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    head = to_numpy_head(model.head.cpu(), model.temperature)
+    checkpoint = run_dir / FINETUNED
+    torch.save({
+        "kind": "finetuned",
+        "encoder": encoder_spec(cfg),
+        "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
+        "head": head.to_arrays(),
+        "class_names": split.class_names,
+        "normal_class": "normal" if "normal" in split.class_names else split.class_names[0],
+        "preprocess": {"sample_rate_hz": cfg.sample_rate_hz, "window": cfg.window, "hop": cfg.hop,
+                       "normalization": cfg.normalization},
+        "config": cfg.model_dump(mode="json"),
+        "provenance": provenance,
+        "metrics": metrics,
+        "reference_stats": reference_stats(model, split),
+    }, checkpoint)
+    np.savez_compressed(run_dir / "calibration.npz", x=calibration_windows(split, cfg.seed))
+    np.savez_compressed(run_dir / "heldout.npz", x=split.test.x, y=split.test.y)
+    (run_dir / "split.json").write_text(json.dumps({**split.description, "counts": split_summary(split)}, indent=1))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return checkpoint
+
+
+def latest_checkpoint(out_dir: Path = Path("runs")) -> Path:
+    """The newest runs/*/finetuned.pt; FileNotFoundError says how to make one."""
+    found = sorted(Path(out_dir).glob(f"*/{FINETUNED}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no {FINETUNED} under {out_dir}/; run `faultwatch train run` (or `make demo`) first")
+    return found[-1]

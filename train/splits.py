@@ -1,0 +1,189 @@
+"""Leak-free splits: by record, or by time block inside each record, never by random windows.
+
+A record's time blocks are train [0, 60%), val and test [70%, 100%), with a gap of one window
+between blocks so no window straddles two of them. Labeled windows are drawn (without overlap)
+from train blocks only; the unlabeled pool is the train blocks with their labels hidden.
+Every split writes a JSON description (which record, which sample ranges) into the run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.preprocess import frame, normalize
+from train.config import TrainConfig
+from train.records import Record
+
+TRAIN_END, VAL_END = 0.60, 0.70  # block boundaries as fractions of a record
+
+
+@dataclass
+class WindowSet:
+    """Model-ready windows: x float32 (N, 1, W) normalized, y int64 (N,) class index or -1."""
+
+    x: np.ndarray
+    y: np.ndarray
+    record_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @classmethod
+    def empty(cls, window: int) -> WindowSet:
+        return cls(np.zeros((0, 1, window), np.float32), np.zeros(0, np.int64), [])
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowSet], window: int) -> WindowSet:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(window)
+        return cls(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            [r for p in parts for r in p.record_ids],
+        )
+
+
+@dataclass
+class Segment:
+    """A contiguous stretch of one record (signal in g), with its class index (-1 unknown)."""
+
+    record_id: str
+    signal: np.ndarray
+    label: int
+    start: int  # first sample's index in the record
+
+
+class SegmentPool:
+    """Unlabeled training pool: random window crops from train segments, normalized on the fly."""
+
+    def __init__(self, segments: list[Segment], window: int, hop: int, normalization: str) -> None:
+        self.segments = [s for s in segments if s.signal.shape[0] >= window]
+        if not self.segments:
+            raise ValueError(f"unlabeled pool is empty: no train segment holds a {window}-sample window")
+        self.window, self.hop, self.normalization = window, hop, normalization
+        spans = np.array([s.signal.shape[0] - window + 1 for s in self.segments], dtype=np.int64)
+        self._cum = np.cumsum(spans)
+
+    def __len__(self) -> int:
+        """Number of hop-spaced windows (the nominal pool size)."""
+        return int(sum(1 + (s.signal.shape[0] - self.window) // self.hop for s in self.segments))
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n random crops, uniform over all valid start positions -> (n, 1, W) float32."""
+        flat = rng.integers(0, int(self._cum[-1]), size=n)
+        seg_idx = np.searchsorted(self._cum, flat, side="right")
+        offsets = flat - np.concatenate([[0], self._cum[:-1]])[seg_idx]
+        crops = np.stack(
+            [self.segments[i].signal[o : o + self.window] for i, o in zip(seg_idx, offsets)]
+        )
+        return normalize(crops, self.normalization)  # type: ignore[arg-type]
+
+    def windows(self, limit: int | None = None) -> WindowSet:
+        """Hop-spaced windows with their (hidden) true labels, for pseudo-labels and statistics."""
+        sets = [windows_of(s, self.window, self.hop, self.normalization) for s in self.segments]
+        out = WindowSet.concat(sets, self.window)
+        if limit is not None and len(out) > limit:
+            keep = np.linspace(0, len(out) - 1, limit).astype(int)
+            out = WindowSet(out.x[keep], out.y[keep], [out.record_ids[i] for i in keep])
+        return out
+
+
+@dataclass
+class Split:
+    class_names: list[str]
+    labeled: WindowSet
+    val: WindowSet
+    test: WindowSet
+    pool: SegmentPool
+    description: dict[str, Any]
+
+
+def windows_of(segment: Segment, window: int, hop: int, normalization: str) -> WindowSet:
+    if segment.signal.shape[0] < window:
+        return WindowSet.empty(window)
+    x = normalize(frame(segment.signal, window, hop), normalization)  # type: ignore[arg-type]
+    return WindowSet(x, np.full(len(x), segment.label, np.int64), [segment.record_id] * len(x))
+
+
+def time_blocks(record: Record, label: int, window: int) -> dict[str, Segment]:
+    """Cut a record into train / val / test segments with a one-window gap between blocks."""
+    n = record.signal.shape[0]
+    a, b = int(n * TRAIN_END), int(n * VAL_END)
+    bounds = {"train": (0, a), "val": (a + window, b), "test": (b + window, n)}
+    return {
+        name: Segment(record.record_id, record.signal[lo:hi], label, lo)
+        for name, (lo, hi) in bounds.items()
+        if hi > lo
+    }
+
+
+def pick_labeled(
+    segments: list[Segment], per_class: int, n_classes: int, window: int, norm: str, rng: np.random.Generator
+) -> tuple[WindowSet, list[dict[str, Any]]]:
+    """Draw up to `per_class` non-overlapping windows per class from the given segments."""
+    chosen: list[WindowSet] = []
+    picked: list[dict[str, Any]] = []
+    for c in range(n_classes):
+        cands = [(i, o) for i, s in enumerate(segments) if s.label == c
+                 for o in range(0, s.signal.shape[0] - window + 1, window)]
+        if not cands:
+            continue
+        take = rng.choice(len(cands), size=min(per_class, len(cands)), replace=False)
+        for k in sorted(take):
+            i, o = cands[k]
+            seg = segments[i]
+            chosen.append(windows_of(Segment(seg.record_id, seg.signal[o : o + window], c, 0), window, window, norm))
+            picked.append({"record": seg.record_id, "start": seg.start + o, "class": c})
+    return WindowSet.concat(chosen, window), picked
+
+
+def split_records(
+    records: list[Record],
+    class_names: list[str],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    label_of: Callable[[Record], str],
+    labeled_filter: Callable[[Record], bool] = lambda r: True,
+    test_filter: Callable[[Record], bool] = lambda r: True,
+) -> Split:
+    """Time-block split inside every record (the CWRU and recordings path)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    blocks = {r.record_id: (r, time_blocks(r, index[label_of(r)], cfg.window)) for r in records}
+    train_lab = [b["train"] for r, b in blocks.values() if labeled_filter(r) and "train" in b]
+    val_lab = [b["val"] for r, b in blocks.values() if labeled_filter(r) and "val" in b]
+    labeled, picked = pick_labeled(train_lab, cfg.labels_per_class, len(class_names), cfg.window, cfg.normalization, rng)
+    val, _ = pick_labeled(val_lab, max(cfg.labels_per_class, 5), len(class_names), cfg.window, cfg.normalization, rng)
+    test = WindowSet.concat(
+        [windows_of(b["test"], cfg.window, cfg.hop, cfg.normalization)
+         for r, b in blocks.values() if test_filter(r) and "test" in b],
+        cfg.window,
+    )
+    pool_segments = [Segment(s.record_id, s.signal, s.label, s.start)
+                     for _, b in blocks.values() for s in [b.get("train")] if s is not None]
+    pool = SegmentPool(pool_segments, cfg.window, cfg.hop, cfg.normalization)
+    description = {
+        "scheme": "time-block within each record",
+        "blocks": {"train": [0.0, TRAIN_END], "val": [TRAIN_END, VAL_END], "test": [VAL_END, 1.0],
+                   "gap_samples": cfg.window},
+        "records": {rid: {"label": label_of(r), **{k: [s.start, s.start + s.signal.shape[0]] for k, s in b.items()}}
+                    for rid, (r, b) in blocks.items()},
+        "labeled_windows": picked,
+    }
+    return Split(class_names, labeled, val, test, pool, description)
+
+
+def split_summary(split: Split) -> dict[str, Any]:
+    def counts(ws: WindowSet) -> dict[str, int]:
+        return {name: int((ws.y == i).sum()) for i, name in enumerate(split.class_names)}
+
+    return {
+        "labeled": counts(split.labeled),
+        "val": counts(split.val),
+        "test": counts(split.test),
+        "unlabeled_pool_windows": len(split.pool),
+    }
