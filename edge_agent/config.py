@@ -5,10 +5,20 @@ Every model forbids unknown fields, so a typo is an error naming the field, not 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent.backends.base import encoder_format
+from edge_agent.bundle import Manifest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class StrictModel(BaseModel):
@@ -55,5 +65,343 @@ class OutboxConfig(StrictModel):
     max_events: int = Field(100_000, ge=10, description="Bound on stored undelivered events.")
     when_full: Literal["drop_oldest_low_severity_first", "drop_oldest"] = Field(
         "drop_oldest_low_severity_first",
-        description="What gives way when the outbox is full (fault and sensor events are kept longest).",
+        description="What gives way when the outbox is full "
+        "(fault and sensor events are kept longest).",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Device, sensor, source, inference and decisions sections; the top-level AgentConfig + loader.
+# --------------------------------------------------------------------------------------------
+
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+DeviceType = Literal["raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "dev"]
+SimulatedFault = Literal["normal", "inner_race", "outer_race", "ball"]
+
+
+class ConfigError(Exception):
+    """An agent config that must not be used; `messages` are `section.field: message` lines."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+class DeviceConfig(StrictModel):
+    id: str = Field(min_length=1, pattern=_NAME_PATTERN, description="Unique device name.")
+    type: DeviceType = Field(description="Hardware family (reported in status messages).")
+    description: str = Field("", description="Free text: where it is mounted, what it watches.")
+
+
+class SensorConfig(StrictModel):
+    """The accelerometer and the analog chain in front of the ADC."""
+
+    sensitivity_mv_per_g: float = Field(
+        100.0, gt=0, description="Accelerometer sensitivity (typical IEPE: 100 mV/g)."
+    )
+    full_scale_volts: float = Field(gt=0, description="Input voltage at ADC full scale (peak).")
+    clip_g: float | None = Field(
+        None, gt=0, description="Level (g) at which the chain clips; None disables the check."
+    )
+    min_rms_g: float = Field(
+        0.001, ge=0, description="Window RMS below this is a dead/disconnected sensor."
+    )
+    max_rms_g: float = Field(20.0, gt=0, description="Window RMS above this is implausible.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> SensorConfig:
+        if self.min_rms_g >= self.max_rms_g:
+            raise ValueError(
+                f"min_rms_g ({self.min_rms_g}) must be less than max_rms_g ({self.max_rms_g})"
+            )
+        if self.clip_g is not None and self.max_rms_g > self.clip_g:
+            raise ValueError(
+                f"max_rms_g ({self.max_rms_g}) cannot exceed clip_g ({self.clip_g}): "
+                "a clipped signal never reaches that RMS"
+            )
+        return self
+
+
+class SoundDeviceSourceConfig(StrictModel):
+    """A USB audio interface (or any PortAudio input) behind an IEPE signal conditioner."""
+
+    type: Literal["sounddevice"]
+    sample_rate_hz: int = Field(48_000, gt=0, description="Rate the interface runs at.")
+    device: str | int | None = Field(
+        None, description="Input device name (substring) or index; None = system default."
+    )
+    channels: int = Field(1, ge=1, le=64, description="Channels opened on the interface.")
+    channel: int = Field(0, ge=0, description="Which channel (0-based) carries the sensor.")
+    dtype: Literal["int16", "int32", "float32"] = Field("int16", description="Sample format.")
+    blocksize: int = Field(1024, ge=0, description="Frames per callback; 0 lets PortAudio choose.")
+    queue_blocks: int = Field(
+        64, ge=2, description="Blocks buffered between callback and agent before samples drop."
+    )
+    resample: bool = Field(False, description="Resample to the bundle's rate on the device.")
+
+    @model_validator(mode="after")
+    def _channel(self) -> SoundDeviceSourceConfig:
+        if self.channel >= self.channels:
+            raise ValueError(
+                f"channel ({self.channel}) must be less than channels ({self.channels}); "
+                "channels are numbered from 0"
+            )
+        return self
+
+
+class FileSourceConfig(StrictModel):
+    """Replay a recording (WAV, NPY or CSV) as if it came from a sensor."""
+
+    type: Literal["file"]
+    path: Path = Field(description="Recording; relative paths are relative to this config file.")
+    sample_rate_hz: int | None = Field(
+        None, gt=0, description="Needed for NPY/CSV; for WAV, None = the header's rate."
+    )
+    channel: int = Field(0, ge=0, description="Column (0-based) to replay.")
+    realtime: bool = Field(True, description="Pace to the wall clock; false = as fast as possible.")
+    loop: bool = Field(False, description="Start over at the end instead of finishing.")
+    resample: bool = Field(False, description="Resample to the bundle's rate at load.")
+    scale_g: float | None = Field(
+        None,
+        gt=0,
+        description="g per file unit; None: integer/float WAV via the sensor's ADC settings, "
+        "float NPY/CSV taken as g.",
+    )
+    chunk_samples: int = Field(1024, ge=16, description="Samples per delivered chunk.")
+
+
+class SimulatorStep(StrictModel):
+    """From stream time `at_s`, change the simulated machine; unset fields keep their value.
+
+    With `ramp_s` > 0 the numeric fields move linearly to the new values over that many seconds
+    (sensor drift, slow speed changes).
+    """
+
+    at_s: float = Field(ge=0, description="Stream time (s) at which the step applies.")
+    ramp_s: float = Field(0.0, ge=0, description="Seconds to move linearly to the new values.")
+    fault: SimulatedFault | None = None
+    severity: float | None = Field(None, ge=0, le=1, description="Impact strength 0..1.")
+    rpm: float | None = Field(None, gt=0, le=60_000, description="Shaft speed.")
+    load: float | None = Field(None, ge=0, le=1, description="Fraction of rated load.")
+    speed_jitter: float | None = Field(None, ge=0, le=0.2, description="Relative speed wander.")
+    slip: float | None = Field(None, ge=0, le=0.2, description="Relative impact-interval jitter.")
+    gain: float | None = Field(None, gt=0, description="Sensor gain error (1 = calibrated).")
+    noise_floor_g: float | None = Field(None, ge=0)
+    dc_offset_g: float | None = None
+    clip_g: float | None = Field(None, gt=0)
+
+
+class SimulatorSourceConfig(StrictModel):
+    """Synthetic bearing vibration (edge_agent.simulator) with a scripted schedule."""
+
+    type: Literal["simulator"]
+    sample_rate_hz: int = Field(12_000, ge=1000, description="Must equal the bundle's rate.")
+    seed: int = Field(0, ge=0, description="Random seed: same seed, same signal.")
+    realtime: bool = Field(True, description="Pace to the wall clock; false = as fast as possible.")
+    chunk_samples: int = Field(1024, ge=16, description="Samples per delivered chunk.")
+    schedule: list[SimulatorStep] = Field(
+        default_factory=list, description="Steps in increasing at_s (fault injection, drift)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SimulatorSourceConfig:
+        times = [step.at_s for step in self.schedule]
+        if times != sorted(times):
+            raise ValueError(f"schedule steps must be in increasing at_s, got {times}")
+        return self
+
+
+SourceConfig = Annotated[
+    Union[SoundDeviceSourceConfig, FileSourceConfig, SimulatorSourceConfig],  # noqa: UP007
+    Field(discriminator="type"),
+]
+SOURCE_TYPES = ("sounddevice", "file", "simulator")
+
+
+class InferenceConfig(StrictModel):
+    bundle: Path = Field(description="Bundle folder or .tar.gz; relative to this config file.")
+    backend: Literal["onnx", "tflite"] = Field("onnx", description="Inference runtime.")
+    precision: Literal["int8", "fp32"] = Field("int8", description="Which encoder file to run.")
+    threads: int = Field(1, ge=1, le=8, description="Intra-op threads for the encoder.")
+    batch_windows: int = Field(1, ge=1, le=64, description="Windows per encoder call.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="onnxruntime execution providers in priority order (Jetson: CUDA/TensorRT).",
+    )
+    uncertain_below: float | None = Field(
+        None, gt=0, lt=1, description="Override the bundle's threshold; None = bundle's."
+    )
+
+    @model_validator(mode="after")
+    def _combination(self) -> InferenceConfig:
+        if self.backend == "tflite" and self.precision == "fp32":
+            raise ValueError(
+                "backend 'tflite' only runs int8 encoders; set precision = \"int8\" "
+                'or backend = "onnx"'
+            )
+        return self
+
+
+class DecisionsConfig(StrictModel):
+    k: int = Field(3, ge=1, description="Raise a fault event when k of the last n windows agree.")
+    n: int = Field(5, ge=1, le=1000, description="Length of the k-of-n vote (windows).")
+    drift_window: int = Field(200, ge=10, description="Windows in the drift statistic.")
+    drift_threshold: float | None = Field(
+        None, gt=0, description="Drift score alarm level; None = the bundle's drift_score."
+    )
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> DecisionsConfig:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class AgentConfig(StrictModel):
+    """Everything a gateway agent needs; one firmware_configs/*.toml file."""
+
+    state_dir: Path = Field(
+        Path("/var/lib/faultwatch"), description="Writable state (systemd StateDirectory)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    device: DeviceConfig
+    sensor: SensorConfig
+    source: SourceConfig
+    inference: InferenceConfig
+    decisions: DecisionsConfig = DecisionsConfig()
+    mqtt: MqttConfig
+    outbox: OutboxConfig = OutboxConfig()
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One `section.field: message` line per pydantic error (discriminator tags left out)."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(loc[:-1])
+            if valid:
+                msg += f"; valid fields: {', '.join(valid)}"
+        if len(loc) >= 2 and loc[0] == "source" and loc[1] in SOURCE_TYPES:
+            del loc[1]
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+            msg = f"{msg}; valid: {', '.join(SOURCE_TYPES)}"
+        lines.append(f"{'.'.join(loc) or '<top level>'}: {msg}")
+    return lines
+
+
+def _field_names(loc: list[str]) -> list[str]:
+    """Field names of the model at `loc` (as pydantic reports it) inside AgentConfig."""
+    models = {
+        "sounddevice": SoundDeviceSourceConfig,
+        "file": FileSourceConfig,
+        "simulator": SimulatorSourceConfig,
+    }
+    model: Any = AgentConfig
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if part.isdigit():  # list index: stay on the item model
+            continue
+        if model is AgentConfig and part == "source":
+            if not parts or parts[0] not in models:
+                return []
+            model = models[parts.pop(0)]
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a TOML config; relative paths become relative to its folder.
+
+    Raises ConfigError listing every problem (TOML syntax with line/column, unknown or
+    invalid fields as `section.field: message`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config ({exc})"]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from exc
+    return resolve_paths(cfg, path.resolve().parent)
+
+
+def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """Make config-relative paths absolute (outbox.path stays relative to state_dir)."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else Path(os.path.normpath(base / p))
+
+    updates: dict[str, Any] = {
+        "state_dir": fix(cfg.state_dir),
+        "inference": cfg.inference.model_copy(update={"bundle": fix(cfg.inference.bundle)}),
+    }
+    if isinstance(cfg.source, FileSourceConfig):
+        updates["source"] = cfg.source.model_copy(update={"path": fix(cfg.source.path)})
+    if cfg.mqtt.tls is not None:
+        tls = cfg.mqtt.tls
+        tls = tls.model_copy(
+            update={k: fix(getattr(tls, k)) for k in ("ca_file", "cert_file", "key_file")}
+        )
+        updates["mqtt"] = cfg.mqtt.model_copy(update={"tls": tls})
+    return cfg.model_copy(update=updates)
+
+
+def outbox_path(cfg: AgentConfig) -> Path:
+    """Where the outbox database lives (relative outbox.path is inside state_dir)."""
+    return cfg.outbox.path if cfg.outbox.path.is_absolute() else cfg.state_dir / cfg.outbox.path
+
+
+def source_rate_problems(cfg: AgentConfig, bundle_rate_hz: int) -> list[str]:
+    """Sample-rate mismatches between the source and a bundle (empty when they fit)."""
+    src = cfg.source
+    resample = getattr(src, "resample", False)
+    if src.sample_rate_hz is None or resample or src.sample_rate_hz == bundle_rate_hz:
+        return []
+    hint = (
+        "set source.resample = true or use a matching bundle"
+        if hasattr(src, "resample")
+        else "set source.sample_rate_hz to the bundle's rate"
+    )
+    return [
+        f"source.sample_rate_hz: {src.sample_rate_hz} Hz does not match the bundle's "
+        f"{bundle_rate_hz} Hz; {hint}"
+    ]
+
+
+def check_against_bundle(cfg: AgentConfig, manifest: Manifest) -> list[str]:
+    """Problems between a valid config and the bundle it will run (empty list = fine)."""
+    problems = source_rate_problems(cfg, manifest.preprocessing.sample_rate_hz)
+    wanted = encoder_format(cfg.inference.backend, cfg.inference.precision)
+    have = [e.format for e in manifest.encoders]
+    if wanted not in have:
+        problems.append(
+            f"inference.backend: {cfg.inference.backend!r} with precision "
+            f"{cfg.inference.precision!r} needs a {wanted!r} encoder; the bundle has {have}"
+        )
+    return problems

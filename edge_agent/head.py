@@ -69,6 +69,13 @@ class Head:
         """(N, D) -> (N, C) calibrated class probabilities."""
         return softmax(self.logits(embeddings))
 
+    def fold_input_affine(self, mean: np.ndarray, scale: np.ndarray) -> Head:
+        """Absorb x -> (x - mean) * scale into the first layer; same logits, plain embeddings in."""
+        mean, scale = np.asarray(mean, np.float32), np.asarray(scale, np.float32)
+        w1 = scale[:, None] * self.w1
+        b1 = self.b1 - (mean * scale) @ self.w1
+        return replace(self, w1=w1.astype(np.float32), b1=b1.astype(np.float32))
+
     def with_temperature(self, temperature: float) -> Head:
         return replace(self, temperature=float(temperature))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 Normalization = Literal["zscore", "center"]
 NORMALIZATIONS: tuple[str, ...] = ("zscore", "center")
-_EPS = 1e-8
+_EPS = 1e-6  # g; far below any real vibration, keeps flat windows finite
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def normalize(windows: np.ndarray, method: Normalization = "zscore") -> np.ndarr
     zscore: subtract the window mean, divide by its standard deviation (robust to gain drift).
     center: subtract the mean only (keeps amplitude in g).
     """
-    x = np.asarray(windows, dtype=np.float32)
+    x = np.asarray(windows, dtype=np.float64)  # float64: a flat float32 window must stay ~0
     if x.ndim == 2:
         x = x[:, None, :]
     if x.ndim != 3 or x.shape[1] != 1:
@@ -107,7 +107,7 @@ def normalize(windows: np.ndarray, method: Normalization = "zscore") -> np.ndarr
         x = x / (x.std(axis=-1, keepdims=True) + _EPS)
     elif method != "center":
         raise ValueError(f"unknown normalization {method!r}; valid: {NORMALIZATIONS}")
-    return x.astype(np.float32, copy=False)
+    return x.astype(np.float32)
 
 
 def prepare(signal: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -24,7 +24,7 @@ from train.augment import build_pipeline
 from train.collapse import check_collapse, embedding_stats
 from train.config import TrainConfig
 from train.encoder import build_encoder
-from train.heads import ClassifierHead, ProjectionHead, fit_temperature
+from train.heads import ClassifierHead, ProjectionHead, fit_temperature, to_numpy_head
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
 from train.splits import Split, WindowSet
 
@@ -171,7 +171,7 @@ def pretrain(
             schedule.step()
             views += 2 * x.shape[0] * world
             ms = 1000 * (time.perf_counter() - t0)
-            record = {"step": step + 1, "loss": float(loss), "lr": schedule.get_last_lr()[0], "ms": ms}
+            record = {"step": step + 1, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "ms": ms}
             history.append(record)
             advance(loss=record["loss"])
             if rank == 0 and (step + 1) % cfg.log_every == 0:
@@ -196,7 +196,7 @@ def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict
     warning = check_collapse(stats)
     stats = {k: float(v) if isinstance(v, (int, float, np.floating)) else v for k, v in stats.items()}
     if warning:
-        logger.error("REPRESENTATION COLLAPSE: %s", warning)
+        logger.error("%s", warning)
         if fail:
             from train.collapse import CollapseError
 
@@ -241,12 +241,34 @@ def embed(encoder: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "embedding_dim", 1)), np.float32)
 
 
+class StandardizedHead(nn.Module):
+    """ClassifierHead on per-dimension standardized embeddings: head((x - mean) * scale).
+
+    Pretrained embeddings can be tiny or offset; standardizing them (statistics from the
+    unlabeled pool) lets a few labels train the head at the reference learning rate. Export folds
+    the affine map into the first layer (`Head.fold_input_affine`).
+    """
+
+    def __init__(self, head: ClassifierHead, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("scale", scale.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((x - self.mean) * self.scale)
+
+    def to_numpy(self, temperature: float):
+        head = to_numpy_head(self.head, temperature)
+        return head.fold_input_affine(self.mean.cpu().numpy(), self.scale.cpu().numpy())
+
+
 @dataclass
 class Classifier:
     """A fine-tuned model: encoder + head + temperature (what evaluation and export need)."""
 
     encoder: nn.Module
-    head: ClassifierHead
+    head: StandardizedHead
     temperature: float = 1.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -313,8 +335,8 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            model.history.append({"stage": stage, "step": step + 1, "loss": float(loss)})  # type: ignore[dict-item]
-            advance(loss=float(loss))
+            model.history.append({"stage": stage, "step": step + 1, "loss": loss.item()})  # type: ignore[dict-item]
+            advance(loss=loss.item())
     for p in model.encoder.parameters():
         p.requires_grad_(True)
 
@@ -329,15 +351,26 @@ def calibrate_temperature(model: Classifier, val: WindowSet) -> float:
     return model.temperature
 
 
-def new_head(cfg: TrainConfig, n_classes: int, device: torch.device) -> ClassifierHead:
-    return ClassifierHead(cfg.embedding_dim, cfg.head_hidden, n_classes, cfg.dropout).to(device)
+def new_head(
+    cfg: TrainConfig, n_classes: int, device: torch.device, embeddings: np.ndarray | None = None
+) -> StandardizedHead:
+    """A fresh head; with `embeddings` (N, D), inputs are standardized with their statistics."""
+    d = cfg.embedding_dim
+    if embeddings is None or len(embeddings) < 2:
+        mean, scale = torch.zeros(d), torch.ones(d)
+    else:
+        mean = torch.from_numpy(embeddings.mean(0))
+        scale = 1.0 / torch.from_numpy(embeddings.std(0) + 1e-6)
+    head = ClassifierHead(d, cfg.head_hidden, n_classes, cfg.dropout)
+    return StandardizedHead(head, mean, scale).to(device)
 
 
 def finetune(cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True) -> Classifier:
     """Frozen-encoder probe at probe_lr, end-to-end at finetune_lr (BN statistics frozen, since a
     handful of labels cannot re-estimate them), then temperature scaling on validation windows."""
     device = next(encoder.parameters()).device
-    model = Classifier(encoder, new_head(cfg, len(split.class_names), device))
+    pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
+    model = Classifier(encoder, new_head(cfg, len(split.class_names), device, pool_emb))
     train_classifier(cfg, model, split.labeled, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
                      train_encoder=False, freeze_bn=True, stage="probe", show_progress=show_progress)
     train_classifier(cfg, model, split.labeled, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,

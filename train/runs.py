@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from train.config import TrainConfig
-from train.heads import to_numpy_head
 from train.loop import Classifier, encoder_spec
 from train.metrics import classification_metrics
 from train.splits import Split, split_summary
@@ -57,7 +56,7 @@ def save_run(
 ) -> Path:
     """Write finetuned.pt + calibration.npz + heldout.npz + split.json + metrics.json; return the checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    head = to_numpy_head(model.head.cpu(), model.temperature)
+    head = model.head.cpu().to_numpy(model.temperature)
     checkpoint = run_dir / FINETUNED
     torch.save({
         "kind": "finetuned",

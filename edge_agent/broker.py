@@ -1,0 +1,239 @@
+"""A throwaway MQTT broker on loopback for the demo and the tests.
+
+`start_broker()` runs the system's `mosquitto` as a subprocess with a temporary config when it is
+installed, else an embedded amqtt broker (the `broker` extra) in a background thread. Both listen
+on 127.0.0.1 only and allow anonymous clients: never a production broker.
+
+    with start_broker() as broker:
+        print(broker.kind, broker.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+BrokerKind = Literal["auto", "mosquitto", "amqtt"]
+DEBIAN_MOSQUITTO = "/usr/sbin/mosquitto"  # Debian installs it outside a normal user's PATH
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto executable, or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return DEBIAN_MOSQUITTO if os.access(DEBIAN_MOSQUITTO, os.X_OK) else None
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return "root" if os.geteuid() == 0 else "nobody"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_listening(port: int, timeout_s: float, is_alive=lambda: True) -> bool:
+    """Poll until 127.0.0.1:`port` accepts a TCP connection; False on timeout or death."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and is_alive():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class BrokerHandle:
+    """A running broker: `port`, `kind`, `stop()`; also a context manager."""
+
+    kind: str
+    port: int
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> BrokerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MosquittoBroker(BrokerHandle):
+    """`mosquitto -c <temp config>` on 127.0.0.1:`port`; `stop()`, `start()`, `restart()` keep it.
+
+    With `persistence=True` the broker saves retained messages, persistent sessions and their
+    queued messages on stop and restores them on start (like a production broker would).
+    """
+
+    kind = "mosquitto"
+
+    def __init__(
+        self,
+        port: int = 0,
+        persistence: bool = False,
+        extra_config: str = "",
+        executable: str | None = None,
+    ) -> None:
+        exe = executable or find_mosquitto()
+        if exe is None:
+            raise FileNotFoundError(
+                "mosquitto is not installed; `apt install mosquitto`, or use the embedded "
+                "broker: start_broker(kind='amqtt') (needs the broker extra)"
+            )
+        self.executable = exe
+        self.port = port or free_port()
+        self.persistence = persistence
+        self._dir = Path(tempfile.mkdtemp(prefix="faultwatch-mosquitto-"))
+        self.config_path = self._dir / "mosquitto.conf"
+        self.log_path = self._dir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"user {_user_name()}",  # stay this user (as root it would switch to `mosquitto`)
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {self._dir}/",
+            extra_config,  # e.g. cafile/certfile/keyfile lines for a TLS listener
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self._process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.running:
+            return
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [self.executable, "-c", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if not wait_until_listening(self.port, timeout_s, lambda: self.running):
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            self.stop()
+            raise RuntimeError(
+                f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout_s} s "
+                f"(is the port taken?). Its log:\n{tail}"
+            )
+        logger.info("mosquitto listening on 127.0.0.1:%d", self.port)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate (SIGTERM: a persistent broker saves its state; works on a SIGSTOPped one too),
+        kill if it hangs."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        process.send_signal(signal.SIGCONT)  # a paused (SIGSTOP) broker must run to exit
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and delete the temporary folder."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AmqttBroker(BrokerHandle):
+    """amqtt's broker (MQTT 3.1.1) in a background thread with its own event loop."""
+
+    kind = "amqtt"
+
+    def __init__(self, port: int = 0, timeout_s: float = 10.0) -> None:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as exc:
+            raise ImportError(
+                "the embedded broker needs amqtt: `pip install 'faultwatch[broker]'`, "
+                "or install mosquitto"
+            ) from exc
+        self._broker_class = Broker
+        self.port = port or free_port()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+        self._thread.name = f"amqtt-{self.port}"
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            self.stop()
+            raise RuntimeError(
+                f"amqtt broker did not start on 127.0.0.1:{self.port}: {self._error or 'timeout'}"
+            )
+        logger.info("amqtt broker listening on 127.0.0.1:%d", self.port)
+
+    async def _serve(self) -> None:
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        try:
+            broker = self._broker_class(config)
+            await broker.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop_event.wait()
+        await broker.shutdown()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._loop is not None and self._stop_event is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._thread.join(timeout=timeout_s)
+
+
+def start_broker(port: int = 0, kind: BrokerKind = "auto") -> BrokerHandle:
+    """Start a loopback broker on `port` (0: a free one); `kind="auto"` prefers mosquitto."""
+    if kind == "mosquitto" or (kind == "auto" and find_mosquitto()):
+        return MosquittoBroker(port)
+    if kind in ("auto", "amqtt"):
+        return AmqttBroker(port)
+    raise ValueError(f"unknown broker kind {kind!r}; valid: auto, mosquitto, amqtt")

@@ -1,0 +1,223 @@
+"""Durable store-and-forward queue for fault events: nothing is published before it is on disk.
+
+One SQLite file (stdlib `sqlite3`) in WAL mode with `synchronous=FULL`: every `put()` is its own
+committed transaction (one fsync per event; events are rare, durability wins over speed), so an
+event survives a kill -9 or a power cut the moment `put()` returns. A row leaves the outbox only
+when the broker has acknowledged it (`ack()`), which makes delivery *at least once*: after a crash
+or a reconnect, rows may be sent again, and subscribers de-duplicate by `event_id`.
+
+Bounded: when `max_events` rows are stored, `put()` makes room first, by policy (`when_full`):
+
+- `drop_oldest_low_severity_first` (default): delete the oldest row of the lowest severity
+  stored (info before warning before alarm). A new event less severe than everything stored is
+  itself the one dropped (`put()` returns None), so an `info` never pushes out an `alarm`.
+- `drop_oldest`: delete the oldest row, whatever its severity.
+
+Every drop is counted (`dropped_total`) and logged as a warning with the event id and severity.
+Thread-safe: one connection shared under a lock. One process per outbox file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from edge_agent.config import OutboxConfig
+from edge_agent.events import SEVERITY_RANK
+
+logger = logging.getLogger(__name__)
+
+WhenFull = Literal["drop_oldest_low_severity_first", "drop_oldest"]
+POLICIES: tuple[str, ...] = ("drop_oldest_low_severity_first", "drop_oldest")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    severity_rank INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_severity ON outbox (severity_rank, seq);
+"""
+_COLUMNS = "seq, event_id, topic, payload, qos, severity_rank, created"
+_VICTIM_ORDER = {"drop_oldest_low_severity_first": "severity_rank, seq", "drop_oldest": "seq"}
+
+
+class OutboxError(Exception):
+    """The outbox file cannot be used; the message says why and what to do."""
+
+
+class Row(NamedTuple):
+    seq: int
+    event_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    severity_rank: int
+    created: float  # unix time, seconds
+
+
+class Outbox:
+    """Undelivered events, in the order they were raised (`seq`)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        max_events: int = 100_000,
+        when_full: WhenFull = "drop_oldest_low_severity_first",
+    ) -> None:
+        if max_events < 1:
+            raise ValueError(f"Outbox needs max_events >= 1, got {max_events}")
+        if when_full not in POLICIES:
+            raise ValueError(
+                f"unknown outbox.when_full {when_full!r}; valid: {', '.join(POLICIES)}"
+            )
+        self.path = Path(path)
+        self.max_events = max_events
+        self.when_full = when_full
+        self.dropped_total = 0
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            (self._count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(
+                f"outbox {self.path} is not a usable SQLite database ({exc}); move it aside to "
+                "start with an empty outbox (its undelivered events would be lost)"
+            ) from exc
+        if self._count:
+            logger.info(
+                "outbox %s: %d undelivered events from a previous run", self.path, self._count
+            )
+
+    @classmethod
+    def from_config(cls, cfg: OutboxConfig, state_dir: Path) -> Outbox:
+        """The outbox of `[outbox]`; a relative `cfg.path` lives in `state_dir`."""
+        return cls(state_dir / cfg.path, cfg.max_events, cfg.when_full)
+
+    def put(
+        self, topic: str, payload: bytes, qos: int, severity: str, event_id: str | None = None
+    ) -> int | None:
+        """Store one event and commit; returns its `seq`.
+
+        Putting an `event_id` already stored returns the stored row's seq (no duplicate).
+        Returns None only when the outbox is full and this event is the one the policy drops.
+        """
+        if severity not in SEVERITY_RANK:
+            raise ValueError(f"unknown severity {severity!r}; valid: {', '.join(SEVERITY_RANK)}")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+        rank = SEVERITY_RANK[severity]
+        event_id = event_id or uuid.uuid4().hex
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute(
+                    "SELECT seq FROM outbox WHERE event_id = ?", (event_id,)
+                ).fetchone()
+                if found:
+                    self._db.execute("COMMIT")
+                    return int(found[0])
+                if self._count >= self.max_events and not self._make_room(rank):
+                    self._db.execute("COMMIT")
+                    self._count_drop(
+                        event_id, severity, "it is less severe than every stored event"
+                    )
+                    return None
+                cursor = self._db.execute(
+                    "INSERT INTO outbox (event_id, topic, payload, qos, severity_rank, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (event_id, topic, bytes(payload), qos, rank, time.time()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                (self._count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+                raise
+            self._count += 1
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def _make_room(self, new_rank: int) -> bool:
+        """Delete rows so one more fits (in the caller's transaction); False: drop the new one."""
+        if self.when_full == "drop_oldest_low_severity_first":
+            (lowest,) = self._db.execute("SELECT MIN(severity_rank) FROM outbox").fetchone()
+            if lowest is not None and new_rank < lowest:
+                return False
+        excess = self._count - self.max_events + 1
+        victims = self._db.execute(
+            f"SELECT seq, event_id, severity_rank FROM outbox "
+            f"ORDER BY {_VICTIM_ORDER[self.when_full]} LIMIT ?",
+            (excess,),
+        ).fetchall()
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(v[0],) for v in victims])
+        self._count -= len(victims)
+        names = {rank: name for name, rank in SEVERITY_RANK.items()}
+        for _, victim_id, victim_rank in victims:
+            self._count_drop(victim_id, names.get(victim_rank, str(victim_rank)), "to make room")
+        return True
+
+    def _count_drop(self, event_id: str, severity: str, why: str) -> None:
+        self.dropped_total += 1
+        logger.warning(
+            "outbox full (%d events, policy %s): dropped %s event %s %s; %d dropped so far. "
+            "Raise outbox.max_events or restore the broker connection.",
+            self.max_events, self.when_full, severity, event_id, why, self.dropped_total,
+        )  # fmt: skip
+
+    def pending(self, limit: int = 100, after_seq: int = 0) -> list[Row]:
+        """Up to `limit` stored rows with seq > `after_seq`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [Row(*row) for row in rows]
+
+    def ack(self, seq: int) -> bool:
+        """Delete a delivered row; False if it was not stored (already acked or dropped)."""
+        return self.ack_many([seq]) == 1
+
+    def ack_many(self, seqs: Iterable[int]) -> int:
+        """Delete several delivered rows in one transaction; returns how many were stored."""
+        params = [(int(s),) for s in seqs]
+        if not params:
+            return 0
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            deleted = self._db.total_changes - before
+            self._count -= deleted
+        return deleted
+
+    def __len__(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

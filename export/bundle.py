@@ -1,0 +1,420 @@
+"""Fine-tuned run -> verified model bundle: load, export every format, parity gate, assemble.
+
+A run folder holds `finetuned.pt` (written by `train.loop.finetune`), `calibration.npz` (`x`:
+(N, 1, W) normalized training-pool windows) and `heldout.npz` (`x`: (N, 1, W), `y`: (N,) class
+indices). The bundle is `<out>/<model_name>-<version>/` with the encoder files, `head.npz` and
+`manifest.json` (see `edge_agent.bundle`), plus the same folder packed as `<folder>.tar.gz`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge_agent.bundle import Manifest, Preprocessing, Thresholds, pack, sha256_file, verify
+from edge_agent.bundle import write_manifest as write_bundle_manifest
+from edge_agent.head import HEAD_KEYS, Head
+from export.formats import (
+    ExportError,
+    ExportFormat,
+    ExportJob,
+    FormatOutcome,
+    build_order,
+    run_format,
+)
+from export.parity import ParityReport, compare, embed_torch, gate
+from export.quantize import DEFAULT_CALIBRATION_CAP, CalibrationMethod, select_calibration
+from train.encoder import build_encoder
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "finetuned.pt"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class EncoderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kwargs: dict[str, Any] = {}
+
+
+class Checkpoint(BaseModel):
+    """The fields of a fine-tuned checkpoint that export reads (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+    kind: str
+    encoder: EncoderSpec
+    encoder_state: dict[str, Any]
+    head: dict[str, Any]
+    class_names: list[str]
+    normal_class: str = "normal"
+    preprocess: dict[str, Any]
+    config: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    reference_stats: dict[str, Any] = {}
+
+
+@dataclass
+class RunInputs:
+    """A loaded run. windows: (N, 1, W) float32; heldout_y: (N,) int64 class indices."""
+
+    checkpoint_path: Path
+    checkpoint: Checkpoint
+    encoder: torch.nn.Module
+    head: Head
+    preprocessing: Preprocessing
+    embedding_dim: int
+    heldout_x: np.ndarray
+    heldout_y: np.ndarray
+    calibration: np.ndarray | None
+
+
+def _field_errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def _load_windows(
+    path: Path, window: int, with_labels: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = np.asarray(data["x"], dtype=np.float32)
+            y = np.asarray(data["y"], dtype=np.int64) if with_labels else None
+    except KeyError as exc:
+        raise ExportError(
+            f"{path}: missing array {exc}; the training stage writes x (and y)"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: not a readable .npz ({exc})") from exc
+    if x.ndim != 3 or x.shape[1:] != (1, window) or len(x) == 0:
+        raise ExportError(
+            f"{path}: x has shape {x.shape}, expected (N>0, 1, {window}) per preprocess"
+        )
+    if y is not None and y.shape != (len(x),):
+        raise ExportError(f"{path}: y has shape {y.shape}, expected ({len(x)},)")
+    return x, y
+
+
+def load_run(path: Path) -> RunInputs:
+    """Load a checkpoint (.pt) or a run folder holding `finetuned.pt`, and the windows beside it."""
+    path = Path(path)
+    ckpt_path = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not ckpt_path.is_file():
+        where = f"no {CHECKPOINT_FILE} in {path}" if path.is_dir() else f"{path} does not exist"
+        raise ExportError(f"{where}; pass a fine-tuned .pt file or the run folder holding it")
+    try:
+        raw = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ExportError(f"{ckpt_path}: not a readable torch checkpoint ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ExportError(f"{ckpt_path}: expected a checkpoint dict, got {type(raw).__name__}")
+    try:
+        ckpt = Checkpoint.model_validate(raw)
+    except ValidationError as exc:
+        raise ExportError(f"{ckpt_path}: invalid checkpoint: {_field_errors(exc)}") from exc
+    if ckpt.kind != "finetuned":
+        raise ExportError(
+            f"{ckpt_path}: checkpoint kind is {ckpt.kind!r}; export needs a fine-tuned one "
+            "(run `faultwatch train finetune` first)"
+        )
+    try:
+        encoder = build_encoder(ckpt.encoder.name, **ckpt.encoder.kwargs)
+        encoder.load_state_dict(ckpt.encoder_state)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ExportError(
+            f"{ckpt_path}: cannot rebuild encoder {ckpt.encoder.name!r}: {exc}"
+        ) from exc
+    encoder.eval()
+    try:
+        arrays = {
+            k: np.asarray(v, dtype=np.float32) for k, v in ckpt.head.items() if k in HEAD_KEYS
+        }
+        head = Head(**{**arrays, "temperature": float(arrays.get("temperature", 1.0))})
+        preprocessing = Preprocessing.model_validate(ckpt.preprocess)
+    except (TypeError, ValueError) as exc:
+        detail = _field_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ExportError(f"{ckpt_path}: invalid head or preprocess: {detail}") from exc
+    window = preprocessing.window
+    with torch.no_grad():
+        dim = int(encoder(torch.zeros(1, 1, window)).shape[1])
+    if head.embedding_dim != dim or head.num_classes != len(ckpt.class_names):
+        raise ExportError(
+            f"{ckpt_path}: head is ({head.embedding_dim} -> {head.num_classes}) but the encoder "
+            f"gives {dim}-d embeddings for {len(ckpt.class_names)} classes"
+        )
+    folder = ckpt_path.parent
+    if not (folder / "heldout.npz").is_file():
+        raise ExportError(
+            f"no heldout.npz beside {ckpt_path}; the parity gate needs held-out windows"
+        )
+    heldout_x, heldout_y = _load_windows(folder / "heldout.npz", window, with_labels=True)
+    if heldout_y.min(initial=0) < 0 or heldout_y.max(initial=0) >= len(ckpt.class_names):
+        raise ExportError(
+            f"{folder / 'heldout.npz'}: y holds labels outside 0..{len(ckpt.class_names) - 1}"
+        )
+    calibration = None
+    if (folder / "calibration.npz").is_file():
+        calibration, _ = _load_windows(folder / "calibration.npz", window, with_labels=False)
+    return RunInputs(
+        ckpt_path, ckpt, encoder, head, preprocessing, dim, heldout_x, heldout_y, calibration
+    )
+
+
+@dataclass
+class ExportOptions:
+    formats: list[ExportFormat]
+    out: Path = Path("bundles")
+    calibration_method: CalibrationMethod = CalibrationMethod.minmax
+    calibration_cap: int = DEFAULT_CALIBRATION_CAP
+    min_agreement: float = 0.99
+    max_accuracy_drop_points: float = 1.0
+    name: str | None = None
+    version: str | None = None
+    uncertain_below: float = 0.7
+
+
+@dataclass
+class ExportResult:
+    """What happened. `folder`/`archive` are None when a format failed or the gate failed."""
+
+    outcomes: list[FormatOutcome] = field(default_factory=list)
+    report: ParityReport | None = None
+    failures: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    archive: Path | None = None
+    manifest: Manifest | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.folder is not None
+
+
+def default_version() -> str:
+    """A sortable UTC timestamp, e.g. 20251123-030512."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def _check_name(flag: str, value: str) -> str:
+    if not SAFE_NAME.match(value):
+        raise ExportError(
+            f"{flag} {value!r}: use letters, digits, '.', '_' or '-' (it names the bundle folder)"
+        )
+    return value
+
+
+def export_bundle(
+    run: RunInputs,
+    options: ExportOptions,
+    on_outcome: Callable[[FormatOutcome], None] | None = None,
+) -> ExportResult:
+    """Export `options.formats`, run the parity gate and, if everything passes, write the bundle."""
+    name = _check_name("--name", options.name or f"faultwatch-{run.checkpoint.encoder.name}")
+    version = _check_name("--version", options.version or default_version())
+    try:
+        thresholds = Thresholds(uncertain_below=options.uncertain_below)
+    except ValidationError as exc:
+        raise ExportError(
+            f"--uncertain-below {options.uncertain_below}: {_field_errors(exc)}"
+        ) from exc
+    folder = Path(options.out) / f"{name}-{version}"
+    if folder.exists():
+        raise ExportError(f"{folder} already exists; pass another --version or remove it")
+    calibration = None
+    if any(f.needs_calibration for f in options.formats):
+        if run.calibration is None:
+            raise ExportError(
+                f"no calibration.npz beside {run.checkpoint_path}; INT8 formats need it "
+                "(or export only --formats onnx)"
+            )
+        calibration = select_calibration(run.calibration, options.calibration_cap)
+        _warn_if_not_normalized(calibration, run.preprocessing.normalization)
+
+    result = ExportResult()
+    wanted = {f.name for f in options.formats}
+    with tempfile.TemporaryDirectory(prefix="faultwatch-export-") as tmp:
+        job = ExportJob(
+            encoder=run.encoder,
+            window=run.preprocessing.window,
+            workdir=Path(tmp),
+            calibration=calibration,
+            check_windows=run.heldout_x,
+            calibration_method=CalibrationMethod(options.calibration_method).value,
+        )
+        done: dict[str, FormatOutcome] = {}
+        for fmt in build_order(options.formats):
+            missing = [r for r in fmt.requires if r not in job.outputs]
+            if missing:
+                outcome = FormatOutcome(
+                    fmt.name, "failed", 0.0, message=f"needs {missing}, which did not export"
+                )
+            else:
+                outcome = run_format(fmt, job)
+            done[fmt.name] = outcome
+            if fmt.name in wanted:
+                result.outcomes.append(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+            elif outcome.status != "ok" and on_outcome:
+                on_outcome(outcome)
+        failed = [o for o in result.outcomes if o.status == "failed"]
+        exported = [f for f in options.formats if done[f.name].status == "ok"]
+        if failed:
+            result.failures = [o.line() for o in failed]
+            return result
+        if not exported:
+            raise ExportError(
+                "no encoder was exported: " + "; ".join(o.message for o in result.outcomes)
+            )
+
+        reference = embed_torch(run.encoder, run.heldout_x)
+        candidates = {f.name: f.embed(done[f.name].exported.path, run.heldout_x) for f in exported}
+        result.report = compare(reference, candidates, run.head, run.heldout_y)
+        result.failures = gate(
+            result.report, options.min_agreement, options.max_accuracy_drop_points
+        )
+        if result.failures:
+            return result
+        fields = _manifest_fields(
+            run, options, result.report, exported, done, name, version, thresholds
+        )
+        result.folder, result.manifest = _assemble(folder, run.head, exported, done, fields)
+    result.archive = pack(result.folder, result.folder.with_name(result.folder.name + ".tar.gz"))
+    return result
+
+
+def _warn_if_not_normalized(windows: np.ndarray, normalization: str) -> None:
+    std = float(np.median(windows.std(axis=-1)))
+    if normalization == "zscore" and not 0.5 <= std <= 2.0:
+        logger.warning(
+            "calibration windows have median std %.3g, but zscore-normalized windows have ~1; "
+            "were they normalized with edge_agent.preprocess.normalize?",
+            std,
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy/Path/tensor values -> plain JSON types, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in ("faultwatch", "torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _manifest_fields(
+    run: RunInputs,
+    options: ExportOptions,
+    report: ParityReport,
+    exported: list[ExportFormat],
+    done: dict[str, FormatOutcome],
+    name: str,
+    version: str,
+    thresholds: Thresholds,
+) -> dict[str, Any]:
+    ckpt = run.checkpoint
+    encoders = []
+    for fmt in exported:
+        quant = done[fmt.name].exported.quantization
+        encoders.append(
+            {
+                "format": fmt.manifest_format,
+                "file": fmt.file,
+                "batch": fmt.batch,
+                "quantization": quant.model_dump() if quant else None,
+            }
+        )
+    heldout = {"windows": report.windows, "fp32": report.reference_accuracy}
+    heldout.update({m.format: m.accuracy for m in report.models})
+    calibrated = any(f.needs_calibration for f in exported)
+    provenance = {
+        **_jsonable(ckpt.provenance),
+        "checkpoint": str(run.checkpoint_path),
+        "checkpoint_sha256": sha256_file(run.checkpoint_path),
+        "encoder": _jsonable(ckpt.encoder.model_dump()),
+        "train_config": _jsonable(ckpt.config),
+        "exported_with": _versions(),
+    }
+    if calibrated:
+        provenance["calibration"] = {
+            "source": "calibration.npz",
+            "windows": int(min(len(run.calibration), options.calibration_cap)),
+            "onnx_method": CalibrationMethod(options.calibration_method).value,
+        }
+    parity = {
+        **report.model_dump(),
+        "min_agreement": options.min_agreement,
+        "max_accuracy_drop_points": options.max_accuracy_drop_points,
+        "passed": True,
+    }
+    return {
+        "model_name": name,
+        "model_version": version,
+        "class_names": list(ckpt.class_names),
+        "normal_class": ckpt.normal_class,
+        "preprocessing": run.preprocessing.model_dump(),
+        "thresholds": thresholds.model_dump(),
+        "embedding_dim": run.embedding_dim,
+        "encoders": encoders,
+        "reference_stats": _jsonable(ckpt.reference_stats),
+        "provenance": provenance,
+        "metrics": {**_jsonable(ckpt.metrics), "heldout_accuracy": heldout},
+        "parity": parity,
+    }
+
+
+def _assemble(
+    folder: Path,
+    head: Head,
+    exported: list[ExportFormat],
+    done: dict[str, FormatOutcome],
+    fields: dict[str, Any],
+) -> tuple[Path, Manifest]:
+    """Write the bundle in a staging folder, verify it, then move it into place."""
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for fmt in exported:
+            shutil.copyfile(done[fmt.name].exported.path, staging / fmt.file)
+        head.save(staging / "head.npz")
+        try:
+            write_bundle_manifest(staging, fields)
+        except ValidationError as exc:
+            raise ExportError(f"the manifest does not validate: {_field_errors(exc)}") from exc
+        verify(staging)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder, verify(folder)
