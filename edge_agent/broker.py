@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +54,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_listening(port: int, timeout_s: float, is_alive=lambda: True) -> bool:
+def wait_until_listening(
+    port: int, timeout_s: float, is_alive: Callable[[], bool] = lambda: True
+) -> bool:
     """Poll until 127.0.0.1:`port` accepts a TCP connection; False on timeout or death."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and is_alive():
@@ -106,6 +110,7 @@ class MosquittoBroker(BrokerHandle):
         self.port = port or free_port()
         self.persistence = persistence
         self._dir = Path(tempfile.mkdtemp(prefix="faultwatch-mosquitto-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self.config_path = self._dir / "mosquitto.conf"
         self.log_path = self._dir / "mosquitto.log"
         lines = [
@@ -167,9 +172,9 @@ class MosquittoBroker(BrokerHandle):
         self.start()
 
     def close(self) -> None:
-        """Stop and delete the temporary folder."""
+        """Stop and delete the temporary folder (also done when the object is collected)."""
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._cleanup()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

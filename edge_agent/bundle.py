@@ -46,8 +46,12 @@ class Preprocessing(StrictModel):
 
 
 class Thresholds(StrictModel):
-    uncertain_below: float = Field(0.7, gt=0, lt=1, description="Max probability under this -> uncertain.")
-    drift_score: float = Field(3.0, gt=0, description="Drift score above this raises a drift event.")
+    uncertain_below: float = Field(
+        0.7, gt=0, lt=1, description="Max probability under this -> uncertain."
+    )
+    drift_score: float = Field(
+        3.0, gt=0, description="Drift score above this raises a drift event."
+    )
 
 
 class Quantization(StrictModel):
@@ -175,7 +179,9 @@ def write_manifest(folder: Path, manifest_fields: dict[str, Any]) -> Manifest:
     """Checksum every file in `folder` (except the manifest), validate and write manifest.json."""
     folder = Path(folder)
     files = {
-        p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST
+        p.name: sha256_file(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
     }
     fields = {"schema_version": SCHEMA_VERSION, "created_utc": utc_now(), **manifest_fields}
     manifest = Manifest.model_validate({**fields, "files": files})
@@ -203,7 +209,7 @@ def unpack(archive: Path, dest: Path | None = None) -> Path:
                     raise BundleError(f"{archive}: member {m.name!r} is not a regular file")
                 if Path(m.name).is_absolute() or ".." in Path(m.name).parts:
                     raise BundleError(f"{archive}: unsafe member path {m.name!r}")
-            tar.extractall(dest)  # noqa: S202 - members checked above
+            tar.extractall(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleError(f"{archive}: not a readable bundle archive ({exc}); re-copy it") from exc
     roots = {Path(m.name).parts[0] for m in members if m.name}

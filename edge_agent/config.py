@@ -265,6 +265,16 @@ class AgentConfig(StrictModel):
         Path("/var/lib/faultwatch"), description="Writable state (systemd StateDirectory)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    telemetry_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between telemetry messages and status lines."
+    )
+    embedding_log_rows: int = Field(
+        20_000,
+        ge=100,
+        le=1_000_000,
+        description="Recent window embeddings kept in memory for on-device calibration "
+        "(20,000 = 28 min at 12 kHz with hop 1024; costs rows x embedding_dim x 4 bytes).",
+    )
     device: DeviceConfig
     sensor: SensorConfig
     source: SourceConfig

@@ -84,7 +84,9 @@ class Head:
         arrays["temperature"] = np.float32(self.temperature)
         d = self.embedding_dim
         arrays["emb_mean"] = self.emb_mean if self.emb_mean is not None else np.zeros(d, np.float32)
-        arrays["emb_scale"] = self.emb_scale if self.emb_scale is not None else np.ones(d, np.float32)
+        arrays["emb_scale"] = (
+            self.emb_scale if self.emb_scale is not None else np.ones(d, np.float32)
+        )
         return arrays
 
     def save(self, path: Path) -> None:

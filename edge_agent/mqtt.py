@@ -58,6 +58,15 @@ from edge_agent.outbox import Outbox
 logger = logging.getLogger(__name__)
 
 COMMAND_QUEUE = 16  # commands waiting for the handler before new ones are refused as busy
+PAHO_LOGGER = logging.getLogger(f"{__name__}.paho")
+
+
+def _not_paho_close_noise(record: logging.LogRecord) -> bool:
+    # paho 2.2 logs this at ERROR on every ordinary disconnect with loop_start(); it is harmless.
+    return not str(record.msg).startswith("Client is not connected")
+
+
+PAHO_LOGGER.addFilter(_not_paho_close_noise)
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class MqttLink:
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(PAHO_LOGGER)
         offline = self._status("offline", last_error="connection lost (last will)")
         client.will_set(self.topics.status, encode(offline), qos=1, retain=True)
         if cfg.username is not None:
@@ -216,7 +225,9 @@ class MqttLink:
             self.topics.event, encode(event), self.cfg.qos_events, event.severity, event.event_id
         )
         self._wake.set()
-        if not self._connected:
+        if self._closed:
+            logger.warning("link closed: event %s stays in the outbox for the next start", seq)
+        elif not self._connected:
             logger.info(
                 "broker offline: %s event %s stored, %d events waiting",
                 event.severity, event.event_id, len(self.outbox),

@@ -86,7 +86,9 @@ def frame(signal: np.ndarray, window: int, hop: int) -> np.ndarray:
     if signal.ndim != 1:
         raise ValueError(f"frame expects a 1-D signal, got shape {signal.shape}")
     if signal.shape[0] < window:
-        raise ValueError(f"signal has {signal.shape[0]} samples, shorter than one window ({window})")
+        raise ValueError(
+            f"signal has {signal.shape[0]} samples, shorter than one window ({window})"
+        )
     views = np.lib.stride_tricks.sliding_window_view(signal, window)
     return views[::hop]
 

@@ -193,7 +193,7 @@ def _main() -> None:
 def _event_line(event: FaultEvent, device_key: str) -> Text:
     confidence = "-" if event.confidence is None else f"{event.confidence:.2f}"
     return Text.assemble(
-        (event.time_utc.strftime("%Y-%m-%d %H:%M:%S"), "dim"),
+        (event.time_utc.strftime("%Y-%m-%dT%H:%M:%SZ"), "dim"),
         f"  {device_key:<28} ",
         (f"{event.severity:<7}", SEVERITY_STYLE[event.severity]),
         f" {event.kind:<12} state={event.state:<14} class={event.class_name or '-':<14} "
@@ -253,8 +253,9 @@ def listen(
         )
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     timed_out = False
+    shown = 0  # unique events printed (the subscriber may already hold more)
     try:
-        while count is None or len(subscriber.events) < count:
+        while count is None or shown < count:
             wait = 0.5 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 timed_out = True
@@ -263,6 +264,7 @@ def listen(
             if received is None:
                 continue
             message = received.message
+            shown += isinstance(message, FaultEvent)
             if json_lines:
                 if isinstance(message, FaultEvent):
                     console.print(message.model_dump_json(), markup=False)
@@ -279,13 +281,13 @@ def listen(
     if not json_lines:
         console.print(_summary_table(subscriber))
         console.print(
-            f"{len(subscriber.events)} events ({subscriber.duplicates} duplicates ignored, "
+            f"{shown} events ({subscriber.duplicates} duplicates ignored, "
             f"{subscriber.invalid} invalid messages)",
             markup=False,
         )
     if timed_out and count is not None:
         errors.print(
-            f"error: timed out after {timeout_s} s with {len(subscriber.events)} of {count} events",
+            f"error: timed out after {timeout_s} s with {shown} of {count} events",
             markup=False,
         )
         raise typer.Exit(1)

@@ -245,7 +245,6 @@ def export_bundle(
         _warn_if_not_normalized(calibration, run.preprocessing.normalization)
 
     result = ExportResult()
-    wanted = {f.name for f in options.formats}
     with tempfile.TemporaryDirectory(prefix="faultwatch-export-") as tmp:
         job = ExportJob(
             encoder=run.encoder,
@@ -255,31 +254,15 @@ def export_bundle(
             check_windows=run.heldout_x,
             calibration_method=CalibrationMethod(options.calibration_method).value,
         )
-        done: dict[str, FormatOutcome] = {}
-        for fmt in build_order(options.formats):
-            missing = [r for r in fmt.requires if r not in job.outputs]
-            if missing:
-                outcome = FormatOutcome(
-                    fmt.name, "failed", 0.0, message=f"needs {missing}, which did not export"
-                )
-            else:
-                outcome = run_format(fmt, job)
-            done[fmt.name] = outcome
-            if fmt.name in wanted:
-                result.outcomes.append(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
-            elif outcome.status != "ok" and on_outcome:
-                on_outcome(outcome)
-        failed = [o for o in result.outcomes if o.status == "failed"]
-        exported = [f for f in options.formats if done[f.name].status == "ok"]
-        if failed:
-            result.failures = [o.line() for o in failed]
+        done = _export_formats(job, options.formats, on_outcome)
+        result.outcomes = [done[f.name] for f in options.formats]
+        result.failures = [o.line() for o in result.outcomes if o.status == "failed"]
+        if result.failures:
             return result
+        exported = [f for f in options.formats if done[f.name].status == "ok"]
         if not exported:
-            raise ExportError(
-                "no encoder was exported: " + "; ".join(o.message for o in result.outcomes)
-            )
+            reasons = "; ".join(o.message for o in result.outcomes)
+            raise ExportError(f"no encoder was exported: {reasons}")
 
         reference = embed_torch(run.encoder, run.heldout_x)
         candidates = {f.name: f.embed(done[f.name].exported.path, run.heldout_x) for f in exported}
@@ -295,6 +278,27 @@ def export_bundle(
         result.folder, result.manifest = _assemble(folder, run.head, exported, done, fields)
     result.archive = pack(result.folder, result.folder.with_name(result.folder.name + ".tar.gz"))
     return result
+
+
+def _export_formats(
+    job: ExportJob,
+    formats: list[ExportFormat],
+    on_outcome: Callable[[FormatOutcome], None] | None,
+) -> dict[str, FormatOutcome]:
+    """Run every exporter, prerequisites first; report chosen formats and failed prerequisites."""
+    wanted = {f.name for f in formats}
+    done: dict[str, FormatOutcome] = {}
+    for fmt in build_order(formats):
+        missing = [r for r in fmt.requires if done.get(r) is None or done[r].status != "ok"]
+        if missing:
+            reason = f"needs {', '.join(missing)}, which did not export"
+            outcome = FormatOutcome(fmt.name, "failed", 0.0, message=reason)
+        else:
+            outcome = run_format(fmt, job)
+        done[fmt.name] = outcome
+        if on_outcome is not None and (fmt.name in wanted or outcome.status != "ok"):
+            on_outcome(outcome)
+    return done
 
 
 def _warn_if_not_normalized(windows: np.ndarray, normalization: str) -> None:

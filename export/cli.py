@@ -107,8 +107,14 @@ def export(
 
         console.print(parity_table(result.report, min_agreement, max_accuracy_drop))
     if not result.ok:
-        what = "parity gate failed" if result.report is not None else "a format failed"
-        raise _fail(f"{what}, no bundle written: " + "; ".join(result.failures))
+        if result.report is None:
+            raise _fail("a format failed, no bundle written: " + "; ".join(result.failures))
+        raise _fail(
+            "parity gate failed, no bundle written: "
+            + "; ".join(result.failures)
+            + ". Try --calibration-method entropy or percentile; if FP32 itself is unsure on "
+            "many windows, train longer"
+        )
 
     agreement = ", ".join(f"{m.format} {m.agreement:.1%}" for m in result.report.models)
     size_kb = result.archive.stat().st_size / 1000

@@ -2,7 +2,9 @@
 
 Every model's embeddings go through the checkpoint's numpy head (the same head the device runs)
 to class decisions. Per model: top-1 agreement with the FP32 decisions, accuracy, accuracy drop
-in percentage points and the mean cosine similarity of embeddings.
+in percentage points, the mean cosine similarity of embeddings and the embedding error relative
+to the spread of the FP32 embeddings (cosine stays near 1 when embeddings share a large common
+offset; the relative error does not).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class ModelParity(BaseModel):
     agreement: float = Field(ge=0, le=1, description="Top-1 decisions equal to FP32's.")
     accuracy_drop_points: float = Field(description="(FP32 - this) accuracy x 100; > 0 is worse.")
     cosine_mean: float = Field(description="Mean cosine similarity with FP32 embeddings.")
+    relative_error: float = Field(
+        ge=0, description="||emb - fp32|| / ||fp32 - mean(fp32)||: error vs the embeddings' spread."
+    )
 
 
 class ParityReport(BaseModel):
@@ -72,6 +77,7 @@ def compare(
     labels = np.asarray(labels)
     if reference.shape[0] != labels.shape[0]:
         raise ValueError(f"{reference.shape[0]} embeddings but {labels.shape[0]} labels")
+    spread = float(np.linalg.norm(reference - reference.mean(axis=0)))
     ref_pred = head.logits(reference).argmax(axis=1)
     ref_acc = float((ref_pred == labels).mean())
     models = []
@@ -87,6 +93,7 @@ def compare(
                 agreement=float((pred == ref_pred).mean()),
                 accuracy_drop_points=round((ref_acc - acc) * 100, 6),
                 cosine_mean=float(cosine_similarity(emb, reference).mean()),
+                relative_error=float(np.linalg.norm(emb - reference)) / max(spread, 1e-12),
             )
         )
     return ParityReport(windows=len(labels), reference_accuracy=ref_acc, models=models)
@@ -120,9 +127,10 @@ def parity_table(
 ) -> Table:
     """The report as a rich table, one row per model, failing cells in red."""
     table = Table(title=f"Parity with {report.reference} on {report.windows} held-out windows")
-    for column in ("model", "accuracy", "agreement", "acc. drop (pts)", "cosine", "gate"):
+    columns = ("model", "accuracy", "agreement", "acc. drop (pts)", "cosine", "rel. err", "gate")
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
-    table.add_row(report.reference, f"{report.reference_accuracy:.1%}", "-", "-", "-", "-")
+    table.add_row(report.reference, f"{report.reference_accuracy:.1%}", "-", "-", "-", "-", "-")
     for m in report.models:
         agree_ok = m.agreement >= min_agreement
         drop_ok = m.accuracy_drop_points <= max_accuracy_drop_points
@@ -134,6 +142,7 @@ def parity_table(
             if drop_ok
             else f"[red]{m.accuracy_drop_points:+.2f}[/red]",
             f"{m.cosine_mean:.4f}",
+            f"{m.relative_error:.3f}",
             "[green]pass[/green]" if agree_ok and drop_ok else "[red]FAIL[/red]",
         )
     return table

@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"faultwatch: unknown command {name!r}; valid: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        print(
+            f"faultwatch: unknown command {name!r}; valid: {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module_name = SUBCOMMANDS[name][0]
     try:

@@ -6,29 +6,50 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
+
 from train.config import TrainConfig
 from train.encoder import build_encoder
-from train.loop import Classifier, calibrate_temperature, encoder_spec, new_head, pick_device, seed_everything, train_classifier
+from train.loop import (
+    Classifier,
+    calibrate_temperature,
+    encoder_spec,
+    new_head,
+    pick_device,
+    seed_everything,
+    train_classifier,
+)
 from train.splits import Split, WindowSet
 
 logger = logging.getLogger(__name__)
 
 
-def supervised(cfg: TrainConfig, split: Split, labeled: WindowSet | None = None, *, show_progress: bool = True) -> Classifier:
+def supervised(
+    cfg: TrainConfig, split: Split, labeled: WindowSet | None = None, *, show_progress: bool = True
+) -> Classifier:
     """Same encoder and head from random initialization, trained end-to-end on the labels only."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
     model = Classifier(encoder, new_head(cfg, len(split.class_names), device))
-    train_classifier(cfg, model, labeled or split.labeled, epochs=cfg.supervised_epochs, lr=cfg.probe_lr,
-                     train_encoder=True, freeze_bn=False, stage="supervised", show_progress=show_progress)
+    train_classifier(
+        cfg,
+        model,
+        labeled or split.labeled,
+        epochs=cfg.supervised_epochs,
+        lr=cfg.probe_lr,
+        train_encoder=True,
+        freeze_bn=False,
+        stage="supervised",
+        show_progress=show_progress,
+    )
     calibrate_temperature(model, split.val)
     return model
 
 
-def pseudo_label(cfg: TrainConfig, split: Split, *, show_progress: bool = True, pool_limit: int = 8000) -> Classifier:
-    """Self-training: fit on labels, label the pool where confident, refit on both; `pseudo_rounds` times.
+def pseudo_label(
+    cfg: TrainConfig, split: Split, *, show_progress: bool = True, pool_limit: int = 8000
+) -> Classifier:
+    """Self-training: fit on labels, label confident pool windows, refit on both (`pseudo_rounds`).
 
     Pseudo-labels are capped per class at the size of the largest class's share so the ~90%
     normal pool does not swamp the few fault windows.
@@ -40,10 +61,21 @@ def pseudo_label(cfg: TrainConfig, split: Split, *, show_progress: bool = True, 
         conf, pred = probs.max(1), probs.argmax(1)
         keep = np.flatnonzero(conf >= cfg.pseudo_threshold)
         cap = max(len(split.labeled), 1) * 4
-        chosen = np.concatenate([keep[pred[keep] == c][:cap] for c in range(len(split.class_names))]).astype(int)
-        logger.info("pseudo-label round %d: %d of %d pool windows kept", round_ + 1, len(chosen), len(pool))
+        chosen = np.concatenate(
+            [keep[pred[keep] == c][:cap] for c in range(len(split.class_names))]
+        ).astype(int)
+        logger.info(
+            "pseudo-label round %d: %d of %d pool windows kept", round_ + 1, len(chosen), len(pool)
+        )
         data = WindowSet.concat(
-            [split.labeled, WindowSet(pool.x[chosen], pred[chosen].astype(np.int64), [pool.record_ids[i] for i in chosen])],
+            [
+                split.labeled,
+                WindowSet(
+                    pool.x[chosen],
+                    pred[chosen].astype(np.int64),
+                    [pool.record_ids[i] for i in chosen],
+                ),
+            ],
             split.labeled.x.shape[-1],
         )
         model = supervised(cfg, split, labeled=data, show_progress=show_progress)
@@ -51,7 +83,12 @@ def pseudo_label(cfg: TrainConfig, split: Split, *, show_progress: bool = True, 
 
 
 def prototype_probabilities(
-    train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, n_classes: int, *, scale: float = 10.0
+    train_emb: np.ndarray,
+    train_y: np.ndarray,
+    test_emb: np.ndarray,
+    n_classes: int,
+    *,
+    scale: float = 10.0,
 ) -> np.ndarray:
     """Nearest class mean by cosine similarity -> softmax(scale * cos). Missing classes get 0."""
     a = train_emb / (np.linalg.norm(train_emb, axis=1, keepdims=True) + 1e-8)

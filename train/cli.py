@@ -19,12 +19,19 @@ from rich.table import Table
 
 from train.config import ConfigError, TrainConfig, load_config
 
-app = typer.Typer(help="Contrastive pretraining, fine-tuning, baselines and evaluation.", no_args_is_help=True)
+app = typer.Typer(
+    help="Contrastive pretraining, fine-tuning, baselines and evaluation.", no_args_is_help=True
+)
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set epochs=5.")]
-DataOpt = Annotated[str | None, typer.Option(help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | recordings")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a field: --set epochs=5.")
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | recordings"),
+]
 EpochsOpt = Annotated[int | None, typer.Option(help="Pretraining epochs.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
@@ -39,7 +46,12 @@ class Baseline(str, Enum):
 
 def _setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
 
 
 def _config(config: Path | None, overrides: list[str] | None, **fields: Any) -> TrainConfig:
@@ -61,21 +73,38 @@ def print_metrics(results: dict[str, dict[str, Any]]) -> None:
         table.add_column(col)
     for name, m in results.items():
         conf = m.get("confident_accuracy")
-        table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['uncertain_rate']:.3f}",
-                      "-" if conf is None else f"{conf:.3f}")
+        table.add_row(
+            name,
+            f"{m['accuracy']:.3f}",
+            f"{m['macro_f1']:.3f}",
+            f"{m['uncertain_rate']:.3f}",
+            "-" if conf is None else f"{conf:.3f}",
+        )
     console.print(table)
 
 
 @app.command()
 def run(
-    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, epochs: EpochsOpt = None,
-    seed: SeedOpt = None, device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
-    baselines: Annotated[bool, typer.Option(help="Also train the supervised and pseudo-label baselines.")] = True,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted pretraining of this run.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    run_name: RunOpt = None,
+    quiet: QuietOpt = False,
+    baselines: Annotated[
+        bool, typer.Option(help="Also train the supervised and pseudo-label baselines.")
+    ] = True,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted pretraining of this run.")
+    ] = False,
 ) -> None:
     """The whole recipe: pretrain, fine-tune, baselines, report (writes runs/<name>/)."""
     _setup_logging(quiet)
-    cfg = _config(config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name)
+    cfg = _config(
+        config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name
+    )
     from train.workflow import run_all
 
     try:
@@ -88,13 +117,21 @@ def run(
 
 @app.command("pretrain")
 def pretrain_cmd(
-    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, epochs: EpochsOpt = None,
-    seed: SeedOpt = None, device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    run_name: RunOpt = None,
+    quiet: QuietOpt = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run's pretrained.pt.")] = False,
 ) -> None:
     """SimCLR pretraining only; writes runs/<name>/pretrained.pt (resumable)."""
     _setup_logging(quiet)
-    cfg = _config(config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name)
+    cfg = _config(
+        config, set_, data=data, epochs=epochs, seed=seed, device=device, run_name=run_name
+    )
     from train.data import build_split
     from train.loop import pretrain
     from train.runs import PRETRAINED
@@ -103,17 +140,28 @@ def pretrain_cmd(
         split = build_split(cfg)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    result = pretrain(cfg, split, checkpoint=cfg.run_dir() / PRETRAINED, resume=resume, show_progress=not quiet)
-    console.print(f"pretrained encoder: {cfg.run_dir() / PRETRAINED}  ({result.views_per_second:.0f} views/s)")
+    result = pretrain(
+        cfg, split, checkpoint=cfg.run_dir() / PRETRAINED, resume=resume, show_progress=not quiet
+    )
+    console.print(
+        f"pretrained encoder: {cfg.run_dir() / PRETRAINED}  ({result.views_per_second:.0f} views/s)"
+    )
     if result.collapse.get("warning"):
         console.print(f"[bold red]COLLAPSE: {result.collapse['warning']}[/bold red]")
 
 
 @app.command()
 def finetune(
-    pretrained: Annotated[Path, typer.Option(help="A pretrained.pt from `faultwatch train pretrain`.")],
-    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, seed: SeedOpt = None,
-    device: DeviceOpt = None, run_name: RunOpt = None, quiet: QuietOpt = False,
+    pretrained: Annotated[
+        Path, typer.Option(help="A pretrained.pt from `faultwatch train pretrain`.")
+    ],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    run_name: RunOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a pretrained encoder on the labeled windows; writes finetuned.pt and the report."""
     _setup_logging(quiet)
@@ -130,8 +178,12 @@ def finetune(
 @app.command()
 def baseline(
     method: Annotated[Baseline, typer.Argument(help="supervised | pseudo-label")],
-    config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, seed: SeedOpt = None,
-    device: DeviceOpt = None, quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a baseline on the same split and print its test metrics."""
     _setup_logging(quiet)
@@ -166,13 +218,19 @@ def evaluate_cmd(
         _fail(f"{path}: need finetuned.pt and heldout.npz in the run folder")
     state = torch.load(path, map_location="cpu", weights_only=False)
     encoder = load_encoder(path)
-    head = Head(**{k: np.asarray(v) for k, v in state["head"].items() if k != "temperature"},
-                temperature=float(state["head"]["temperature"]))
+    head = Head(
+        **{k: np.asarray(v) for k, v in state["head"].items() if k != "temperature"},
+        temperature=float(state["head"]["temperature"]),
+    )
     with np.load(heldout) as data:
         x, y = data["x"], data["y"]
     from train.loop import embed
 
-    metrics = classification_metrics(head.probabilities(embed(encoder, x)), y, state["class_names"],
-                                      state["config"]["uncertain_below"])
+    metrics = classification_metrics(
+        head.probabilities(embed(encoder, x)),
+        y,
+        state["class_names"],
+        state["config"]["uncertain_below"],
+    )
     print_metrics({path.parent.name: metrics})
     console.print_json(json.dumps({"per_class": metrics["per_class"]}))

@@ -25,7 +25,9 @@ class TrainConfig(BaseModel):
 
     # data and split
     data: DataName = Field("sim-reference", description="Which data set and split to build.")
-    data_root: Path | None = Field(None, description="Folder holding cwru/ (default ../shared/datasets).")
+    data_root: Path | None = Field(
+        None, description="Folder holding cwru/ (default ../shared/datasets)."
+    )
     manifest: Path | None = Field(None, description="Recordings manifest (data = 'recordings').")
     labels_per_class: int = Field(50, ge=1, description="Labeled training windows per class.")
     unlabeled_windows: int = Field(8000, ge=0, description="Size of the simulated unlabeled pool.")
@@ -39,7 +41,9 @@ class TrainConfig(BaseModel):
     embedding_dim: int = Field(128, ge=2)
     width: float = Field(1.0, gt=0, description="Channel multiplier of the reference CNN.")
     norm: Literal["batch", "none"] = "batch"
-    projection_dims: tuple[int, ...] = Field((256, 128), description="Projection MLP after the encoder.")
+    projection_dims: tuple[int, ...] = Field(
+        (256, 128), description="Projection MLP after the encoder."
+    )
     # pretraining
     loss: Literal["ntxent", "supcon", "vicreg"] = "ntxent"
     temperature: float = Field(0.5, gt=0)
@@ -77,7 +81,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.aug_k_min > self.aug_k_max:
-            raise ValueError(f"aug_k_min ({self.aug_k_min}) must be <= aug_k_max ({self.aug_k_max})")
+            raise ValueError(
+                f"aug_k_min ({self.aug_k_min}) must be <= aug_k_max ({self.aug_k_max})"
+            )
         if self.hop > self.window:
             raise ValueError(f"hop ({self.hop}) must be <= window ({self.window})")
         if self.data == "recordings" and self.manifest is None:
@@ -110,8 +116,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
-    """Defaults <- TOML file <- keyword fields <- `field=value` overrides; unknown fields are errors."""
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, **fields: Any
+) -> TrainConfig:
+    """Defaults <- TOML file <- keyword fields <- `field=value` overrides; unknown fields fail."""
     values: dict[str, Any] = {}
     if path is not None:
         try:

@@ -11,7 +11,15 @@ import numpy as np
 
 from train.config import TrainConfig
 from train.records import Record
-from train.splits import Segment, SegmentPool, Split, WindowSet, pick_labeled, split_records, windows_of
+from train.splits import (
+    Segment,
+    SegmentPool,
+    Split,
+    WindowSet,
+    pick_labeled,
+    split_records,
+    windows_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +39,8 @@ def _resampled(records: list[Record], rate: int) -> list[Record]:
     from edge_agent.preprocess import resample
 
     return [
-        r if r.sample_rate_hz == rate
+        r
+        if r.sample_rate_hz == rate
         else Record(r.record_id, resample(r.signal, r.sample_rate_hz, rate), rate, r.label, r.meta)
         for r in records
     ]
@@ -46,26 +55,43 @@ def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     per_record = 1 + int((seconds * cfg.sample_rate_hz - cfg.window) // cfg.hop)
     names = LOCATION_CLASSES
     index = {n: i for i, n in enumerate(names)}
-    lab_per_class = max(4, math.ceil(cfg.labels_per_class * cfg.window / (seconds * cfg.sample_rate_hz)) + 1)
+    lab_per_class = max(
+        4, math.ceil(cfg.labels_per_class * cfg.window / (seconds * cfg.sample_rate_hz)) + 1
+    )
     lab = _resampled(lab_records(lab_per_class, seconds, seed=cfg.seed), cfg.sample_rate_hz)
     lab_val = _resampled(lab_records(2, seconds, seed=cfg.seed + 500), cfg.sample_rate_hz)
     n_pool = max(1, math.ceil(cfg.unlabeled_windows / per_record))
-    pool_recs = _resampled(production_records(n_pool, seconds, seed=cfg.seed + 1000), cfg.sample_rate_hz)
+    pool_recs = _resampled(
+        production_records(n_pool, seconds, seed=cfg.seed + 1000), cfg.sample_rate_hz
+    )
     n_test = max(8, n_pool // 4)
     test_recs = _resampled(
-        production_records(n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25), cfg.sample_rate_hz
+        production_records(n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25),
+        cfg.sample_rate_hz,
     )
 
     def segments(records: list[Record]) -> list[Segment]:
         return [Segment(r.record_id, r.signal, index[r.label], 0) for r in records]
 
-    labeled, picked = pick_labeled(segments(lab), cfg.labels_per_class, len(names), cfg.window, cfg.normalization, rng)
-    val, _ = pick_labeled(segments(lab_val), max(cfg.labels_per_class, 5), len(names), cfg.window, cfg.normalization, rng)
-    test = WindowSet.concat([windows_of(s, cfg.window, cfg.hop, cfg.normalization) for s in segments(test_recs)], cfg.window)
+    labeled, picked = pick_labeled(
+        segments(lab), cfg.labels_per_class, len(names), cfg.window, cfg.normalization, rng
+    )
+    val, _ = pick_labeled(
+        segments(lab_val),
+        max(cfg.labels_per_class, 5),
+        len(names),
+        cfg.window,
+        cfg.normalization,
+        rng,
+    )
+    test = WindowSet.concat(
+        [windows_of(s, cfg.window, cfg.hop, cfg.normalization) for s in segments(test_recs)],
+        cfg.window,
+    )
     pool = SegmentPool(segments(pool_recs), cfg.window, cfg.hop, cfg.normalization)
     description = {
         "scheme": "by record: lab records (labels), production records (unlabeled pool), "
-                  "separate production records (test)",
+        "separate production records (test)",
         "lab_records": [r.record_id for r in lab],
         "val_records": [r.record_id for r in lab_val],
         "pool_records": len(pool_recs),
@@ -90,7 +116,11 @@ def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
         return split_records(records, names, cfg, rng, label_of=size_label)
     if cfg.data == "cwru-crossload":
         return split_records(
-            records, LOCATION_CLASSES, cfg, rng, label_of=lambda r: r.label,
+            records,
+            LOCATION_CLASSES,
+            cfg,
+            rng,
+            label_of=lambda r: r.label,
             labeled_filter=lambda r: int(r.meta.get("load_hp", -1)) == 0,
             test_filter=lambda r: int(r.meta.get("load_hp", -1)) == 3,
         )
@@ -109,6 +139,8 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     split = split_records(labeled, names, cfg, rng, label_of=lambda r: r.label)
     extra = [Segment(r.record_id, r.signal, -1, 0) for r in records if not r.label]
     if extra:
-        split.pool = SegmentPool(split.pool.segments + extra, cfg.window, cfg.hop, cfg.normalization)
+        split.pool = SegmentPool(
+            split.pool.segments + extra, cfg.window, cfg.hop, cfg.normalization
+        )
         split.description["unlabeled_records"] = [s.record_id for s in extra]
     return split

@@ -28,11 +28,17 @@ class ReferenceCNN(nn.Module):
     def __init__(self, embedding_dim: int = 128, norm: str = "batch", width: float = 1.0) -> None:
         super().__init__()
         if embedding_dim < 1 or width <= 0:
-            raise ValueError(f"need embedding_dim >= 1 and width > 0, got {embedding_dim=}, {width=}")
+            raise ValueError(
+                f"need embedding_dim >= 1 and width > 0, got {embedding_dim=}, {width=}"
+            )
         c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
         layers: list[nn.Module] = []
         for cin, cout, k in ((1, c1, 15), (c1, c2, 11), (c2, c3, 7)):
-            layers += [nn.Conv1d(cin, cout, k, stride=2, padding=k // 2), _norm(norm, cout), nn.ReLU()]
+            layers += [
+                nn.Conv1d(cin, cout, k, stride=2, padding=k // 2),
+                _norm(norm, cout),
+                nn.ReLU(),
+            ]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c3, embedding_dim)
         self.embedding_dim = embedding_dim
@@ -54,7 +60,9 @@ class _ResBlock(nn.Module):
         self.skip = (
             nn.Identity()
             if cin == cout and stride == 1
-            else nn.Sequential(nn.Conv1d(cin, cout, 1, stride=stride, bias=False), _norm(norm, cout))
+            else nn.Sequential(
+                nn.Conv1d(cin, cout, 1, stride=stride, bias=False), _norm(norm, cout)
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,13 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     if not enabled:
         yield lambda **_: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task(description, total=total, info="")
 
@@ -115,12 +120,19 @@ def pretrain(
     encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
     projection = ProjectionHead([cfg.embedding_dim, *cfg.projection_dims]).to(device)
     params = [*encoder.parameters(), *projection.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr * math.sqrt(world), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr * math.sqrt(world), weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(split.pool) // (cfg.batch_size * world))
     total = cfg.epochs * steps_per_epoch
     warmup = min(total // 10, 200)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / max(1, total)))
+        optimizer,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, warmup))
+            * 0.5
+            * (1 + math.cos(math.pi * min(s, total) / max(1, total)))
+        ),
     )
     history: list[dict[str, float]] = []
     start = 0
@@ -140,11 +152,17 @@ def pretrain(
         loss_fn = make_loss(cfg, gather=gather_with_grad)
     else:
         loss_fn = make_loss(cfg)
-    pipeline = build_pipeline(list(cfg.augmentations) if cfg.augmentations else None,
-                              sample_rate_hz=cfg.sample_rate_hz, k_min=cfg.aug_k_min, k_max=cfg.aug_k_max)
+    pipeline = build_pipeline(
+        list(cfg.augmentations) if cfg.augmentations else None,
+        sample_rate_hz=cfg.sample_rate_hz,
+        k_min=cfg.aug_k_min,
+        k_max=cfg.aug_k_max,
+    )
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + start)
     rng = np.random.default_rng([cfg.seed, rank, start])
-    probe = torch.from_numpy(split.pool.sample(min(512, max(64, len(split.pool))), np.random.default_rng(cfg.seed))).to(device)
+    probe = torch.from_numpy(
+        split.pool.sample(min(512, max(64, len(split.pool))), np.random.default_rng(cfg.seed))
+    ).to(device)
     labeled_x = torch.from_numpy(split.labeled.x).to(device)
     labeled_y = torch.from_numpy(split.labeled.y).to(device)
     collapse: dict[str, Any] = {}
@@ -153,7 +171,9 @@ def pretrain(
     with progress_bar("pretrain", total - start, show_progress and rank == 0) as advance:
         for step in range(start, total):
             t0 = time.perf_counter()
-            x = torch.from_numpy(split.pool.sample(cfg.batch_size, rng)).to(device, non_blocking=True)
+            x = torch.from_numpy(split.pool.sample(cfg.batch_size, rng)).to(
+                device, non_blocking=True
+            )
             labels = torch.full((x.shape[0],), -1, device=device, dtype=torch.long)
             if cfg.loss == "supcon" and len(labeled_x):
                 x, labels = torch.cat([x, labeled_x]), torch.cat([labels, labeled_y])
@@ -164,26 +184,51 @@ def pretrain(
             z0, z1 = z.chunk(2)
             loss = loss_fn(z0, z1, labels) if cfg.loss == "supcon" else loss_fn(z0, z1)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}; lower lr")
+                raise FloatingPointError(
+                    f"pretraining loss became {loss.item()} at step {step}; lower lr"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             views += 2 * x.shape[0] * world
             ms = 1000 * (time.perf_counter() - t0)
-            record = {"step": step + 1, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "ms": ms}
+            record = {
+                "step": step + 1,
+                "loss": loss.item(),
+                "lr": schedule.get_last_lr()[0],
+                "ms": ms,
+            }
             history.append(record)
             advance(loss=record["loss"])
             if rank == 0 and (step + 1) % cfg.log_every == 0:
-                logger.info("step %d | loss %.3f | lr %.1e | %.0f ms/step", step + 1, record["loss"], record["lr"], ms)
+                logger.info(
+                    "step %d | loss %.3f | lr %.1e | %.0f ms/step",
+                    step + 1,
+                    record["loss"],
+                    record["lr"],
+                    ms,
+                )
             if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
                 collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
                 if checkpoint is not None and rank == 0:
-                    save_pretrain(checkpoint, cfg, encoder, projection, optimizer, schedule, step + 1, history, collapse)
+                    save_pretrain(
+                        checkpoint,
+                        cfg,
+                        encoder,
+                        projection,
+                        optimizer,
+                        schedule,
+                        step + 1,
+                        history,
+                        collapse,
+                    )
     if not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
     elapsed = time.perf_counter() - t_start
-    return PretrainResult(encoder, projection, history, collapse, views / elapsed if elapsed > 0 and views else 0.0)
+    return PretrainResult(
+        encoder, projection, history, collapse, views / elapsed if elapsed > 0 and views else 0.0
+    )
 
 
 def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict[str, Any]:
@@ -194,7 +239,9 @@ def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict
         stats = embedding_stats(encoder(probe).float())
     encoder.train(was_training)
     warning = check_collapse(stats)
-    stats = {k: float(v) if isinstance(v, (int, float, np.floating)) else v for k, v in stats.items()}
+    stats = {
+        k: float(v) if isinstance(v, (int, float, np.floating)) else v for k, v in stats.items()
+    }
     if warning:
         logger.error("%s", warning)
         if fail:
@@ -204,15 +251,26 @@ def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict
     return {**stats, "warning": warning}
 
 
-def save_pretrain(path: Path, cfg: TrainConfig, encoder, projection, optimizer, schedule, step, history, collapse) -> None:
+def save_pretrain(
+    path: Path, cfg: TrainConfig, encoder, projection, optimizer, schedule, step, history, collapse
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "kind": "pretrained", "config": cfg.model_dump(mode="json"), "encoder": encoder_spec(cfg),
-        "encoder_state": _unwrap(encoder).state_dict(), "projection_state": projection.state_dict(),
-        "optimizer_state": optimizer.state_dict(), "schedule_state": schedule.state_dict(),
-        "step": step, "history": history, "collapse": collapse,
-    }, tmp)
+    torch.save(
+        {
+            "kind": "pretrained",
+            "config": cfg.model_dump(mode="json"),
+            "encoder": encoder_spec(cfg),
+            "encoder_state": _unwrap(encoder).state_dict(),
+            "projection_state": projection.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "schedule_state": schedule.state_dict(),
+            "step": step,
+            "history": history,
+            "collapse": collapse,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -236,9 +294,15 @@ def embed(encoder: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     """Encoder in eval mode over (N, 1, W) windows -> (N, D) float32 numpy."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    parts = [encoder(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
-             for i in range(0, len(x), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "embedding_dim", 1)), np.float32)
+    parts = [
+        encoder(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
+        for i in range(0, len(x), batch)
+    ]
+    return (
+        np.concatenate(parts)
+        if parts
+        else np.zeros((0, getattr(encoder, "embedding_dim", 1)), np.float32)
+    )
 
 
 class StandardizedHead(nn.Module):
@@ -314,9 +378,13 @@ def train_classifier(
     device = next(model.encoder.parameters()).device
     for p in model.encoder.parameters():
         p.requires_grad_(train_encoder)
-    params = list(model.head.parameters()) + (list(model.encoder.parameters()) if train_encoder else [])
+    params = list(model.head.parameters()) + (
+        list(model.encoder.parameters()) if train_encoder else []
+    )
     optimizer = torch.optim.Adam(params, lr=lr)
-    pipeline = build_pipeline(FINETUNE_AUGMENTATIONS, sample_rate_hz=cfg.sample_rate_hz, k_min=1, k_max=2)
+    pipeline = build_pipeline(
+        FINETUNE_AUGMENTATIONS, sample_rate_hz=cfg.sample_rate_hz, k_min=1, k_max=2
+    )
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 17)
     rng = np.random.default_rng([cfg.seed, 17])
     x_all = torch.from_numpy(data.x).to(device)
@@ -365,15 +433,35 @@ def new_head(
     return StandardizedHead(head, mean, scale).to(device)
 
 
-def finetune(cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True) -> Classifier:
+def finetune(
+    cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True
+) -> Classifier:
     """Frozen-encoder probe at probe_lr, end-to-end at finetune_lr (BN statistics frozen, since a
     handful of labels cannot re-estimate them), then temperature scaling on validation windows."""
     device = next(encoder.parameters()).device
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
     model = Classifier(encoder, new_head(cfg, len(split.class_names), device, pool_emb))
-    train_classifier(cfg, model, split.labeled, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                     train_encoder=False, freeze_bn=True, stage="probe", show_progress=show_progress)
-    train_classifier(cfg, model, split.labeled, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                     train_encoder=True, freeze_bn=True, stage="finetune", show_progress=show_progress)
+    train_classifier(
+        cfg,
+        model,
+        split.labeled,
+        epochs=cfg.probe_epochs,
+        lr=cfg.probe_lr,
+        train_encoder=False,
+        freeze_bn=True,
+        stage="probe",
+        show_progress=show_progress,
+    )
+    train_classifier(
+        cfg,
+        model,
+        split.labeled,
+        epochs=cfg.finetune_epochs,
+        lr=cfg.finetune_lr,
+        train_encoder=True,
+        freeze_bn=True,
+        stage="finetune",
+        show_progress=show_progress,
+    )
     calibrate_temperature(model, split.val)
     return model

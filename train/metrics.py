@@ -32,20 +32,28 @@ def classification_metrics(
     tp = np.diag(cm).astype(float)
     precision = np.divide(tp, cm.sum(0), out=np.zeros(n), where=cm.sum(0) > 0)
     recall = np.divide(tp, cm.sum(1), out=np.zeros(n), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0
+    )
     present = (cm.sum(0) + cm.sum(1)) > 0
     confident = conf >= uncertain_below
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((y_pred == y_true).mean()),
         "macro_f1": float(f1[present].mean()),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(cm[i].sum())}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(cm[i].sum()),
+            }
             for i, name in enumerate(class_names)
         },
         "confusion": cm.tolist(),
         "uncertain_rate": float(1 - confident.mean()),
-        "confident_accuracy": float((y_pred[confident] == y_true[confident]).mean()) if confident.any() else None,
+        "confident_accuracy": float((y_pred[confident] == y_true[confident]).mean())
+        if confident.any()
+        else None,
         "nll": float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean()),
     }

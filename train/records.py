@@ -31,7 +31,9 @@ class Record:
     def __post_init__(self) -> None:
         self.signal = np.asarray(self.signal, dtype=np.float32)
         if self.signal.ndim != 1:
-            raise ValueError(f"record {self.record_id}: signal must be 1-D, got {self.signal.shape}")
+            raise ValueError(
+                f"record {self.record_id}: signal must be 1-D, got {self.signal.shape}"
+            )
         if self.sample_rate_hz <= 0:
             raise ValueError(f"record {self.record_id}: sample_rate_hz must be > 0")
 

@@ -25,7 +25,9 @@ def _plt():
     return plt
 
 
-def plot_embeddings(path: Path, emb: np.ndarray, y: np.ndarray, class_names: list[str], title: str) -> None:
+def plot_embeddings(
+    path: Path, emb: np.ndarray, y: np.ndarray, class_names: list[str], title: str
+) -> None:
     plt = _plt()
     xy = pca_2d(emb)
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -43,7 +45,7 @@ def plot_embeddings(path: Path, emb: np.ndarray, y: np.ndarray, class_names: lis
 def plot_losses(path: Path, curves: dict[str, list[float]]) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
-    for ax, (name, values) in zip(axes[0], curves.items()):
+    for ax, (name, values) in zip(axes[0], curves.items(), strict=True):
         ax.plot(values, lw=0.8)
         ax.set_title(f"{name} loss")
         ax.set_xlabel("step")
@@ -69,30 +71,67 @@ def plot_confusion(path: Path, confusion: list[list[int]], class_names: list[str
 
 
 def metrics_table(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| method | accuracy | macro-F1 | uncertain rate | accuracy when confident |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| method | accuracy | macro-F1 | uncertain rate | accuracy when confident |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in results.items():
         conf = m.get("confident_accuracy")
-        rows.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['uncertain_rate']:.3f} | "
-                    f"{'-' if conf is None else f'{conf:.3f}'} |")
+        rows.append(
+            f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['uncertain_rate']:.3f} | "
+            f"{'-' if conf is None else f'{conf:.3f}'} |"
+        )
     return "\n".join(rows)
 
 
-def write_report(run_dir: Path, *, title: str, results: dict[str, dict[str, Any]], class_names: list[str],
-                 split_counts: dict[str, Any], collapse: dict[str, Any] | None, images: list[str]) -> Path:
+def write_report(
+    run_dir: Path,
+    *,
+    title: str,
+    results: dict[str, dict[str, Any]],
+    class_names: list[str],
+    split_counts: dict[str, Any],
+    collapse: dict[str, Any] | None,
+    images: list[str],
+) -> Path:
     """Write report.md in the run folder; returns its path."""
     main = next(iter(results.values()))
-    lines = [f"# {title}", "", "## Test metrics", "", metrics_table(results), "",
-             "## Split", "", "```", *(f"{k}: {v}" for k, v in split_counts.items()), "```", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "## Test metrics",
+        "",
+        metrics_table(results),
+        "",
+        "## Split",
+        "",
+        "```",
+        *(f"{k}: {v}" for k, v in split_counts.items()),
+        "```",
+        "",
+    ]
     if collapse:
         verdict = collapse.get("warning") or "no collapse detected"
-        lines += ["## Representation health", "",
-                  f"effective rank {collapse.get('effective_rank', float('nan')):.1f} of {collapse.get('dims')}, "
-                  f"mean per-dimension std {collapse.get('std_mean', float('nan')):.4f}: **{verdict}**", ""]
-    lines += ["## Per-class (first method)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            "## Representation health",
+            "",
+            f"effective rank {collapse.get('effective_rank', float('nan')):.1f} "
+            f"of {collapse.get('dims')}, "
+            f"mean per-dimension std {collapse.get('std_mean', float('nan')):.4f}: **{verdict}**",
+            "",
+        ]
+    lines += [
+        "## Per-class (first method)",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
     for name in class_names:
         pc = main["per_class"][name]
-        lines.append(f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
+        lines.append(
+            f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} "
+            f"| {pc['support']} |"
+        )
     lines += ["", *(f"![{img}]({img})" for img in images), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

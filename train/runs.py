@@ -21,10 +21,14 @@ CALIBRATION_WINDOWS = 512
 
 
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
-    return classification_metrics(model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below)
+    return classification_metrics(
+        model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below
+    )
 
 
-def reference_stats(model: Classifier, split: Split, pool_limit: int = 4000) -> dict[str, dict[str, Any]]:
+def reference_stats(
+    model: Classifier, split: Split, pool_limit: int = 4000
+) -> dict[str, dict[str, Any]]:
     """Mean and covariance of training embeddings per class, for the device's drift monitor.
 
     Uses the labeled windows plus pool windows the model classifies with confidence >= 0.9.
@@ -38,12 +42,16 @@ def reference_stats(model: Classifier, split: Split, pool_limit: int = 4000) -> 
     for c, name in enumerate(split.class_names):
         e = emb[y == c].astype(np.float64)
         if len(e) >= 2:
-            stats[name] = {"count": len(e), "mean": e.mean(0).tolist(), "cov": np.cov(e, rowvar=False).tolist()}
+            stats[name] = {
+                "count": len(e),
+                "mean": e.mean(0).tolist(),
+                "cov": np.cov(e, rowvar=False).tolist(),
+            }
     return stats
 
 
 def calibration_windows(split: Split, seed: int) -> np.ndarray:
-    """Representative windows for INT8 calibration: pool windows spread over records plus the labels."""
+    """Representative windows for INT8 calibration: labeled plus pool windows over all records."""
     pool = split.pool.windows(limit=CALIBRATION_WINDOWS)
     x = np.concatenate([split.labeled.x, pool.x])
     rng = np.random.default_rng(seed)
@@ -51,30 +59,43 @@ def calibration_windows(split: Split, seed: int) -> np.ndarray:
 
 
 def save_run(
-    run_dir: Path, cfg: TrainConfig, model: Classifier, split: Split, metrics: dict[str, Any],
+    run_dir: Path,
+    cfg: TrainConfig,
+    model: Classifier,
+    split: Split,
+    metrics: dict[str, Any],
     provenance: dict[str, Any],
 ) -> Path:
-    """Write finetuned.pt + calibration.npz + heldout.npz + split.json + metrics.json; return the checkpoint."""
+    """Write finetuned.pt, calibration.npz, heldout.npz, split.json and metrics.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     head = model.head.cpu().to_numpy(model.temperature)
     checkpoint = run_dir / FINETUNED
-    torch.save({
-        "kind": "finetuned",
-        "encoder": encoder_spec(cfg),
-        "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
-        "head": head.to_arrays(),
-        "class_names": split.class_names,
-        "normal_class": "normal" if "normal" in split.class_names else split.class_names[0],
-        "preprocess": {"sample_rate_hz": cfg.sample_rate_hz, "window": cfg.window, "hop": cfg.hop,
-                       "normalization": cfg.normalization},
-        "config": cfg.model_dump(mode="json"),
-        "provenance": provenance,
-        "metrics": metrics,
-        "reference_stats": reference_stats(model, split),
-    }, checkpoint)
+    torch.save(
+        {
+            "kind": "finetuned",
+            "encoder": encoder_spec(cfg),
+            "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
+            "head": head.to_arrays(),
+            "class_names": split.class_names,
+            "normal_class": "normal" if "normal" in split.class_names else split.class_names[0],
+            "preprocess": {
+                "sample_rate_hz": cfg.sample_rate_hz,
+                "window": cfg.window,
+                "hop": cfg.hop,
+                "normalization": cfg.normalization,
+            },
+            "config": cfg.model_dump(mode="json"),
+            "provenance": provenance,
+            "metrics": metrics,
+            "reference_stats": reference_stats(model, split),
+        },
+        checkpoint,
+    )
     np.savez_compressed(run_dir / "calibration.npz", x=calibration_windows(split, cfg.seed))
     np.savez_compressed(run_dir / "heldout.npz", x=split.test.x, y=split.test.y)
-    (run_dir / "split.json").write_text(json.dumps({**split.description, "counts": split_summary(split)}, indent=1))
+    (run_dir / "split.json").write_text(
+        json.dumps({**split.description, "counts": split_summary(split)}, indent=1)
+    )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return checkpoint
 
@@ -83,5 +104,7 @@ def latest_checkpoint(out_dir: Path = Path("runs")) -> Path:
     """The newest runs/*/finetuned.pt; FileNotFoundError says how to make one."""
     found = sorted(Path(out_dir).glob(f"*/{FINETUNED}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no {FINETUNED} under {out_dir}/; run `faultwatch train run` (or `make demo`) first")
+        raise FileNotFoundError(
+            f"no {FINETUNED} under {out_dir}/; run `faultwatch train run` (or `make demo`) first"
+        )
     return found[-1]

@@ -64,7 +64,9 @@ class SegmentPool:
     def __init__(self, segments: list[Segment], window: int, hop: int, normalization: str) -> None:
         self.segments = [s for s in segments if s.signal.shape[0] >= window]
         if not self.segments:
-            raise ValueError(f"unlabeled pool is empty: no train segment holds a {window}-sample window")
+            raise ValueError(
+                f"unlabeled pool is empty: no train segment holds a {window}-sample window"
+            )
         self.window, self.hop, self.normalization = window, hop, normalization
         spans = np.array([s.signal.shape[0] - window + 1 for s in self.segments], dtype=np.int64)
         self._cum = np.cumsum(spans)
@@ -79,7 +81,10 @@ class SegmentPool:
         seg_idx = np.searchsorted(self._cum, flat, side="right")
         offsets = flat - np.concatenate([[0], self._cum[:-1]])[seg_idx]
         crops = np.stack(
-            [self.segments[i].signal[o : o + self.window] for i, o in zip(seg_idx, offsets)]
+            [
+                self.segments[i].signal[o : o + self.window]
+                for i, o in zip(seg_idx, offsets, strict=True)
+            ]
         )
         return normalize(crops, self.normalization)  # type: ignore[arg-type]
 
@@ -123,21 +128,34 @@ def time_blocks(record: Record, label: int, window: int) -> dict[str, Segment]:
 
 
 def pick_labeled(
-    segments: list[Segment], per_class: int, n_classes: int, window: int, norm: str, rng: np.random.Generator
+    segments: list[Segment],
+    per_class: int,
+    n_classes: int,
+    window: int,
+    norm: str,
+    rng: np.random.Generator,
 ) -> tuple[WindowSet, list[dict[str, Any]]]:
     """Draw up to `per_class` non-overlapping windows per class from the given segments."""
     chosen: list[WindowSet] = []
     picked: list[dict[str, Any]] = []
     for c in range(n_classes):
-        cands = [(i, o) for i, s in enumerate(segments) if s.label == c
-                 for o in range(0, s.signal.shape[0] - window + 1, window)]
+        cands = [
+            (i, o)
+            for i, s in enumerate(segments)
+            if s.label == c
+            for o in range(0, s.signal.shape[0] - window + 1, window)
+        ]
         if not cands:
             continue
         take = rng.choice(len(cands), size=min(per_class, len(cands)), replace=False)
         for k in sorted(take):
             i, o = cands[k]
             seg = segments[i]
-            chosen.append(windows_of(Segment(seg.record_id, seg.signal[o : o + window], c, 0), window, window, norm))
+            chosen.append(
+                windows_of(
+                    Segment(seg.record_id, seg.signal[o : o + window], c, 0), window, window, norm
+                )
+            )
             picked.append({"record": seg.record_id, "start": seg.start + o, "class": c})
     return WindowSet.concat(chosen, window), picked
 
@@ -156,22 +174,42 @@ def split_records(
     blocks = {r.record_id: (r, time_blocks(r, index[label_of(r)], cfg.window)) for r in records}
     train_lab = [b["train"] for r, b in blocks.values() if labeled_filter(r) and "train" in b]
     val_lab = [b["val"] for r, b in blocks.values() if labeled_filter(r) and "val" in b]
-    labeled, picked = pick_labeled(train_lab, cfg.labels_per_class, len(class_names), cfg.window, cfg.normalization, rng)
-    val, _ = pick_labeled(val_lab, max(cfg.labels_per_class, 5), len(class_names), cfg.window, cfg.normalization, rng)
+    labeled, picked = pick_labeled(
+        train_lab, cfg.labels_per_class, len(class_names), cfg.window, cfg.normalization, rng
+    )
+    val, _ = pick_labeled(
+        val_lab, max(cfg.labels_per_class, 5), len(class_names), cfg.window, cfg.normalization, rng
+    )
     test = WindowSet.concat(
-        [windows_of(b["test"], cfg.window, cfg.hop, cfg.normalization)
-         for r, b in blocks.values() if test_filter(r) and "test" in b],
+        [
+            windows_of(b["test"], cfg.window, cfg.hop, cfg.normalization)
+            for r, b in blocks.values()
+            if test_filter(r) and "test" in b
+        ],
         cfg.window,
     )
-    pool_segments = [Segment(s.record_id, s.signal, s.label, s.start)
-                     for _, b in blocks.values() for s in [b.get("train")] if s is not None]
+    pool_segments = [
+        Segment(s.record_id, s.signal, s.label, s.start)
+        for _, b in blocks.values()
+        for s in [b.get("train")]
+        if s is not None
+    ]
     pool = SegmentPool(pool_segments, cfg.window, cfg.hop, cfg.normalization)
     description = {
         "scheme": "time-block within each record",
-        "blocks": {"train": [0.0, TRAIN_END], "val": [TRAIN_END, VAL_END], "test": [VAL_END, 1.0],
-                   "gap_samples": cfg.window},
-        "records": {rid: {"label": label_of(r), **{k: [s.start, s.start + s.signal.shape[0]] for k, s in b.items()}}
-                    for rid, (r, b) in blocks.items()},
+        "blocks": {
+            "train": [0.0, TRAIN_END],
+            "val": [TRAIN_END, VAL_END],
+            "test": [VAL_END, 1.0],
+            "gap_samples": cfg.window,
+        },
+        "records": {
+            rid: {
+                "label": label_of(r),
+                **{k: [s.start, s.start + s.signal.shape[0]] for k, s in b.items()},
+            }
+            for rid, (r, b) in blocks.items()
+        },
         "labeled_windows": picked,
     }
     return Split(class_names, labeled, val, test, pool, description)

@@ -13,7 +13,15 @@ import numpy as np
 from train.baselines import knn_probabilities, prototype_probabilities, pseudo_label, supervised
 from train.config import TrainConfig
 from train.data import build_split
-from train.loop import Classifier, PretrainResult, embed, finetune, load_encoder, pick_device, pretrain
+from train.loop import (
+    Classifier,
+    PretrainResult,
+    embed,
+    finetune,
+    load_encoder,
+    pick_device,
+    pretrain,
+)
 from train.metrics import classification_metrics
 from train.report import plot_confusion, plot_embeddings, plot_losses, write_report
 from train.runs import PRETRAINED, evaluate, save_run
@@ -22,20 +30,32 @@ from train.splits import Split, split_summary
 logger = logging.getLogger(__name__)
 
 
-def frozen_embedding_metrics(encoder, split: Split, uncertain_below: float) -> dict[str, dict[str, Any]]:
+def frozen_embedding_metrics(
+    encoder, split: Split, uncertain_below: float
+) -> dict[str, dict[str, Any]]:
     """kNN and nearest-prototype classifiers on the frozen pretrained embeddings."""
     train_emb, test_emb = embed(encoder, split.labeled.x), embed(encoder, split.test.x)
     n = len(split.class_names)
     k = max(1, min(5, int(np.bincount(split.labeled.y, minlength=n).min())))
     return {
         "kNN on SimCLR embeddings": classification_metrics(
-            knn_probabilities(train_emb, split.labeled.y, test_emb, n, k=k), split.test.y, split.class_names, uncertain_below),
+            knn_probabilities(train_emb, split.labeled.y, test_emb, n, k=k),
+            split.test.y,
+            split.class_names,
+            uncertain_below,
+        ),
         "prototype on SimCLR embeddings": classification_metrics(
-            prototype_probabilities(train_emb, split.labeled.y, test_emb, n), split.test.y, split.class_names, uncertain_below),
+            prototype_probabilities(train_emb, split.labeled.y, test_emb, n),
+            split.test.y,
+            split.class_names,
+            uncertain_below,
+        ),
     }
 
 
-def run_baselines(cfg: TrainConfig, split: Split, show_progress: bool) -> dict[str, tuple[Classifier, dict[str, Any]]]:
+def run_baselines(
+    cfg: TrainConfig, split: Split, show_progress: bool
+) -> dict[str, tuple[Classifier, dict[str, Any]]]:
     out = {}
     for name, fn in (("supervised only", supervised), ("pseudo-labeling", pseudo_label)):
         model = fn(cfg, split, show_progress=show_progress)
@@ -44,8 +64,13 @@ def run_baselines(cfg: TrainConfig, split: Split, show_progress: bool) -> dict[s
 
 
 def provenance(cfg: TrainConfig, split: Split) -> dict[str, Any]:
-    return {"data": cfg.data, "seed": cfg.seed, "split": split.description.get("scheme"),
-            "counts": split_summary(split), "config": cfg.model_dump(mode="json")}
+    return {
+        "data": cfg.data,
+        "seed": cfg.seed,
+        "split": split.description.get("scheme"),
+        "counts": split_summary(split),
+        "config": cfg.model_dump(mode="json"),
+    }
 
 
 def run_all(
@@ -66,25 +91,47 @@ def run_all(
         encoder = load_encoder(pretrained, pick_device(cfg.device))
         pre = PretrainResult(encoder, projection=None)  # type: ignore[arg-type]
     else:
-        pre = pretrain(cfg, split, checkpoint=run_dir / PRETRAINED, resume=resume, show_progress=show_progress)
-    plot_embeddings(run_dir / "embeddings_before_finetune.png", embed(pre.encoder, split.test.x), split.test.y,
-                    split.class_names, "test embeddings after pretraining (PCA)")
+        pre = pretrain(
+            cfg, split, checkpoint=run_dir / PRETRAINED, resume=resume, show_progress=show_progress
+        )
+    plot_embeddings(
+        run_dir / "embeddings_before_finetune.png",
+        embed(pre.encoder, split.test.x),
+        split.test.y,
+        split.class_names,
+        "test embeddings after pretraining (PCA)",
+    )
     results: dict[str, dict[str, Any]] = {}
     frozen = frozen_embedding_metrics(pre.encoder, split, cfg.uncertain_below)
     model = finetune(cfg, split, pre.encoder, show_progress=show_progress)
     results["SimCLR + fine-tune"] = evaluate(model, split, cfg.uncertain_below)
     results.update(frozen)
     if baselines:
-        results.update({name: m for name, (_, m) in run_baselines(cfg, split, show_progress).items()})
-    metrics = {"test": results, "temperature": model.temperature, "collapse": pre.collapse,
-               "pretrain_views_per_second": pre.views_per_second, "seconds": time.perf_counter() - t0}
+        results.update(
+            {name: m for name, (_, m) in run_baselines(cfg, split, show_progress).items()}
+        )
+    metrics = {
+        "test": results,
+        "temperature": model.temperature,
+        "collapse": pre.collapse,
+        "pretrain_views_per_second": pre.views_per_second,
+        "seconds": time.perf_counter() - t0,
+    }
     checkpoint = save_run(run_dir, cfg, model, split, metrics, provenance(cfg, split))
     curves = {"pretrain": [h["loss"] for h in pre.history]} if pre.history else {}
     curves["fine-tune"] = [h["loss"] for h in model.history]
     plot_losses(run_dir / "loss_curves.png", curves)
-    plot_confusion(run_dir / "confusion.png", results["SimCLR + fine-tune"]["confusion"], split.class_names)
-    report = write_report(run_dir, title=f"faultwatch run {run_dir.name}", results=results,
-                          class_names=split.class_names, split_counts=split_summary(split), collapse=pre.collapse,
-                          images=["embeddings_before_finetune.png", "loss_curves.png", "confusion.png"])
+    plot_confusion(
+        run_dir / "confusion.png", results["SimCLR + fine-tune"]["confusion"], split.class_names
+    )
+    report = write_report(
+        run_dir,
+        title=f"faultwatch run {run_dir.name}",
+        results=results,
+        class_names=split.class_names,
+        split_counts=split_summary(split),
+        collapse=pre.collapse,
+        images=["embeddings_before_finetune.png", "loss_curves.png", "confusion.png"],
+    )
     logger.info("run folder %s (checkpoint %s, report %s)", run_dir, checkpoint.name, report.name)
     return {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "metrics": metrics}

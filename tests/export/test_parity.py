@@ -30,6 +30,7 @@ def test_compare_counts_agreement_accuracy_drop_and_cosine():
     assert int8.accuracy == pytest.approx(0.8)
     assert int8.accuracy_drop_points == pytest.approx(20.0)
     assert int8.cosine_mean < 1.0
+    assert same.relative_error == 0.0 and int8.relative_error > 0.5
 
 
 def test_compare_refuses_mismatched_shapes():
@@ -45,6 +46,7 @@ def _report(agreement: float, drop: float) -> ParityReport:
         agreement=agreement,
         accuracy_drop_points=drop,
         cosine_mean=0.99,
+        relative_error=0.1,
     )
     return ParityReport(windows=100, reference_accuracy=0.95, models=[model])
 

@@ -1,0 +1,1 @@
+"""faultwatch benchmarks: `python -m bench fewlabel | throughput | latency | agent | all`."""

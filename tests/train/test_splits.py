@@ -1,0 +1,111 @@
+"""Splits never leak: time blocks are disjoint with a gap, labels come from train blocks only."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from train.config import load_config
+from train.data import build_split
+from train.records import Record
+from train.splits import Segment, SegmentPool, split_records, time_blocks
+
+W = 64
+
+
+def records(n_per_class: int, length: int, seed: int = 0) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    return [
+        Record(
+            f"{label}-{i}",
+            rng.normal(size=length).astype(np.float32) + c,
+            12_000,
+            label,
+            {"load_hp": i % 4},
+        )
+        for c, label in enumerate(["normal", "inner_race", "outer_race", "ball"])
+        for i in range(n_per_class)
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(length=st.integers(4 * W, 5000))
+def test_time_blocks_are_disjoint_ordered_and_separated_by_a_window(length):
+    rec = Record("r", np.zeros(length, np.float32), 12_000, "normal")
+    blocks = time_blocks(rec, 0, W)
+    spans = [
+        (blocks[k].start, blocks[k].start + len(blocks[k].signal))
+        for k in ("train", "val", "test")
+        if k in blocks
+    ]
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:], strict=False):
+        assert b0 - a1 >= W  # no window can straddle two blocks
+    assert spans[-1][1] <= length
+
+
+def test_labeled_windows_come_from_train_blocks_and_test_from_test_blocks():
+    cfg = load_config(None, None, data="cwru-4class", labels_per_class=3, window=W, hop=W // 2)
+    recs = records(2, 3000)
+    split = split_records(
+        recs,
+        ["normal", "inner_race", "outer_race", "ball"],
+        cfg,
+        np.random.default_rng(0),
+        label_of=lambda r: r.label,
+    )
+    blocks = split.description["records"]
+    for item in split.description["labeled_windows"]:
+        lo, hi = blocks[item["record"]]["train"]
+        assert lo <= item["start"] and item["start"] + W <= hi
+    assert np.bincount(split.labeled.y, minlength=4).tolist() == [3, 3, 3, 3]
+    assert len(split.test) > 0 and set(split.test.record_ids) <= {r.record_id for r in recs}
+    # the unlabeled pool only holds train-block samples
+    for seg in split.pool.segments:
+        lo, hi = blocks[seg.record_id]["train"]
+        assert seg.start == lo and seg.start + len(seg.signal) == hi
+
+
+def test_crossload_labels_from_load0_test_on_load3():
+    cfg = load_config(None, None, data="cwru-crossload", labels_per_class=2, window=W, hop=W)
+    recs = records(4, 2000)
+    split = split_records(
+        recs,
+        ["normal", "inner_race", "outer_race", "ball"],
+        cfg,
+        np.random.default_rng(0),
+        label_of=lambda r: r.label,
+        labeled_filter=lambda r: r.meta["load_hp"] == 0,
+        test_filter=lambda r: r.meta["load_hp"] == 3,
+    )
+    assert {item["record"].split("-")[-1] for item in split.description["labeled_windows"]} == {"0"}
+    assert {rid.split("-")[-1] for rid in split.test.record_ids} == {"3"}
+    assert len({s.record_id for s in split.pool.segments}) == len(recs)  # pool: all loads
+
+
+def test_pool_sampling_is_deterministic_and_normalized():
+    pool = SegmentPool([Segment("a", np.arange(1000, dtype=np.float32), -1, 0)], W, W, "zscore")
+    x1 = pool.sample(8, np.random.default_rng(3))
+    x2 = pool.sample(8, np.random.default_rng(3))
+    np.testing.assert_array_equal(x1, x2)
+    assert x1.shape == (8, 1, W)
+    np.testing.assert_allclose(x1.mean(-1), 0, atol=1e-5)
+    with pytest.raises(ValueError, match="pool is empty"):
+        SegmentPool([Segment("b", np.zeros(10, np.float32), -1, 0)], W, W, "zscore")
+
+
+def test_sim_reference_split_separates_records():
+    cfg = load_config(
+        None,
+        None,
+        labels_per_class=4,
+        unlabeled_windows=50,
+        sim_seconds_per_record=1.0,
+        window=512,
+        hop=256,
+    )
+    split = build_split(cfg)
+    desc = split.description
+    assert not set(desc["lab_records"]) & set(desc["test_records"])
+    assert set(split.test.record_ids) == set(desc["test_records"])
+    assert np.bincount(split.labeled.y, minlength=4).tolist() == [4, 4, 4, 4]
+    assert len(split.pool) >= 50

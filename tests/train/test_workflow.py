@@ -1,0 +1,144 @@
+"""`faultwatch train ...` end to end on a tiny budget: the run folder holds what export needs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from train.cli import app
+from train.config import ConfigError, load_config
+
+runner = CliRunner()
+TINY = [
+    "labels_per_class=4",
+    "unlabeled_windows=60",
+    "sim_seconds_per_record=1.0",
+    "window=512",
+    "hop=256",
+    "width=0.25",
+    "embedding_dim=16",
+    "projection_dims=[32, 16]",
+    "batch_size=16",
+    "steps_per_epoch=3",
+    "probe_epochs=2",
+    "finetune_epochs=1",
+    "finetune_steps_per_epoch=2",
+    "supervised_epochs=1",
+    "pseudo_rounds=1",
+]
+
+
+def tiny_args(tmp_path, *extra: str) -> list[str]:
+    args = []
+    for item in [*TINY, f"out_dir='{tmp_path}'", *extra]:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    result = runner.invoke(
+        app, ["run", "--quiet", "--epochs", "1", "--run-name", "tiny", *tiny_args(tmp)]
+    )
+    assert result.exit_code == 0, result.output
+    return tmp / "tiny"
+
+
+def test_run_writes_checkpoint_report_and_split(run_dir):
+    for name in (
+        "finetuned.pt",
+        "pretrained.pt",
+        "calibration.npz",
+        "heldout.npz",
+        "split.json",
+        "metrics.json",
+        "report.md",
+        "embeddings_before_finetune.png",
+        "loss_curves.png",
+        "confusion.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    state = torch.load(run_dir / "finetuned.pt", weights_only=False)
+    assert state["class_names"] == ["normal", "inner_race", "outer_race", "ball"]
+    assert state["preprocess"]["window"] == 512 and state["head"]["w1"].shape == (16, 64)
+    assert state["encoder"] == {
+        "name": "cnn",
+        "kwargs": {"embedding_dim": 16, "norm": "batch", "width": 0.25},
+    }
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["scheme"].startswith("by record") and split["counts"]["labeled"]["ball"] == 4
+    report = (run_dir / "report.md").read_text()
+    for method in (
+        "SimCLR + fine-tune",
+        "supervised only",
+        "pseudo-labeling",
+        "kNN on SimCLR embeddings",
+    ):
+        assert method in report
+    with np.load(run_dir / "heldout.npz") as held:
+        assert held["x"].shape[1:] == (1, 512) and len(held["x"]) == len(held["y"])
+
+
+def test_numpy_head_in_checkpoint_reproduces_torch_probabilities(run_dir):
+    from edge_agent.head import Head
+    from train.loop import embed, load_encoder
+
+    state = torch.load(run_dir / "finetuned.pt", weights_only=False)
+    head = Head(
+        **{k: v for k, v in state["head"].items() if k != "temperature"},
+        temperature=float(state["head"]["temperature"]),
+    )
+    with np.load(run_dir / "heldout.npz") as held:
+        x, y = held["x"], held["y"]
+    probs = head.probabilities(embed(load_encoder(run_dir / "finetuned.pt"), x))
+    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]["SimCLR + fine-tune"]
+    assert abs(float((probs.argmax(1) == y).mean()) - metrics["accuracy"]) < 1e-6
+
+
+def test_evaluate_command_reads_the_run(run_dir):
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "macro-F1" in result.output
+
+
+def test_pretraining_resumes_where_it_stopped(tmp_path):
+    args = ["pretrain", "--quiet", "--run-name", "r", *tiny_args(tmp_path)]
+    assert runner.invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    first = torch.load(tmp_path / "r" / "pretrained.pt", weights_only=False)
+    assert first["step"] == 3
+    result = runner.invoke(app, [*args, "--epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    second = torch.load(tmp_path / "r" / "pretrained.pt", weights_only=False)
+    assert second["step"] == 6 and len(second["history"]) == 6
+    assert [h["step"] for h in second["history"][:3]] == [h["step"] for h in first["history"]]
+
+
+def test_unknown_field_and_bad_value_name_the_field(tmp_path):
+    result = runner.invoke(app, ["run", "--set", "epochz=3"])
+    assert result.exit_code == 1 and "epochz" in result.output
+    with pytest.raises(ConfigError, match="temperature"):
+        load_config(None, ["temperature=-1"])
+    with pytest.raises(ConfigError, match="aug_k_min"):
+        load_config(None, ["aug_k_min=3", "aug_k_max=2"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+def test_missing_cwru_data_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app, ["run", "--quiet", "--data", "cwru-4class", "--set", f"data_root='{tmp_path}'"]
+    )
+    assert result.exit_code == 1
+    assert "cwru" in result.output.lower()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("run", "pretrain", "finetune", "baseline", "evaluate"):
+        assert cmd in result.output
