@@ -31,6 +31,8 @@ class BundleError(Exception):
 
 
 class StrictModel(BaseModel):
+    """Forbids unknown fields, so a typo is an error naming the field; immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -90,11 +92,11 @@ class Manifest(StrictModel):
     embedding_dim: int = Field(gt=0)
     encoders: list[EncoderFile] = Field(min_length=1)
     head_file: str = "head.npz"
-    reference_stats: dict[str, ClassStats] = {}
+    reference_stats: dict[str, ClassStats] = Field(default_factory=dict)
     files: dict[str, str] = Field(description="sha256 of every other file in the bundle.")
-    provenance: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    parity: dict[str, Any] = {}
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parity: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
