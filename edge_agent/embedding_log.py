@@ -51,7 +51,9 @@ class EmbeddingLog:
 
     def __init__(self, capacity: int, dim: int) -> None:
         if capacity < 1 or dim < 1:
-            raise ValueError(f"EmbeddingLog needs capacity >= 1 and dim >= 1, got {capacity=}, {dim=}")
+            raise ValueError(
+                f"EmbeddingLog needs capacity >= 1 and dim >= 1, got {capacity=}, {dim=}"
+            )
         self.capacity, self.dim = int(capacity), int(dim)
         self._emb = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self._t = np.zeros(self.capacity, dtype=np.float64)
@@ -67,7 +69,7 @@ class EmbeddingLog:
         return self._emb.nbytes + self._t.nbytes + self._labels.nbytes
 
     def append(self, emb: np.ndarray, t: np.ndarray, labels: np.ndarray) -> None:
-        """Add rows: emb (n, D), t (n,) end times in s, labels (n,) codes; oldest rows overwritten."""
+        """Add rows: emb (n, D), t (n,) end times (s), labels (n,) codes; overwrites the oldest."""
         n = len(t)
         if n == 0:
             return
@@ -132,7 +134,7 @@ class CalibrationSet:
     def counts(self) -> dict[str, int]:
         """Rows per class name (classes with rows only)."""
         found = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(c) for name, c in zip(self.class_names, found) if c}
+        return {name: int(c) for name, c in zip(self.class_names, found, strict=True) if c}
 
     def _load(self) -> None:
         if not self.path.is_file():
@@ -143,10 +145,14 @@ class CalibrationSet:
                 names = [str(n) for n in data["class_names"]]
                 emb, t, labels = data["emb"], data["t"], data["labels"]
         except Exception as exc:  # truncated file, missing keys: start over, never crash
-            logger.warning("%s is unreadable (%s); starting an empty calibration set", self.path, exc)
+            logger.warning(
+                "%s is unreadable (%s); starting an empty calibration set", self.path, exc
+            )
             return
-        if version != self.model_version or names != self.class_names or emb.shape[1:] != (
-            self.dim,
+        if (
+            version != self.model_version
+            or names != self.class_names
+            or emb.shape[1:] != (self.dim,)
         ):
             logger.info(
                 "%s holds %d rows for model %s %s; starting an empty set for model %s",

@@ -11,6 +11,8 @@ Import in a test module:  from bundle_fixture import AGENT_BUNDLE_FIXTURES, writ
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +145,39 @@ def build_agent_bundle(base: Path) -> Path:
     return result.folder  # type: ignore[return-value]
 
 
+def _source_key() -> str:
+    """Hash of the code that shapes the bundle: a change rebuilds the cached one."""
+    root = Path(__file__).resolve().parents[2]
+    paths = [Path(__file__), root / "train" / "encoder.py", root / "edge_agent" / "bundle.py"]
+    paths += sorted((root / "export").glob("*.py"))
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def agent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder of the tiny verified bundle (its .tar.gz lies beside it)."""
+def agent_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tiny verified bundle (its .tar.gz lies beside it). Read-only: copy it to
+    tamper with it. Cached in pytest's cache folder between runs (rebuilt when the code behind
+    it changes or it no longer verifies)."""
+    from edge_agent.bundle import BundleError, verify
+
     if "folder" in _cache:
         return _cache["folder"]
-    return build_agent_bundle(tmp_path_factory.mktemp("agent-bundle"))
+    cached = Path(request.config.cache.mkdir(f"faultwatch-agent-bundle-{_source_key()}"))
+    folder = cached / "bundles" / "tiny-1"
+    try:
+        verify(folder)
+        _cache["folder"] = folder
+        return folder
+    except BundleError:
+        pass
+    built = build_agent_bundle(tmp_path_factory.mktemp("agent-bundle"))
+    shutil.rmtree(cached / "bundles", ignore_errors=True)
+    shutil.copytree(built.parent, cached / "bundles")
+    _cache["folder"] = folder
+    return folder
 
 
 def write_config(
@@ -172,7 +201,13 @@ def write_config(
         or {"type": "simulator", "sample_rate_hz": SAMPLE_RATE_HZ, "seed": SEED, "realtime": False},
         "inference": {"bundle": str(bundle), "backend": "onnx", "precision": "int8"},
         "decisions": {"k": 3, "n": 5, "drift_window": 20},
-        "mqtt": {"host": "127.0.0.1", "port": port, "site": "s1", "asset": "a1", "device": "dev-test"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "site": "s1",
+            "asset": "a1",
+            "device": "dev-test",
+        },
     }
     config.update(sections)
     folder.mkdir(parents=True, exist_ok=True)

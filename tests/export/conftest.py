@@ -41,7 +41,7 @@ def synthetic_windows(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return normalize(signal.astype(np.float32)), labels.astype(np.int64)
 
 
-def train_fixture_model(seed: int = 0, steps: int = 60) -> dict:
+def train_fixture_model(seed: int = 0, steps: int = 40) -> dict:
     """Train encoder + head briefly; return the checkpoint dict and the data splits."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -1,0 +1,416 @@
+"""`faultwatch agent ...`: run the gateway agent, check configs and bundles, calibrate, roll back.
+
+    faultwatch agent run --config /etc/faultwatch/agent.toml
+    faultwatch agent check-config firmware_configs/raspberry-pi-4.toml --bundle
+    faultwatch agent verify-bundle /var/lib/faultwatch/bundle
+    faultwatch agent calibrate --config agent.toml --label outer_race rec1.wav rec2.wav
+    faultwatch agent heads --config agent.toml
+    faultwatch agent rollback --config agent.toml --version 2
+
+User mistakes (a bad config, a bundle that does not verify, a missing device) end with one line
+and exit code 1, never a traceback. `calibrate` and `rollback` change the head store directly:
+stop the agent first (or send the `calibrate` / `rollback_head` command over MQTT while it
+runs), since one process owns a store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge_agent.backends import BackendError
+from edge_agent.bundle import BundleError, Manifest, load_bundle
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    check_against_bundle,
+    load_config,
+    outbox_path,
+)
+from edge_agent.embedding_log import (
+    CALIBRATION_SET_FILE,
+    CalibrationSet,
+    calibrate_with_set,
+    embed_recordings,
+)
+from edge_agent.headstore import HeadStore
+from edge_agent.mqtt import topics
+from edge_agent.outbox import OutboxError
+from edge_agent.service import Agent, load_runtime
+from edge_agent.sources import SourceError
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The gateway agent: acquisition, inference, MQTT events, on-device calibration.",
+)
+
+STARTUP_ERRORS = (ConfigError, BundleError, SourceError, BackendError, OutboxError, OSError)
+SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+LEVEL_COLOUR = {"DEBUG": "2", "INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+# ---- logging ----------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update({k: v for k, v in fields.items() if k not in out})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Terminal: time and a coloured level. journald (JOURNAL_STREAM set): a `<priority>` prefix
+    journald turns into the syslog level, no time (journald stamps it). Other pipes: no colour."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.journal = bool(os.environ.get("JOURNAL_STREAM"))
+        self.colour = not self.journal and hasattr(stream, "isatty") and stream.isatty()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        level = record.levelname
+        if self.journal:
+            return f"<{SYSLOG_PRIORITY.get(level, 6)}>{level} {text}"
+        when = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        if self.colour:
+            level = f"\033[{LEVEL_COLOUR.get(level, '0')}m{level:<7}\033[0m"
+        else:
+            level = f"{level:<7}"
+        return f"{when} {level} {text}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(level: str, log_format: LogFormat = LogFormat.text) -> None:
+    """Root logger to stderr at `level` in `log_format` (replaces a previous setup_logging)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler(sys.stderr)
+    formatter = JsonFormatter() if log_format == LogFormat.json else TextFormatter(sys.stderr)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"agent: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ConfigError):
+        return "; ".join(exc.messages)
+    return str(exc).replace("\n", "; ")
+
+
+def _load(config: Path) -> AgentConfig:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        raise _fail(f"invalid config {config}: {_one_line(exc)}") from None
+
+
+def _store(cfg: AgentConfig) -> HeadStore:
+    try:
+        return HeadStore(cfg.state_dir / "heads")
+    except OSError as exc:
+        raise _fail(f"cannot open the head store in {cfg.state_dir} ({exc})") from None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Agent config (TOML), e.g. /etc/faultwatch/agent.toml."),
+]
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    config: ConfigOption,
+    max_windows: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many windows (tests, demos).")
+    ] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds.")
+    ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="text (journald-friendly) or json (one object a line).")
+    ] = LogFormat.text,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT, a limit, or the end of a replayed file."""
+    cfg = _load(config)
+    setup_logging(cfg.log_level, log_format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            agent = Agent(cfg)
+        except STARTUP_ERRORS as exc:
+            raise _fail(f"cannot start: {_one_line(exc)}") from None
+        with agent:
+            try:
+                summary = agent.run(stop, max_windows=max_windows, max_seconds=max_seconds)
+            except (SourceError, ConfigError) as exc:
+                raise _fail(f"cannot start: {_one_line(exc)}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    typer.echo(
+        f"agent: stopped after {summary['windows_total']} windows, {summary['events_total']} "
+        f"events, state {summary['state']}, {summary['outbox_pending']} events in the outbox"
+    )
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="Agent config (TOML) to validate.")],
+    bundle: Annotated[
+        bool,
+        typer.Option("--bundle", help="Also verify the configured bundle and check them together."),
+    ] = False,
+) -> None:
+    """Validate a config: every problem as `section.field: message` (exit 1), or a summary."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        for message in exc.messages:
+            typer.echo(message)
+        raise typer.Exit(1) from None
+    bundle_line = None
+    if bundle:
+        try:
+            folder, manifest, _ = load_bundle(cfg.inference.bundle)
+        except BundleError as exc:
+            typer.echo(f"inference.bundle: {_one_line(exc)}")
+            raise typer.Exit(1) from None
+        problems = check_against_bundle(cfg, manifest)
+        if problems:
+            for message in problems:
+                typer.echo(message)
+            raise typer.Exit(1)
+        bundle_line = f"  bundle     {_bundle_line(manifest)} ({folder})"
+    src = cfg.source
+    rate = f"{src.sample_rate_hz} Hz" if src.sample_rate_hz else "the file's rate"
+    resample = ", resampled to the bundle's rate" if getattr(src, "resample", False) else ""
+    mqtt = cfg.mqtt
+    tls = " (TLS)" if mqtt.tls else ""
+    inf = cfg.inference
+    typer.echo(f"ok: {file}")
+    typer.echo(f"  device     {cfg.device.id} ({cfg.device.type})")
+    typer.echo(f"  source     {src.type} at {rate}{resample}")
+    typer.echo(
+        f"  inference  {inf.backend} {inf.precision}, {inf.threads} thread(s), batch "
+        f"{inf.batch_windows}, bundle {inf.bundle}"
+    )
+    typer.echo(f"  decisions  {cfg.decisions.k} of {cfg.decisions.n} windows")
+    typer.echo(f"  mqtt       {mqtt.host}:{mqtt.port}{tls}, topics {topics(mqtt).base}")
+    typer.echo(f"  state      {cfg.state_dir} (outbox {outbox_path(cfg)})")
+    if bundle_line:
+        typer.echo(bundle_line)
+
+
+def _bundle_line(m: Manifest) -> str:
+    p = m.preprocessing
+    return (
+        f"{m.model_name} {m.model_version}: {len(m.class_names)} classes, {p.sample_rate_hz} Hz, "
+        f"window {p.window}, hop {p.hop}, formats {', '.join(e.format for e in m.encoders)}"
+    )
+
+
+@app.command("verify-bundle")
+def verify_bundle(
+    path: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
+) -> None:
+    """Verify a bundle's checksums and print its manifest summary (exit 1 when it fails)."""
+    try:
+        folder, m, head = load_bundle(path)
+    except BundleError as exc:
+        raise _fail(f"bundle does not verify: {_one_line(exc)}") from None
+    p = m.preprocessing
+    classes = ", ".join(f"{c}*" if c == m.normal_class else c for c in m.class_names)
+    encoders = ", ".join(
+        f"{e.format} {e.file} ({(folder / e.file).stat().st_size / 1024:.0f} kB, batch {e.batch})"
+        for e in m.encoders
+    )
+    models = m.parity.get("models", []) if isinstance(m.parity, dict) else []
+    agreement = ", ".join(
+        f"{x.get('format')} {x.get('agreement', 0):.1%}" for x in models if isinstance(x, dict)
+    )
+    passed = {True: "passed", False: "FAILED"}.get(m.parity.get("passed"), "not recorded")
+    typer.echo(f"ok: {folder} (every checksum matches)")
+    typer.echo(f"  model       {m.model_name} {m.model_version} (created {m.created_utc})")
+    typer.echo(f"  classes     {classes}   (* normal)")
+    typer.echo(
+        f"  input       {p.sample_rate_hz} Hz, window {p.window}, hop {p.hop}, {p.normalization}"
+    )
+    typer.echo(f"  encoders    {encoders}")
+    typer.echo(
+        f"  head        {m.head_file}: {head.embedding_dim} -> {head.w1.shape[1]} -> "
+        f"{head.num_classes}, temperature {head.temperature:.2f}"
+    )
+    typer.echo(
+        f"  thresholds  uncertain below {m.thresholds.uncertain_below:.2f}, drift score "
+        f"{m.thresholds.drift_score:.1f}"
+    )
+    typer.echo(f"  parity      {passed}{': agreement ' + agreement if agreement else ''}")
+
+
+@app.command()
+def calibrate(
+    config: ConfigOption,
+    label: Annotated[str, typer.Option(help="Class name of every window in FILES.")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Recordings on this device (WAV, NPY or CSV).")
+    ],
+) -> None:
+    """Label recordings, refit the device head on the calibration set, commit it if better."""
+    cfg = _load(config)
+    setup_logging("WARNING")
+    store = _store(cfg)
+    try:
+        model = load_runtime(cfg, store)
+    except STARTUP_ERRORS as exc:
+        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+    m = model.manifest
+    if label not in m.class_names:
+        raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
+    try:
+        emb, t, rejected = embed_recordings(
+            files, cfg.sensor, m, model.backend, cfg.inference.batch_windows
+        )
+    except SourceError as exc:
+        raise _fail(_one_line(exc)) from None
+    if not len(t):
+        raise _fail(
+            f"no window of {len(files)} file(s) passed the sensor checks ({rejected} failed)"
+        )
+    cal_set = CalibrationSet(
+        cfg.state_dir / CALIBRATION_SET_FILE, m.model_version, m.class_names, m.embedding_dim
+    )
+    labels = [m.class_names.index(label)] * len(t)
+    try:
+        outcome = calibrate_with_set(store, model.factory, cal_set, emb, t, labels)
+    except ValueError as exc:
+        raise _fail(f"calibration: {exc}") from None
+    r = outcome.result
+    counts = ", ".join(f"{k} {v}" for k, v in outcome.set_counts.items())
+    typer.echo(
+        f"{len(t)} windows from {len(files)} file(s) labeled {label!r} ({rejected} failed the "
+        f"sensor checks); calibration set: {counts}"
+    )
+    typer.echo(
+        f"held-out accuracy before {r.accuracy_before:.1%}, after {r.accuracy_after:.1%} "
+        f"({r.n_holdout} windows held out, {r.n_train} fitted)"
+    )
+    if not r.accepted:
+        raise _fail(r.reason)
+    typer.echo(f"accepted: head v{outcome.head_version} is now current")
+
+
+@app.command()
+def heads(config: ConfigOption) -> None:
+    """List the device's head versions (the current one is marked *)."""
+    cfg = _load(config)
+    store = _store(cfg)
+    history = store.history()
+    if not history:
+        typer.echo(f"no heads stored yet in {store.folder}; start the agent once")
+        return
+    try:
+        current, _ = store.current()
+    except LookupError:
+        current = None
+    table = Table("", "version", "created (UTC)", "source", "bundle", "before", "after", "n")
+    for e in history:
+        table.add_row(
+            "*" if e.version == current else "",
+            f"v{e.version}",
+            e.created_utc.replace("+00:00", ""),
+            e.source,
+            e.bundle_model_version,
+            _pct(e.accuracy_before),
+            _pct(e.accuracy_after),
+            str(e.n_samples),
+        )
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def rollback(
+    config: ConfigOption,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Head version to go back to (default: the previous).")
+    ] = None,
+) -> None:
+    """Make an earlier head current again (stored as a new version; nothing is deleted)."""
+    cfg = _load(config)
+    store = _store(cfg)
+    try:
+        before, _ = store.current()
+        after = store.rollback(version)
+    except (LookupError, ValueError) as exc:
+        raise _fail(f"rollback: {exc}") from None
+    note = store.history()[-1].note if after != before else "already current"
+    typer.echo(f"head v{before} -> v{after} ({note}); restart the agent to use it")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
