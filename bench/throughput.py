@@ -44,7 +44,9 @@ def synthetic_split(
     )
 
 
-def measure(device: str, batch: int, steps: int, threads: int | None, width: float) -> dict:
+def measure(
+    device: str, batch: int, steps: int, threads: int | None, width: float, norm: str
+) -> dict:
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(
@@ -55,6 +57,7 @@ def measure(device: str, batch: int, steps: int, threads: int | None, width: flo
         epochs=1,
         steps_per_epoch=steps,
         width=width,
+        norm=norm,
         log_every=10_000,
     )
     split = synthetic_split(cfg.window)
@@ -66,6 +69,7 @@ def measure(device: str, batch: int, steps: int, threads: int | None, width: flo
         "steps": steps,
         "threads": torch.get_num_threads(),
         "width": width,
+        "norm": norm,
         "views_per_second": result.views_per_second,
     }
 
@@ -77,15 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument(
+        "--norm",
+        nargs="+",
+        default=["none", "batch"],
+        help="none = the reference recipe's CNN exactly; batch = our default",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     args = parser.parse_args(argv)
-    rows = [measure(args.device, b, args.steps, args.threads, args.width) for b in args.batch]
+    rows = [
+        measure(args.device, b, args.steps, args.threads, args.width, n)
+        for n in args.norm
+        for b in args.batch
+    ]
     table = Table(title=f"pretraining throughput ({platform.processor() or platform.machine()})")
-    for col in ("device", "batch", "threads", "views/s"):
+    for col in ("device", "norm", "batch", "threads", "views/s"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["device"], str(r["batch"]), str(r["threads"]), f"{r['views_per_second']:.0f}"
+            r["device"],
+            r["norm"],
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['views_per_second']:.0f}",
         )
     console.print(table)
     if torch.cuda.is_available():

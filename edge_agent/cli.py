@@ -383,7 +383,7 @@ def heads(config: ConfigOption) -> None:
         table.add_row(
             "*" if e.version == current else "",
             f"v{e.version}",
-            e.created_utc.replace("+00:00", ""),
+            e.created_utc.replace("T", " ")[:16],
             e.source,
             e.bundle_model_version,
             _pct(e.accuracy_before),

@@ -246,6 +246,11 @@ class DecisionsConfig(StrictModel):
     drift_threshold: float | None = Field(
         None, gt=0, description="Drift score alarm level; None = the bundle's drift_score."
     )
+    commission_baseline: bool = Field(
+        True,
+        description="Take the first full drift window of normal operation after start-up as "
+        "this device's own baseline (drift since commissioning is then scored too).",
+    )
 
     @model_validator(mode="after")
     def _k_of_n(self) -> DecisionsConfig:

@@ -169,6 +169,7 @@ class Pipeline:
     batch: np.ndarray  # (B, W) float32 raw windows in g
     batch_t: np.ndarray  # (B,) window end times, s
     no_probabilities: np.ndarray  # (C,) zeros, for windows that failed the sensor checks
+    label_codes: dict[str, int]  # window label -> EmbeddingLog code
 
 
 class Agent:
@@ -198,6 +199,7 @@ class Agent:
         self._retry_wait = SOURCE_RETRY_S[0]
         self._drift_alert_at: float | None = None  # monotonic time of the last drift event
         self._drift_score: float | None = None
+        self._shown_state: str | None = None  # state published outside the DecisionMachine
         self._timing = np.zeros(TIMING_RING)
         self._normal_seen = 0  # windows decided normal (every drift_stride-th feeds drift)
         self._rate = 0.0  # windows/s over the last telemetry interval
@@ -221,6 +223,7 @@ class Agent:
 
     def _build_pipeline(self, model: ModelRuntime) -> Pipeline:
         cfg, manifest, spec = self.cfg, model.manifest, model.spec
+        names = manifest.class_names
         decisions = DecisionMachine(
             manifest.class_names,
             manifest.normal_class,
@@ -240,9 +243,11 @@ class Agent:
             logger.warning("drift monitoring off: %s", exc)
             drift = None
         batch = cfg.inference.batch_windows
+        chunk = max(getattr(cfg.source, "chunk_samples", 0), getattr(cfg.source, "blocksize", 0))
+        capacity = max(64, 2 * batch, chunk // spec.hop + 2)  # one chunk never overruns
         return Pipeline(
             spec=spec,
-            buffer=WindowBuffer.from_spec(spec, capacity_windows=max(64, 2 * batch)),
+            buffer=WindowBuffer.from_spec(spec, capacity_windows=capacity),
             decisions=decisions,
             drift=drift,
             drift_stride=max(1, math.ceil(spec.window / spec.hop)),
@@ -256,6 +261,7 @@ class Agent:
             batch=np.zeros((batch, spec.window), dtype=np.float32),
             batch_t=np.zeros(batch),
             no_probabilities=np.zeros(len(manifest.class_names)),
+            label_codes={UNCERTAIN: UNCERTAIN_CODE, **{c: i for i, c in enumerate(names)}},
         )
 
     def close(self) -> None:
@@ -292,6 +298,7 @@ class Agent:
             raise ConfigError([f"mqtt: cannot set up the connection: {exc}"]) from exc
         self._running = True
         started = time.monotonic()
+        self._reset_interval(started)
         ready = False
         watchdog_s = watchdog_interval_s()
         next_watchdog = started
@@ -365,6 +372,7 @@ class Agent:
         logger.error("source failed: %s; restarting it with backoff", exc)
         previous = self.pipe.decisions.state
         self.pipe.decisions.reset()  # the next good windows re-announce the state
+        self._shown_state = SENSOR_FAULT
         try:
             self.source.stop()
         except Exception as stop_exc:  # a broken device may fail to close too
@@ -385,7 +393,7 @@ class Agent:
     def _schedule_retry(self, exc: SourceError) -> None:
         self._retry_wait = min(self._retry_wait * 2, SOURCE_RETRY_S[1])
         self._retry_at = time.monotonic() + self._retry_wait
-        logger.warning("source still failing (%s); next try in %.0f s", exc, self._retry_wait)
+        logger.warning("source still failing (%s); next try in %.1f s", exc, self._retry_wait)
 
     # ---- windows ----------------------------------------------------------------------------
 
@@ -435,11 +443,7 @@ class Agent:
             t_end = float(pipe.batch_t[i])
             if check.ok:
                 decision = pipe.decisions.update(probs[j], sanity_ok=True, t=t_end)
-                codes[j] = (
-                    UNCERTAIN_CODE
-                    if decision.label == UNCERTAIN
-                    else pipe.decisions.class_names.index(decision.label)
-                )
+                codes[j] = pipe.label_codes[decision.label]
                 self._feed_drift(decision, emb[j])
                 row = probs[j]
                 j += 1
@@ -471,18 +475,28 @@ class Agent:
         if self._normal_seen % pipe.drift_stride:
             return
         reading = pipe.drift.update(self.model.head.adapt(emb))
-        if reading is not None:
-            self._check_drift(reading)
+        if reading is None:
+            return
+        if pipe.drift.baseline is None and self.cfg.decisions.commission_baseline:
+            pipe.drift.set_baseline_from_recent()
+            logger.info("drift baseline commissioned from %d normal windows", reading.n)
+        self._check_drift(reading)
 
     def _check_drift(self, reading: DriftReading) -> None:
         self._drift_score = reading.score
         now = time.monotonic()
-        if reading.drifted:
+        if reading.drifted or reading.baseline_drifted:
             due = self._drift_alert_at is None or now - self._drift_alert_at >= DRIFT_REPEAT_S
             if not due:
                 return
             self._drift_alert_at = now
-            severity, text = "warning", "normal operation drifted from the training data"
+            text = (
+                "normal operation drifted from the training data"
+                if reading.drifted
+                else f"normal operation changed since commissioning (score "
+                f"{reading.baseline_score:.2f} vs this device's baseline)"
+            )
+            severity = "warning"
         elif self._drift_alert_at is not None:
             self._drift_alert_at = None
             severity, text = "info", "drift cleared"
@@ -519,6 +533,10 @@ class Agent:
         self, decision: Decision, probs: np.ndarray | None, check: SanityResult
     ) -> None:
         state, normal = decision.state, self.pipe.decisions.normal_class
+        previous = decision.previous
+        if previous == UNKNOWN and self._shown_state is not None:
+            previous = self._shown_state  # what subscribers saw last (e.g. a source failure)
+        self._shown_state = None
         if state == SENSOR_FAULT:
             kind, severity = "sensor_fault", "warning"
         elif state == UNCERTAIN:
@@ -533,7 +551,7 @@ class Agent:
             kind,
             severity,
             window_end_utc=utc(decision.t),
-            previous_state=decision.previous,
+            previous_state=previous,
             state=state,
             class_name=decision.class_name,
             probabilities={} if probs is None else dict(zip(names, probs.tolist(), strict=True)),
@@ -544,7 +562,7 @@ class Agent:
                 crest_factor=s["crest_factor"],
                 kurtosis=s["kurtosis"],
             ),
-            message=f"{decision.previous} -> {state}{why}{sure}",
+            message=f"{previous} -> {state}{why}{sure}",
         )
         self._publish(event)
         self._publish_state(state, decision.class_name, decision.confidence, decision.t)
@@ -561,7 +579,7 @@ class Agent:
             state=event.state,
             previous=event.previous_state,
             event_id=event.event_id,
-            message=event.message,
+            detail=event.message,
         )
         if self.link is not None:
             self.link.publish_event(event)
@@ -728,7 +746,7 @@ class Agent:
             name=command.name,
             id=command.id,
             ok=result.ok,
-            message=result.message,
+            detail=result.message,
         )
         return result
 

@@ -166,7 +166,7 @@ def pretrain(
     labeled_x = torch.from_numpy(split.labeled.x).to(device)
     labeled_y = torch.from_numpy(split.labeled.y).to(device)
     collapse: dict[str, Any] = {}
-    views, t_start = 0, time.perf_counter()
+    views, step_seconds = 0, 0.0
     model.train()
     with progress_bar("pretrain", total - start, show_progress and rank == 0) as advance:
         for step in range(start, total):
@@ -192,6 +192,7 @@ def pretrain(
             optimizer.step()
             schedule.step()
             views += 2 * x.shape[0] * world
+            step_seconds += time.perf_counter() - t0
             ms = 1000 * (time.perf_counter() - t0)
             record = {
                 "step": step + 1,
@@ -225,10 +226,8 @@ def pretrain(
                     )
     if not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
-    elapsed = time.perf_counter() - t_start
-    return PretrainResult(
-        encoder, projection, history, collapse, views / elapsed if elapsed > 0 and views else 0.0
-    )
+    speed = views / step_seconds if step_seconds > 0 else 0.0  # training steps only, no checks
+    return PretrainResult(encoder, projection, history, collapse, speed)
 
 
 def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict[str, Any]:

@@ -6,7 +6,11 @@ few dozen steps on simulator windows (normal, inner_race, outer_race at 12 kHz, 
 ONNX, parity gate) into `<tmp>/agent-bundle/tiny-1/`. Training uses the machine of simulator seed
 SEED with another run seed, so the agent's simulator (seed SEED) sees the same machine, new noise.
 
-Import in a test module:  from bundle_fixture import AGENT_BUNDLE_FIXTURES, write_config
+In a test module:
+
+    @pytest.fixture(scope="session")
+    def agent_bundle(request, tmp_path_factory):
+        return agent_bundle_folder(request, tmp_path_factory)
 """
 
 from __future__ import annotations
@@ -156,16 +160,21 @@ def _source_key() -> str:
     return digest.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def agent_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder of the tiny verified bundle (its .tar.gz lies beside it). Read-only: copy it to
-    tamper with it. Cached in pytest's cache folder between runs (rebuilt when the code behind
-    it changes or it no longer verifies)."""
+def agent_bundle_folder(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Folder of the tiny verified bundle (its .tar.gz lies beside it), for a session fixture.
+
+    Read-only: copy it to tamper with it. Built once per process and kept in pytest's cache
+    folder between runs (rebuilt when the code behind it changes or it no longer verifies)."""
     from edge_agent.bundle import BundleError, verify
 
     if "folder" in _cache:
         return _cache["folder"]
-    cached = Path(request.config.cache.mkdir(f"faultwatch-agent-bundle-{_source_key()}"))
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    if cache is None:
+        return build_agent_bundle(tmp_path_factory.mktemp("agent-bundle"))
+    cached = Path(cache.mkdir(f"faultwatch-agent-bundle-{_source_key()}"))
     folder = cached / "bundles" / "tiny-1"
     try:
         verify(folder)
@@ -174,6 +183,9 @@ def agent_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     except BundleError:
         pass
     built = build_agent_bundle(tmp_path_factory.mktemp("agent-bundle"))
+    for stale in cached.parent.glob("faultwatch-agent-bundle-*"):
+        if stale != cached:
+            shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(cached / "bundles", ignore_errors=True)
     shutil.copytree(built.parent, cached / "bundles")
     _cache["folder"] = folder

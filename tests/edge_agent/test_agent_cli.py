@@ -1,0 +1,330 @@
+"""`faultwatch agent ...` through Typer's CliRunner and as a real process; the systemd unit."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_fixture import (
+    FAULT_SCHEDULE,
+    HOP,
+    SAMPLE_RATE_HZ,
+    SEED,
+    SEVERITY,
+    WINDOW,
+    agent_bundle_folder,
+    simulator_source,
+    write_config,
+)
+from typer.testing import CliRunner
+
+from edge_agent.bundle import pack
+from edge_agent.cli import app
+from edge_agent.simulator import BearingSimulator, Conditions
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "faultwatch/s1/a1/dev-test/"
+NO_DRIFT = {"k": 3, "n": 5, "drift_window": 20, "drift_threshold": 1e9}
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(request, tmp_path_factory) -> Path:
+    return agent_bundle_folder(request, tmp_path_factory)
+
+
+COMMANDS = ["run", "check-config", "verify-bundle", "calibrate", "heads", "rollback"]
+runner = CliRunner()
+
+
+def recording(path: Path, fault: str, seconds: float, run_seed: int = SEED) -> Path:
+    """A float32 NPY recording in g of the fixture machine."""
+    sim = BearingSimulator(
+        Conditions(fault=fault, severity=SEVERITY),  # type: ignore[arg-type]
+        SAMPLE_RATE_HZ,
+        seed=run_seed,
+        machine_seed=SEED,
+    )
+    np.save(path, sim.read(int(seconds * SAMPLE_RATE_HZ)))
+    return path
+
+
+def replay_config(tmp_path: Path, bundle: Path, seconds: float = 2.0, **overrides) -> Path:
+    rec = recording(tmp_path / "rec.npy", "normal", seconds)
+    source = {"type": "file", "path": str(rec), "sample_rate_hz": SAMPLE_RATE_HZ}
+    source["realtime"] = False
+    overrides.setdefault("decisions", NO_DRIFT)
+    return write_config(tmp_path / "dev", bundle, port=1, source=source, **overrides)
+
+
+def tampered_copy(bundle: Path, dest: Path) -> Path:
+    copy = dest / "tampered"
+    shutil.copytree(bundle, copy)
+    head = copy / "head.npz"
+    data = bytearray(head.read_bytes())
+    data[-10] ^= 0xFF
+    head.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+
+def test_run_replays_a_file_to_the_end_with_json_logs(tmp_path, agent_bundle):
+    config = replay_config(tmp_path, agent_bundle, seconds=2.0)
+    result = runner.invoke(app, ["run", "--config", str(config), "--log-format", "json"])
+    assert result.exit_code == 0, result.output
+    windows = 1 + (2 * SAMPLE_RATE_HZ - WINDOW) // HOP
+    assert f"stopped after {windows} windows" in result.stdout
+    logs = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    events = [entry for entry in logs if entry.get("event") == "event"]
+    assert [(e["previous"], e["state"]) for e in events] == [("unknown", "normal")]
+    assert any(entry.get("event") == "agent_stopped" for entry in logs)
+
+
+def test_run_refuses_a_tampered_bundle(tmp_path, agent_bundle):
+    bad = tampered_copy(agent_bundle, tmp_path)
+    config = replay_config(tmp_path, agent_bundle, inference={"bundle": str(bad)})
+    result = runner.invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "checksum mismatch for head.npz" in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_with_a_broken_config_names_the_field(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text('state_dir = "s"\n[device]\nid = "x"\ntype = "toaster"\n')
+    result = runner.invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "device.type: Input should be" in result.stderr
+
+
+# ---- check-config and verify-bundle -----------------------------------------------------------
+
+
+def test_check_config_summary_with_the_bundle(tmp_path, agent_bundle):
+    config = replay_config(tmp_path, agent_bundle)
+    result = runner.invoke(app, ["check-config", str(config), "--bundle"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+    assert "dev-test (dev)" in result.output
+    assert "tiny 1: 3 classes, 12000 Hz, window 1024, hop 512" in result.output
+
+
+def test_check_config_lists_every_error_and_bundle_mismatches(tmp_path, agent_bundle):
+    config = write_config(tmp_path / "a", agent_bundle, 0, decisions={"k": 6, "n": 5})
+    result = runner.invoke(app, ["check-config", str(config)])
+    assert result.exit_code == 1
+    assert "mqtt.port: Input should be greater than or equal to 1" in result.output
+    assert "decisions: k (6) must not exceed n (5)" in result.output
+
+    source = simulator_source([], sample_rate_hz=48_000)
+    mismatch = write_config(tmp_path / "b", agent_bundle, 1883, source=source)
+    assert runner.invoke(app, ["check-config", str(mismatch)]).exit_code == 0  # alone it is fine
+    result = runner.invoke(app, ["check-config", str(mismatch), "--bundle"])
+    assert result.exit_code == 1
+    assert "source.sample_rate_hz: 48000 Hz does not match the bundle's 12000 Hz" in result.output
+
+
+def test_verify_bundle_folder_archive_and_tampered(tmp_path, agent_bundle):
+    result = runner.invoke(app, ["verify-bundle", str(agent_bundle)])
+    assert result.exit_code == 0, result.output
+    assert "tiny 1" in result.output
+    assert "normal*, inner_race, outer_race" in result.output
+    assert "12000 Hz, window 1024, hop 512, zscore" in result.output
+    assert "fp32.onnx" in result.output and "int8.onnx" in result.output
+    assert "parity      passed" in result.output
+    archive = pack(agent_bundle, tmp_path / "tiny-1.tar.gz")
+    assert runner.invoke(app, ["verify-bundle", str(archive)]).exit_code == 0
+
+    bad = runner.invoke(app, ["verify-bundle", str(tampered_copy(agent_bundle, tmp_path))])
+    assert bad.exit_code == 1
+    assert "checksum mismatch for head.npz" in bad.stderr
+
+
+# ---- calibrate, heads, rollback ---------------------------------------------------------------
+
+
+def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
+    config = str(replay_config(tmp_path, agent_bundle))
+    normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 1)
+    inner = recording(tmp_path / "inner.npy", "inner_race", 2.0, run_seed=SEED + 2)
+
+    wrong = runner.invoke(app, ["calibrate", "--config", config, "--label", "cage", str(normal)])
+    assert wrong.exit_code == 1
+    assert "unknown label 'cage'; valid: normal, inner_race, outer_race" in wrong.stderr
+
+    first = runner.invoke(app, ["calibrate", "-c", config, "--label", "normal", str(normal)])
+    assert first.exit_code == 0, first.output
+    assert "labeled 'normal'" in first.output and "calibration set: normal 45" in first.output
+    second = runner.invoke(app, ["calibrate", "-c", config, "--label", "inner_race", str(inner)])
+    assert second.exit_code == 0, second.output
+    assert "held-out accuracy before" in second.output
+    assert "accepted: head v3 is now current" in second.output
+
+    listing = runner.invoke(app, ["heads", "--config", config])
+    assert listing.exit_code == 0, listing.output
+    rows = [line for line in listing.output.splitlines() if re.search(r" v\d ", line)]
+    assert len(rows) == 3
+    assert "factory" in rows[0] and "calibration" in rows[2] and "*" in rows[2]
+
+    back = runner.invoke(app, ["rollback", "--config", config, "--version", "1"])
+    assert back.exit_code == 0, back.output
+    assert "head v3 -> v4 (rolled back from v3 to v1)" in back.output
+    missing = runner.invoke(app, ["rollback", "--config", config, "--version", "99"])
+    assert missing.exit_code == 1
+    assert "no head version 99" in missing.stderr
+
+
+def test_heads_with_a_missing_config(tmp_path):
+    result = runner.invoke(app, ["heads", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 1
+    assert "no such config file" in result.stderr
+
+
+# ---- a real process: kill -9, restart, replay -------------------------------------------------
+
+
+def stored_event_ids(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return [row[0] for row in conn.execute("SELECT event_id FROM outbox ORDER BY seq")]
+    except sqlite3.OperationalError:  # the agent has not created the table yet
+        return []
+    finally:
+        conn.close()
+
+
+AGENT_RUN = [sys.executable, "-m", "faultwatch", "agent", "run"]
+
+
+def start_agent(config: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [*AGENT_RUN, "--config", str(config), "--max-seconds", "60"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_kill_9_keeps_events_in_the_outbox_and_a_restart_delivers_them(
+    tmp_path, agent_bundle, mosquitto, collect, wait_until
+):
+    port = mosquitto.port
+    mosquitto.stop()  # the broker is down: events pile up in the outbox
+    config = write_config(
+        tmp_path / "dev", agent_bundle, port, simulator_source(FAULT_SCHEDULE), decisions=NO_DRIFT
+    )
+    db = tmp_path / "dev" / "state" / "outbox.sqlite3"
+    log = tmp_path / "agent.log"
+    first = start_agent(config, log)
+    try:
+        assert wait_until(lambda: len(stored_event_ids(db)) >= 3, 40), log.read_text()[-3000:]
+    finally:
+        first.kill()  # kill -9: no flush, no offline status
+        first.wait(10)
+    stored = stored_event_ids(db)
+
+    mosquitto.start()
+    collector = collect(port, BASE + "#")
+    second = start_agent(config, log)
+    try:
+        delivered = lambda: {e["event_id"] for e in collector.on(BASE + "event")}  # noqa: E731
+        assert wait_until(lambda: set(stored) <= delivered(), 40), log.read_text()[-3000:]
+        assert wait_until(lambda: not set(stored) & set(stored_event_ids(db)), 10)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0, log.read_text()[-3000:]
+    replayed = [e for e in collector.on(BASE + "event") if e["event_id"] in stored]
+    assert [e["state"] for e in replayed][:3] == ["normal", "inner_race", "sensor_fault"]
+    assert stored_event_ids(db) == []
+    offline = collector.wait_for(BASE + "status", lambda p: p["status"] == "offline")
+    assert offline["outbox_pending"] == 0
+    assert "SIGTERM received: stopping" in log.read_text()
+
+
+# ---- deploy/ ----------------------------------------------------------------------------------
+
+
+UNIT = ROOT / "deploy" / "faultwatch-agent.service"
+
+
+def read_unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive
+    parser.read(path)
+    return parser
+
+
+def test_systemd_unit_has_the_service_contract():
+    service = read_unit(UNIT)["Service"]
+    expected = {
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "ExecStart": "/opt/faultwatch/.venv/bin/faultwatch agent run --config "
+        "/etc/faultwatch/agent.toml",
+        "WatchdogSec": "30",
+        "Restart": "on-failure",
+        "RestartSec": "5",
+        "User": "faultwatch",
+        "Group": "faultwatch",
+        "SupplementaryGroups": "audio",
+        "StateDirectory": "faultwatch",
+        "ConfigurationDirectory": "faultwatch",
+        "ProtectSystem": "strict",
+        "ProtectHome": "true",
+        "PrivateTmp": "true",
+        "NoNewPrivileges": "true",
+        "ProtectKernelTunables": "true",
+        "ProtectKernelModules": "true",
+        "ProtectControlGroups": "true",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "MemoryMax": "300M",
+        "CPUQuota": "50%",
+        "DevicePolicy": "closed",
+        "DeviceAllow": "char-alsa rw",
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "20",
+    }
+    assert {key: service.get(key) for key in expected} == expected
+    assert read_unit(UNIT)["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / UNIT.name  # the venv does not exist here: point ExecStart at a real binary
+    unit.write_text(UNIT.read_text().replace("/opt/faultwatch/.venv/bin/faultwatch", "/bin/true"))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_install_script_parses():
+    script = ROOT / "deploy" / "install-agent.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert "EUID" in text and 'install --quiet "${REPO}[edge]"' in text
