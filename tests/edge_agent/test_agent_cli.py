@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import (
+from typer.testing import CliRunner
+
+from edge_agent.bundle import pack
+from edge_agent.cli import app
+from edge_agent.simulator import BearingSimulator, Conditions
+from tests.edge_agent.bundle_fixture import (
     FAULT_SCHEDULE,
     HOP,
     SAMPLE_RATE_HZ,
@@ -25,11 +30,6 @@ from bundle_fixture import (
     simulator_source,
     write_config,
 )
-from typer.testing import CliRunner
-
-from edge_agent.bundle import pack
-from edge_agent.cli import app
-from edge_agent.simulator import BearingSimulator, Conditions
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "faultwatch/s1/a1/dev-test/"

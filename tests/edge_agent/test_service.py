@@ -15,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent import service
+from edge_agent.bundle import pack
+from edge_agent.config import load_config
+from edge_agent.drift import DriftReading
+from edge_agent.embedding_log import CalibrationSet, EmbeddingLog
+from edge_agent.service import Agent
+from edge_agent.simulator import BearingSimulator, Conditions
+from edge_agent.sources import SourceError
+from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     EMBEDDING_DIM,
     FAULT_SCHEDULE,
@@ -28,17 +39,6 @@ from bundle_fixture import (
     simulator_source,
     write_config,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from edge_agent import service
-from edge_agent.bundle import pack
-from edge_agent.config import load_config
-from edge_agent.drift import DriftReading
-from edge_agent.embedding_log import CalibrationSet, EmbeddingLog
-from edge_agent.service import Agent
-from edge_agent.simulator import BearingSimulator, Conditions
-from edge_agent.sources import SourceError
 
 BASE = "faultwatch/s1/a1/dev-test/"
 NO_DRIFT = {"k": 3, "n": 5, "drift_window": 20, "drift_threshold": 1e9}
