@@ -58,15 +58,23 @@ def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     lab_per_class = max(
         4, math.ceil(cfg.labels_per_class * cfg.window / (seconds * cfg.sample_rate_hz)) + 1
     )
-    lab = _resampled(lab_records(lab_per_class, seconds, seed=cfg.seed), cfg.sample_rate_hz)
-    lab_val = _resampled(lab_records(2, seconds, seed=cfg.seed + 500), cfg.sample_rate_hz)
+    plant = cfg.seed  # one gearbox: lab, pool and test records share its structure and drift
+    lab = _resampled(
+        lab_records(lab_per_class, seconds, seed=cfg.seed, plant_seed=plant), cfg.sample_rate_hz
+    )
+    lab_val = _resampled(
+        lab_records(2, seconds, seed=cfg.seed + 500, plant_seed=plant), cfg.sample_rate_hz
+    )
     n_pool = max(1, math.ceil(cfg.unlabeled_windows / per_record))
     pool_recs = _resampled(
-        production_records(n_pool, seconds, seed=cfg.seed + 1000), cfg.sample_rate_hz
+        production_records(n_pool, seconds, seed=cfg.seed + 1000, plant_seed=plant),
+        cfg.sample_rate_hz,
     )
     n_test = max(8, n_pool // 4)
     test_recs = _resampled(
-        production_records(n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25),
+        production_records(
+            n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25, plant_seed=plant
+        ),
         cfg.sample_rate_hz,
     )
 

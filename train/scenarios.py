@@ -17,7 +17,7 @@ from train.records import Record
 CLASS_NAMES: tuple[str, ...] = ("normal", "inner_race", "outer_race", "ball")
 LAB_RPM = 1500.0
 PRODUCTION_RPM = (1200.0, 1800.0)
-N_PRODUCTION_MACHINES = 8
+N_PRODUCTION_MACHINES = 1  # one gearbox, as in the reference
 SAMPLE_RATE_HZ = 12_000
 
 _LAB, _PRODUCTION = 1, 2  # seed-stream tags so lab and production never share randomness
@@ -45,7 +45,14 @@ def _simulate(
     return sim.read(round(duration_s * SAMPLE_RATE_HZ))
 
 
-def lab_records(records_per_class: int, duration_s: float, seed: int) -> list[Record]:
+def _machine_seed(plant_seed: int, machine: int) -> int:
+    """Structure (resonances, gear) of machine `machine` of a plant; machine 0 is the lab's."""
+    return _seed(_rng(plant_seed, 3, machine))
+
+
+def lab_records(
+    records_per_class: int, duration_s: float, seed: int, plant_seed: int | None = None
+) -> list[Record]:
     """Labeled lab records: one rig at 1500 rpm, load 0..1, severity 0.3..0.9, clean sensor.
 
     Returns records_per_class * 4 records, grouped by class in CLASS_NAMES order, with ids like
@@ -53,7 +60,7 @@ def lab_records(records_per_class: int, duration_s: float, seed: int) -> list[Re
     """
     _check("records_per_class", records_per_class, records_per_class >= 1, ">= 1")
     _check("duration_s", duration_s, 0 < duration_s <= 3600, "in (0, 3600]")
-    machine_seed = _seed(_rng(seed, _LAB))
+    machine_seed = _machine_seed(seed if plant_seed is None else plant_seed, 0)
     records = []
     for class_index, label in enumerate(CLASS_NAMES):
         for i in range(records_per_class):
@@ -86,6 +93,8 @@ def production_records(
     seed: int,
     normal_fraction: float = 0.9,
     months: float = 6,
+    plant_seed: int | None = None,
+    machines: int = N_PRODUCTION_MACHINES,
 ) -> list[Record]:
     """A plant's pool: rpm 1200-1800, milder faults, sensors drifting over `months`.
 
@@ -99,25 +108,27 @@ def production_records(
     _check("duration_s", duration_s, 0 < duration_s <= 3600, "in (0, 3600]")
     _check("normal_fraction", normal_fraction, 0 <= normal_fraction <= 1, "in [0, 1]")
     _check("months", months, months >= 0, ">= 0")
-    fleet_rng = _rng(seed, _PRODUCTION)
+    plant = seed if plant_seed is None else plant_seed
+    fleet_rng = _rng(plant, _PRODUCTION)
     fleet = [
         {
-            "machine_seed": _seed(fleet_rng),
+            "machine_seed": _machine_seed(plant, index),
             "final_gain": float(fleet_rng.uniform(0.7, 1.3)),
             "final_dc_g": float(fleet_rng.uniform(-0.05, 0.05)),
             "final_floor_g": float(fleet_rng.uniform(0.005, 0.02)),
         }
-        for _ in range(N_PRODUCTION_MACHINES)
+        for index in range(machines)
     ]
+    order_rng = _rng(seed, _PRODUCTION)
     n_normal = round(n_records * normal_fraction)
     faults = [CLASS_NAMES[1 + i % 3] for i in range(n_records - n_normal)]
     labels = np.array(["normal"] * n_normal + faults)
-    fleet_rng.shuffle(labels)
+    order_rng.shuffle(labels)
 
     records = []
     for i, label in enumerate(labels.tolist()):
         rng = _rng(seed, _PRODUCTION, 1, i)
-        machine = int(rng.integers(0, N_PRODUCTION_MACHINES))
+        machine = int(rng.integers(0, machines))
         drift = fleet[machine]
         month = float(rng.uniform(0, months))
         age = month / months if months > 0 else 0.0
