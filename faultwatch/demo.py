@@ -47,14 +47,30 @@ def train(out: Path, quick: bool) -> Path:
         fields.update(unlabeled_windows=300, epochs=1, probe_epochs=5, finetune_epochs=2, width=0.5)
     result = run_all(load_config(None, None, **fields), baselines=False)
     test = result["metrics"]["test"]["SimCLR + fine-tune"]
-    console.print(f"SimCLR + fine-tune on production test records: accuracy {test['accuracy']:.3f}, "
-                  f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}")
+    console.print(
+        f"SimCLR + fine-tune on production test records: accuracy {test['accuracy']:.3f}, "
+        f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}"
+    )
     return Path(result["checkpoint"])
 
 
 def export(checkpoint: Path, out: Path, quick: bool) -> Path:
-    cmd = [sys.executable, "-m", "faultwatch", "export", "--checkpoint", str(checkpoint), "--out", str(out),
-           "--name", "demo", "--version", "1", "--formats", "onnx,onnx-int8,tflite-int8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "faultwatch",
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--name",
+        "demo",
+        "--version",
+        "1",
+        "--formats",
+        "onnx,onnx-int8,tflite-int8",
+    ]
     if quick:  # a one-epoch model sits on near ties that INT8 flips: relax the gate, visibly
         cmd += ["--min-agreement", "0.9", "--max-accuracy-drop", "5"]
         console.print("[yellow]--quick: parity gate relaxed to 90 % agreement / 5 points[/yellow]")
@@ -62,7 +78,9 @@ def export(checkpoint: Path, out: Path, quick: bool) -> Path:
     return out / "demo-1"
 
 
-def record_stream(path: Path, seconds_per_phase: float = 30.0, rate: int = 12_000) -> list[tuple[float, str]]:
+def record_stream(
+    path: Path, seconds_per_phase: float = 30.0, rate: int = 12_000
+) -> list[tuple[float, str]]:
     """Write the replay recording (float32 g) and return its timeline of (start_s, what)."""
     from edge_agent.simulator import BearingSimulator, Conditions
 
@@ -76,8 +94,12 @@ def record_stream(path: Path, seconds_per_phase: float = 30.0, rate: int = 12_00
     sim.set_conditions(replace(healthy, gain=0.55, noise_floor_g=0.05, dc_offset_g=0.2))
     parts.append(sim.read(n))
     np.save(path, np.concatenate(parts).astype(np.float32))
-    return [(0.0, "healthy"), (seconds_per_phase, "inner-race fault"), (2 * seconds_per_phase, "sensor flat line"),
-            (2 * seconds_per_phase + 5, "healthy, drifting sensor (gain 0.55, noisier)")]
+    return [
+        (0.0, "healthy"),
+        (seconds_per_phase, "inner-race fault"),
+        (2 * seconds_per_phase, "sensor flat line"),
+        (2 * seconds_per_phase + 5, "healthy, drifting sensor (gain 0.55, noisier)"),
+    ]
 
 
 AGENT_CONFIG = """\
@@ -134,8 +156,14 @@ def show_events(events: list[dict]) -> None:
         detail = e.get("message") or ""
         if e.get("drift_score") is not None:
             detail = f"drift score {e['drift_score']:.2f}; {detail}"
-        table.add_row(f"{(t - times[0]).total_seconds():6.1f}", e["kind"], e["severity"], e["state"],
-                      f"{e.get('confidence') or 0:.2f}", detail)
+        table.add_row(
+            f"{(t - times[0]).total_seconds():6.1f}",
+            e["kind"],
+            e["severity"],
+            e["state"],
+            f"{e.get('confidence') or 0:.2f}",
+            detail,
+        )
     console.print(table)
 
 
@@ -148,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    step("1/5 train: SimCLR pretraining on the unlabeled production pool, fine-tune on 200 lab labels")
+    step("1/5 train: SimCLR on the unlabeled production pool, fine-tune on 200 lab labels")
     checkpoint = train(out, args.quick)
     step("2/5 export: ONNX FP32/INT8 + TFLite INT8 bundle with the parity gate")
     try:
@@ -177,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             scada.wait_for_events(1, timeout_s=10)
             time.sleep(1.0)
-            events = [e.model_dump(mode="json") if hasattr(e, "model_dump") else e for e in scada.events]
+            events = [
+                e.model_dump(mode="json") if hasattr(e, "model_dump") else e for e in scada.events
+            ]
         show_events(events)
     finally:
         broker.stop()

@@ -21,14 +21,18 @@ from train.runs import PRETRAINED
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="torchrun ... -m train.distributed_main", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="torchrun ... -m train.distributed_main", description=__doc__
+    )
     parser.add_argument("--config", type=Path, help="TOML training config")
     parser.add_argument("--set", action="append", default=[], help="override field=value")
     parser.add_argument("--backend", choices=["nccl", "gloo"], default=None)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     ctx = init_distributed(args.backend)
-    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s"
+    )
     try:
         cfg = load_config(args.config, args.set)
         split = build_split(cfg)

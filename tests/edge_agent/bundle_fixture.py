@@ -50,14 +50,8 @@ def simulated_windows(fault: str, seconds: float, run_seed: int) -> np.ndarray:
 
 
 def _train_checkpoint() -> dict[str, Any]:
-    import torch
-    from torch import nn
+    from tests.tiny_model import class_stats, embed, train_tiny
 
-    from edge_agent.head import Head
-    from train.encoder import ReferenceCNN
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     xs, ys = [], []
     for k, fault in enumerate(CLASS_NAMES):
@@ -65,35 +59,13 @@ def _train_checkpoint() -> dict[str, Any]:
         xs.append(w)
         ys.append(np.full(len(w), k))
     x, y = np.concatenate(xs), np.concatenate(ys)
-    encoder = ReferenceCNN(embedding_dim=EMBEDDING_DIM, norm="batch", width=0.25)
-    head = nn.Sequential(nn.Linear(EMBEDDING_DIM, 64), nn.ReLU(), nn.Linear(64, len(CLASS_NAMES)))
-    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(60):
-        idx = torch.from_numpy(rng.choice(len(xt), 64, replace=False))
-        loss = nn.functional.cross_entropy(head(encoder(xt[idx])), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    encoder.eval()
-    with torch.no_grad():
-        emb = encoder(xt).numpy()
-    numpy_head = Head(
-        w1=head[0].weight.detach().numpy().T.copy(),
-        b1=head[0].bias.detach().numpy().copy(),
-        w2=head[2].weight.detach().numpy().T.copy(),
-        b2=head[2].bias.detach().numpy().copy(),
+    encoder, numpy_head = train_tiny(
+        x, y, len(CLASS_NAMES), embedding_dim=EMBEDDING_DIM, steps=60, lr=1e-2, seed=0
     )
+    emb = embed(encoder, x)
     accuracy = float((numpy_head.logits(emb).argmax(1) == y).mean())
     assert accuracy > 0.95, f"bundle fixture model too weak: {accuracy:.2f}"
-    stats = {
-        name: {
-            "count": int((y == k).sum()),
-            "mean": emb[y == k].mean(0).tolist(),
-            "cov": np.cov(emb[y == k], rowvar=False).tolist(),
-        }
-        for k, name in enumerate(CLASS_NAMES)
-    }
+    stats = class_stats(emb, y, CLASS_NAMES)
     return {
         "checkpoint": {
             "kind": "finetuned",

@@ -59,7 +59,7 @@ def bundle(tmp_path):
 def test_fresh_bundle_verifies_and_loads(bundle):
     manifest = verify(bundle)
     assert manifest.thresholds.uncertain_below == 0.7
-    folder, manifest, head = load_bundle(bundle)
+    _, manifest, head = load_bundle(bundle)
     emb = np.random.default_rng(1).normal(size=(5, D)).astype(np.float32)
     np.testing.assert_allclose(head.probabilities(emb), make_head().probabilities(emb), rtol=1e-6)
     assert manifest.preprocessing.spec().window == 2048
@@ -77,7 +77,7 @@ def test_tampered_file_is_refused_naming_it(bundle):
 def test_truncated_head_is_refused(bundle):
     path = bundle / "head.npz"
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(BundleError, match="head.npz"):
+    with pytest.raises(BundleError, match=r"head\.npz"):
         load_bundle(bundle)
 
 

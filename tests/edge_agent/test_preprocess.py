@@ -27,7 +27,7 @@ def test_zscore_windows_have_zero_mean_unit_std_or_are_flat(x):
     out = normalize(x, "zscore")
     assert out.shape == (3, 1, 64) and out.dtype == np.float32
     assert np.isfinite(out).all()
-    for row, orig in zip(out[:, 0], x):
+    for row, orig in zip(out[:, 0], x, strict=True):
         assert abs(row.mean()) < 1e-3
         if orig.std() > 1e-2:
             assert abs(row.std() - 1) < 1e-3

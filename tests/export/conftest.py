@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
-from edge_agent.head import Head
 from edge_agent.preprocess import normalize
-from train.encoder import ReferenceCNN
+from tests.tiny_model import class_stats, embed, train_tiny
 
 CLASS_NAMES = ["normal", "inner_race", "outer_race", "ball"]
 CLASS_HZ = [500.0, 1300.0, 2500.0, 4000.0]
@@ -44,41 +42,19 @@ def synthetic_windows(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
 def train_fixture_model(seed: int = 0, steps: int = 40) -> dict:
     """Train encoder + head briefly; return the checkpoint dict and the data splits."""
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     train_x, train_y = synthetic_windows(512, rng)
     test_x, test_y = synthetic_windows(160, rng)
-    encoder = ReferenceCNN(embedding_dim=EMBEDDING_DIM, norm="batch", width=0.25)
-    head = nn.Sequential(nn.Linear(EMBEDDING_DIM, 64), nn.ReLU(), nn.Linear(64, len(CLASS_NAMES)))
-    params = [*encoder.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=3e-3)
-    xs, ys = torch.from_numpy(train_x), torch.from_numpy(train_y)
-    encoder.train()
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.choice(len(xs), 64, replace=False))
-        loss = nn.functional.cross_entropy(head(encoder(xs[idx])), ys[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    encoder.eval()
-    with torch.no_grad():
-        train_emb = encoder(xs).numpy()
-    numpy_head = Head(
-        w1=head[0].weight.detach().numpy().T.copy(),
-        b1=head[0].bias.detach().numpy().copy(),
-        w2=head[2].weight.detach().numpy().T.copy(),
-        b2=head[2].bias.detach().numpy().copy(),
+    encoder, numpy_head = train_tiny(
+        train_x,
+        train_y,
+        len(CLASS_NAMES),
+        embedding_dim=EMBEDDING_DIM,
+        steps=steps,
+        lr=3e-3,
+        seed=seed,
     )
-    with torch.no_grad():
-        test_emb = encoder(torch.from_numpy(test_x)).numpy()
-    accuracy = float((numpy_head.logits(test_emb).argmax(1) == test_y).mean())
-    stats = {
-        name: {
-            "count": int((train_y == k).sum()),
-            "mean": train_emb[train_y == k].mean(0).tolist(),
-            "cov": np.cov(train_emb[train_y == k], rowvar=False).tolist(),
-        }
-        for k, name in enumerate(CLASS_NAMES)
-    }
+    accuracy = float((numpy_head.logits(embed(encoder, test_x)).argmax(1) == test_y).mean())
+    stats = class_stats(embed(encoder, train_x), train_y, CLASS_NAMES)
     checkpoint = {
         "kind": "finetuned",
         "encoder": {
