@@ -80,37 +80,3 @@ def pseudo_label(
         )
         model = supervised(cfg, split, labeled=data, show_progress=show_progress)
     return model
-
-
-def prototype_probabilities(
-    train_emb: np.ndarray,
-    train_y: np.ndarray,
-    test_emb: np.ndarray,
-    n_classes: int,
-    *,
-    scale: float = 10.0,
-) -> np.ndarray:
-    """Nearest class mean by cosine similarity -> softmax(scale * cos). Missing classes get 0."""
-    a = train_emb / (np.linalg.norm(train_emb, axis=1, keepdims=True) + 1e-8)
-    b = test_emb / (np.linalg.norm(test_emb, axis=1, keepdims=True) + 1e-8)
-    sims = np.full((len(b), n_classes), -np.inf)
-    for c in range(n_classes):
-        if (train_y == c).any():
-            proto = a[train_y == c].mean(0)
-            sims[:, c] = b @ (proto / (np.linalg.norm(proto) + 1e-8))
-    z = scale * (sims - sims.max(1, keepdims=True))
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def knn_probabilities(
-    train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, n_classes: int, k: int = 5
-) -> np.ndarray:
-    """k nearest labeled neighbours by cosine similarity; probability = vote share."""
-    a = train_emb / (np.linalg.norm(train_emb, axis=1, keepdims=True) + 1e-8)
-    b = test_emb / (np.linalg.norm(test_emb, axis=1, keepdims=True) + 1e-8)
-    k = max(1, min(k, len(a)))
-    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
-    votes = np.zeros((len(b), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[nearest].ravel()), 1.0)
-    return votes / k

@@ -31,6 +31,7 @@ from train.splits import Split, WindowSet
 logger = logging.getLogger(__name__)
 
 FINETUNE_AUGMENTATIONS = ["gain", "noise", "shift", "time_mask"]
+MIN_TEMPERATURE = 0.5
 
 
 def seed_everything(seed: int) -> None:
@@ -414,7 +415,14 @@ def calibrate_temperature(model: Classifier, val: WindowSet) -> float:
         logger.warning("no validation windows: temperature left at 1.0")
         return 1.0
     logits = torch.from_numpy(model.logits(val.x))
-    model.temperature = float(fit_temperature(logits, torch.from_numpy(val.y)))
+    fitted = float(fit_temperature(logits, torch.from_numpy(val.y)))
+    # a small, perfectly separated validation set drives the NLL optimum towards T -> 0, which
+    # would make every window "confident"; never sharpen beyond MIN_TEMPERATURE
+    model.temperature = max(fitted, MIN_TEMPERATURE)
+    if fitted < MIN_TEMPERATURE:
+        logger.info(
+            "temperature %.3f clamped to %.2f (validation set separable)", fitted, MIN_TEMPERATURE
+        )
     return model.temperature
 
 
@@ -432,29 +440,73 @@ def new_head(
     return StandardizedHead(head, mean, scale).to(device)
 
 
+def propagate_labels(
+    cfg: TrainConfig, model: Classifier, split: Split, limit: int = 4000
+) -> WindowSet:
+    """Pool windows labeled by a unanimous vote of their k nearest labeled windows (cosine, on
+    the frozen pretrained embeddings), at most `propagate_cap_per_class` per class.
+
+    The probe head is NOT asked to agree: where the few labels miss an operating condition (a
+    load), the head extrapolates badly while neighbours in the pretrained space stay right.
+    """
+    from train.neighbors import knn_probabilities
+
+    pool = split.pool.windows(limit=limit)
+    n = len(split.class_names)
+    counts = np.bincount(split.labeled.y, minlength=n)
+    if len(pool) == 0 or counts[counts > 0].min() < 2:
+        return WindowSet.empty(cfg.window)
+    k = int(min(5, counts[counts > 0].min()))
+    pool_emb = model.embed(pool.x)
+    votes = knn_probabilities(model.embed(split.labeled.x), split.labeled.y, pool_emb, n, k=k)
+    agree = votes.max(1) >= 1.0  # unanimous neighbours
+    label = votes.argmax(1)
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(agree & (label == c)))[: cfg.propagate_cap_per_class]
+            for c in range(n)
+        ]
+    ).astype(int)
+    logger.info("label propagation: %d of %d pool windows labeled", len(keep), len(pool))
+    return WindowSet(pool.x[keep], label[keep].astype(np.int64), [pool.record_ids[i] for i in keep])
+
+
 def finetune(
     cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True
 ) -> Classifier:
-    """Frozen-encoder probe at probe_lr, end-to-end at finetune_lr (BN statistics frozen, since a
-    handful of labels cannot re-estimate them), then temperature scaling on validation windows."""
+    """Frozen-encoder probe at probe_lr; optionally propagate the labels to agreeing pool windows
+    and probe again on the wider set; end-to-end at finetune_lr (BN statistics frozen, since a
+    handful of labels cannot re-estimate them); temperature scaling on validation windows."""
     device = next(encoder.parameters()).device
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
-    model = Classifier(encoder, new_head(cfg, len(split.class_names), device, pool_emb))
+    n_classes = len(split.class_names)
+    model = Classifier(encoder, new_head(cfg, n_classes, device, pool_emb))
+
+    def probe(data: WindowSet, stage: str) -> None:
+        train_classifier(
+            cfg,
+            model,
+            data,
+            epochs=cfg.probe_epochs,
+            lr=cfg.probe_lr,
+            train_encoder=False,
+            freeze_bn=True,
+            stage=stage,
+            show_progress=show_progress,
+        )
+
+    probe(split.labeled, "probe")
+    labeled = split.labeled
+    if cfg.propagate_labels:
+        labeled = WindowSet.concat([labeled, propagate_labels(cfg, model, split)], cfg.window)
+        if len(labeled) > len(split.labeled):  # relearn the head on the wider set first
+            model.head = new_head(cfg, n_classes, device, pool_emb)
+            probe(labeled, "probe (propagated)")
     train_classifier(
         cfg,
         model,
-        split.labeled,
-        epochs=cfg.probe_epochs,
-        lr=cfg.probe_lr,
-        train_encoder=False,
-        freeze_bn=True,
-        stage="probe",
-        show_progress=show_progress,
-    )
-    train_classifier(
-        cfg,
-        model,
-        split.labeled,
+        labeled,
         epochs=cfg.finetune_epochs,
         lr=cfg.finetune_lr,
         train_encoder=True,

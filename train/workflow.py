@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from train.baselines import knn_probabilities, prototype_probabilities, pseudo_label, supervised
+from train.baselines import pseudo_label, supervised
 from train.config import TrainConfig
 from train.data import build_split
 from train.loop import (
@@ -23,6 +23,7 @@ from train.loop import (
     pretrain,
 )
 from train.metrics import classification_metrics
+from train.neighbors import knn_probabilities, prototype_probabilities
 from train.report import plot_confusion, plot_embeddings, plot_losses, write_report
 from train.runs import PRETRAINED, evaluate, save_run
 from train.splits import Split, split_summary
