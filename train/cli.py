@@ -234,3 +234,27 @@ def evaluate_cmd(
     )
     print_metrics({path.parent.name: metrics})
     console.print_json(json.dumps({"per_class": metrics["per_class"]}))
+
+
+@app.command()
+def shards(
+    manifest: Annotated[Path, typer.Option(help="CSV/TOML manifest of (unlabeled) recordings.")],
+    out: Annotated[Path, typer.Option(help="Folder for the shards (created).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    shard_size: Annotated[int, typer.Option(help="Windows per shard file.")] = 4096,
+) -> None:
+    """Write a large unlabeled pool as memory-mapped window shards, one recording at a time;
+    pretrain on it with `--set pool_shards=<out>`."""
+    _setup_logging(False)
+    cfg = _config(config, set_)
+    from edge_agent.preprocess import PreprocessSpec
+    from train.shards import ShardedWindows, write_manifest_shards
+
+    spec = PreprocessSpec(cfg.sample_rate_hz, cfg.window, cfg.hop, cfg.normalization)
+    try:
+        folder = write_manifest_shards(manifest, out, spec, shard_size)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    pool = ShardedWindows(folder)
+    console.print(f"{len(pool)} windows in {pool.num_shards} shards: {folder}")

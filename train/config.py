@@ -30,6 +30,11 @@ class TrainConfig(BaseModel):
         None, description="Folder holding cwru/ (default ../shared/datasets)."
     )
     manifest: Path | None = Field(None, description="Recordings manifest (data = 'recordings').")
+    pool_shards: Path | None = Field(
+        None,
+        description="Folder from `faultwatch train shards`: the unlabeled pretraining pool is "
+        "read from these memory-mapped shards instead of the data set's train blocks.",
+    )
     labels_per_class: int = Field(50, ge=1, description="Labeled training windows per class.")
     unlabeled_windows: int = Field(8000, ge=0, description="Size of the simulated unlabeled pool.")
     sim_seconds_per_record: float = Field(5.0, gt=0, description="Simulated record length.")

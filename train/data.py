@@ -29,10 +29,23 @@ LOCATION_CLASSES = ["normal", "inner_race", "outer_race", "ball"]
 def build_split(cfg: TrainConfig) -> Split:
     rng = np.random.default_rng(cfg.seed)
     if cfg.data == "sim-reference":
-        return sim_reference_split(cfg, rng)
-    if cfg.data == "recordings":
-        return recordings_split(cfg, rng)
-    return cwru_split(cfg, rng)
+        split = sim_reference_split(cfg, rng)
+    elif cfg.data == "recordings":
+        split = recordings_split(cfg, rng)
+    else:
+        split = cwru_split(cfg, rng)
+    if cfg.pool_shards is not None:
+        from train.shards import ShardPool
+
+        split.pool = ShardPool(cfg.pool_shards)
+        if split.pool.window != cfg.window:
+            raise ValueError(
+                f"pool_shards hold {split.pool.window}-sample windows; window is {cfg.window}"
+            )
+        split.description["unlabeled_pool"] = (
+            f"shards: {cfg.pool_shards} ({len(split.pool)} windows)"
+        )
+    return split
 
 
 def _resampled(records: list[Record], rate: int) -> list[Record]:

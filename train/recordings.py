@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def load_manifest(path: Path) -> list[Record]:
     Raises FileNotFoundError for a missing manifest or recording, ValueError (naming the row or
     entry and the field) for anything malformed.
     """
+    records = list(iter_manifest(path))
+    labeled = sum(r.label != UNLABELED for r in records)
+    logger.info("loaded %d recordings (%d labeled) from %s", len(records), labeled, path)
+    return records
+
+
+def iter_manifest(path: Path) -> Iterator[Record]:
+    """The manifest's recordings one at a time (for pools larger than memory); same checks."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".toml"):
         raise ValueError(f"manifest {path}: must end in .csv or .toml, got {path.suffix!r}")
@@ -71,7 +80,6 @@ def load_manifest(path: Path) -> list[Record]:
     )
     if not entries:
         raise ValueError(f"manifest {path}: lists no recordings")
-    records: list[Record] = []
     seen: dict[str, str] = {}
     for where, entry in entries:
         record = _load_entry(where, entry, path.parent)
@@ -82,10 +90,7 @@ def load_manifest(path: Path) -> list[Record]:
             )
         seen[record.record_id] = where
         record.meta["manifest"] = path.name
-        records.append(record)
-    labeled = sum(r.label != UNLABELED for r in records)
-    logger.info("loaded %d recordings (%d labeled) from %s", len(records), labeled, path)
-    return records
+        yield record
 
 
 def _csv_entries(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:

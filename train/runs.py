@@ -102,7 +102,7 @@ def save_run(
 
 def latest_checkpoint(out_dir: Path = Path("runs")) -> Path:
     """The newest runs/*/finetuned.pt; FileNotFoundError says how to make one."""
-    found = sorted(Path(out_dir).glob(f"*/{FINETUNED}"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path(out_dir).glob(f"**/{FINETUNED}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(
             f"no {FINETUNED} under {out_dir}/; run `faultwatch train run` (or `make demo`) first"

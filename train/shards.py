@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.preprocess import PreprocessSpec
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -194,3 +196,44 @@ class ShardedWindows:
         """float32 (B, 1, W) batches in the order of `batch_indices`."""
         for idx in self.batch_indices(batch_size, seed, epoch, rank, world_size):
             yield self._read(idx)
+
+
+class ShardPool:
+    """The unlabeled pretraining pool read from shards (same interface as splits.SegmentPool):
+    random batches come from memory-mapped files, so the pool may be far larger than RAM."""
+
+    def __init__(self, folder: Path) -> None:
+        self.shards = ShardedWindows(folder)
+        self.window = self.shards.window
+        if len(self.shards) == 0:
+            raise ValueError(f"{folder}: the shard pool holds no windows")
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n random windows (already normalized when written) -> (n, 1, W) float32."""
+        return np.ascontiguousarray(self.shards[np.sort(rng.integers(0, len(self.shards), n))])
+
+    def windows(self, limit: int | None = None):  # -> train.splits.WindowSet
+        from train.splits import WindowSet
+
+        n = len(self.shards) if limit is None else min(limit, len(self.shards))
+        idx = np.linspace(0, len(self.shards) - 1, n).astype(np.int64)
+        return WindowSet(self.shards[idx], np.full(n, -1, np.int64), [f"shard:{i}" for i in idx])
+
+
+def write_manifest_shards(
+    manifest: Path, folder: Path, spec: PreprocessSpec, shard_size: int = 4096
+) -> Path:
+    """Stream every recording of a manifest (one at a time) into normalized window shards."""
+    from edge_agent.preprocess import prepare, resample
+    from train.recordings import iter_manifest
+
+    def windows() -> Iterator[np.ndarray]:
+        for record in iter_manifest(manifest):
+            signal = resample(record.signal, record.sample_rate_hz, spec.sample_rate_hz)
+            if signal.shape[0] >= spec.window:
+                yield prepare(signal, spec)
+
+    return write_shards(windows(), folder, shard_size)

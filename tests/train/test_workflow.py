@@ -142,3 +142,51 @@ def test_help_lists_commands():
     assert result.exit_code == 0
     for cmd in ("run", "pretrain", "finetune", "baseline", "evaluate"):
         assert cmd in result.output
+
+
+def test_pool_larger_than_memory_streams_from_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["path,sample_rate_hz"]
+    for i in range(3):
+        np.save(tmp_path / f"rec{i}.npy", rng.normal(size=6000).astype(np.float32))
+        rows.append(f"rec{i}.npy,12000")
+    manifest = tmp_path / "pool.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    shards = tmp_path / "shards"
+    result = runner.invoke(
+        app,
+        [
+            "shards",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(shards),
+            "--shard-size",
+            "8",
+            "--set",
+            "window=512",
+            "--set",
+            "hop=256",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "66 windows in 9 shards" in result.output  # 3 x (1 + (6000 - 512) // 256)
+    from train.data import build_split
+    from train.shards import ShardPool
+
+    cfg = load_config(None, [*TINY, f"pool_shards='{shards}'"])
+    split = build_split(cfg)
+    assert isinstance(split.pool, ShardPool) and len(split.pool) == 66
+    assert isinstance(split.pool.shards.shard(0), np.memmap)
+    args = [
+        "pretrain",
+        "--quiet",
+        "--run-name",
+        "sh",
+        "--epochs",
+        "1",
+        *tiny_args(tmp_path, f"pool_shards='{shards}'"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "sh" / "pretrained.pt", weights_only=False)["step"] == 3
