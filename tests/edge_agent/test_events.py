@@ -109,3 +109,20 @@ def test_schemas_describe_what_is_published(tmp_path):
 def test_status_carries_the_agent_version():
     status = StatusMessage(**DEVICE, status="online", started_utc="2025-05-01T00:00:00Z")
     assert status.agent_version and json.loads(encode(status))["status"] == "online"
+
+
+def test_published_payloads_validate_against_the_committed_schemas():
+    """What a SCADA integrator validates against must accept what the agent sends, and refuse
+    a payload with a wrong type or an unknown field."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((SCHEMA_FOLDER / "event.schema.json").read_text())
+    payload = json.loads(encode(fault()))
+    jsonschema.validate(payload, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**payload, "confidence": "high"}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**payload, "extra": 1}, schema)
+    status = json.loads(
+        encode(StatusMessage(**DEVICE, status="online", started_utc=datetime.now().astimezone()))
+    )
+    jsonschema.validate(status, json.loads((SCHEMA_FOLDER / "status.schema.json").read_text()))
