@@ -65,6 +65,7 @@ from edge_agent.embedding_log import (
 from edge_agent.events import FaultEvent, StateMessage, Telemetry, WindowStats
 from edge_agent.head import Head
 from edge_agent.headstore import HeadStore
+from edge_agent.interval import IntervalStats
 from edge_agent.mqtt import MqttLink
 from edge_agent.notify import notify, watchdog_interval_s
 from edge_agent.outbox import Outbox
@@ -81,7 +82,6 @@ COMMAND_TIMEOUT_S = 300.0  # a command not answered by then is reported as faile
 FLUSH_TIMEOUT_S = 5.0  # outbox drain at shutdown; well inside systemd's TimeoutStopSec=20
 DRIFT_REPEAT_S = 3600.0  # repeat the drift event this often while drifted
 SOURCE_RETRY_S = (1.0, 60.0)  # first and longest wait before restarting a failed source
-TIMING_RING = 4096  # per-batch inference times kept for the p99
 
 
 def log_fields(level: int, event: str, **fields: Any) -> None:
@@ -200,7 +200,7 @@ class Agent:
         self._drift_alert_at: float | None = None  # monotonic time of the last drift event
         self._drift_score: float | None = None
         self._shown_state: str | None = None  # state published outside the DecisionMachine
-        self._timing = np.zeros(TIMING_RING)
+        self._interval = IntervalStats()
         self._normal_seen = 0  # windows decided normal (every drift_stride-th feeds drift)
         self._rate = 0.0  # windows/s over the last telemetry interval
         self._reset_interval(time.monotonic())
@@ -310,7 +310,7 @@ class Agent:
                     notify(WATCHDOG=1)
                     next_watchdog = now + watchdog_s
                 self._run_commands()
-                if now >= self._interval_end:
+                if now >= self._interval.began + self.cfg.telemetry_interval_s:
                     self._end_interval(now)
                 if not ready and (self.windows_total or now - started > READY_FALLBACK_S):
                     notify(READY=1, STATUS=self._status_line())
@@ -434,12 +434,11 @@ class Agent:
             )
             start = time.perf_counter()
             emb = model.backend.embed(x)
-            self._timing[self._timed % TIMING_RING] = (time.perf_counter() - start) * 1000 / len(ok)
-            self._timed += 1
+            self._interval.add_inference((time.perf_counter() - start) * 1000 / len(ok))
             probs = model.head.probabilities(emb)
         j = 0
         for i, check in enumerate(checks):
-            self._account(check)
+            self._interval.add_window(check.stats)
             t_end = float(pipe.batch_t[i])
             if check.ok:
                 decision = pipe.decisions.update(probs[j], sanity_ok=True, t=t_end)
@@ -457,14 +456,6 @@ class Agent:
         if ok:
             pipe.log.append(emb, pipe.batch_t[ok], codes)
         self.windows_total += n
-
-    def _account(self, check: SanityResult) -> None:
-        s = check.stats
-        self._n += 1
-        self._rms2 += s["rms"] ** 2
-        self._peak = max(self._peak, s["peak"])
-        self._crest += s["crest_factor"]
-        self._kurtosis += s["kurtosis"]
 
     def _feed_drift(self, decision: Decision, emb: np.ndarray) -> None:
         pipe = self.pipe
@@ -608,35 +599,31 @@ class Agent:
     # ---- telemetry and status ---------------------------------------------------------------
 
     def _reset_interval(self, now: float) -> None:
-        self._interval_start, self._interval_end = now, now + self.cfg.telemetry_interval_s
-        self._cpu_start = time.process_time()
-        self._windows_at_start = self.windows_total
-        self._n, self._rms2, self._peak, self._crest, self._kurtosis = 0, 0.0, 0.0, 0.0, 0.0
-        self._timed = 0  # batches timed this interval
+        self._interval.start(now, self.windows_total)
 
     def _end_interval(self, now: float) -> None:
-        wall = max(now - self._interval_start, 1e-6)
-        cpu = 100.0 * (time.process_time() - self._cpu_start) / wall
-        self._rate = (self.windows_total - self._windows_at_start) / wall
-        times = self._timing[: min(self._timed, TIMING_RING)]
-        mean_ms = float(times.mean()) if len(times) else 0.0
-        p99_ms = float(np.percentile(times, 99)) if len(times) else 0.0
-        n = max(self._n, 1)
+        stats = self._interval.summary(now, self.windows_total)
+        self._rate = stats["windows_per_s"]
         buffer = self.pipe.buffer
         telemetry = Telemetry(
             site=self.cfg.mqtt.site,
             asset=self.cfg.mqtt.asset,
             device=self.cfg.mqtt.device,
-            rms_g=math.sqrt(self._rms2 / n),
-            peak_g=self._peak,
-            crest_factor=self._crest / n,
-            kurtosis=self._kurtosis / n,
-            inference_ms=mean_ms,
+            **{
+                k: stats[k]
+                for k in (
+                    "rms_g",
+                    "peak_g",
+                    "crest_factor",
+                    "kurtosis",
+                    "inference_ms",
+                    "cpu_percent",
+                )
+            },
             windows_total=self.windows_total,
             dropped_samples=buffer.dropped_samples,
             overruns=buffer.overruns,
             outbox_pending=len(self.outbox),
-            cpu_percent=cpu,
         )
         if self.link is not None:
             self.link.publish_telemetry(telemetry)
@@ -647,9 +634,9 @@ class Agent:
             state=self.pipe.decisions.state,
             windows=self.windows_total,
             windows_per_s=self._rate,
-            inference_ms_mean=mean_ms,
-            inference_ms_p99=p99_ms,
-            cpu_percent=cpu,
+            inference_ms_mean=stats["inference_ms"],
+            inference_ms_p99=stats["inference_ms_p99"],
+            cpu_percent=stats["cpu_percent"],
             max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             rms_g=telemetry.rms_g,
             drift_score=self._drift_score if self._drift_score is not None else "n/a",
