@@ -55,6 +55,13 @@ def train(out: Path, quick: bool) -> Path:
 
 
 def export(checkpoint: Path, out: Path, quick: bool) -> Path:
+    """`faultwatch export` with the default parity gate (99 % agreement, <= 1 point drop).
+
+    A demo-sized model leaves many test windows near a tie, where INT8 rounding flips the
+    decision; if the strict gate refuses the bundle, the demo says so and exports again with a
+    demo gate (95 % / 3 points) so the rest of the pipeline can be shown. Production exports keep
+    the strict gate (`make export-int8`).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -66,16 +73,20 @@ def export(checkpoint: Path, out: Path, quick: bool) -> Path:
         str(out),
         "--name",
         "demo",
-        "--version",
-        "1",
         "--formats",
         "onnx,onnx-int8,tflite-int8",
     ]
-    if quick:  # a one-epoch model sits on near ties that INT8 flips: relax the gate, visibly
-        cmd += ["--min-agreement", "0.9", "--max-accuracy-drop", "5"]
-        console.print("[yellow]--quick: parity gate relaxed to 90 % agreement / 5 points[/yellow]")
-    subprocess.run(cmd, check=True)
-    return out / "demo-1"
+    if not quick and subprocess.run([*cmd, "--version", "1"]).returncode == 0:
+        return out / "demo-1"
+    console.print(
+        "[yellow]the strict parity gate refused this demo-sized model (see the table); "
+        "exporting again with the demo gate: 95 % agreement, 3 points[/yellow]"
+    )
+    subprocess.run(
+        [*cmd, "--version", "1-demo-gate", "--min-agreement", "0.95", "--max-accuracy-drop", "3"],
+        check=True,
+    )
+    return out / "demo-1-demo-gate"
 
 
 def record_stream(

