@@ -45,7 +45,13 @@ def synthetic_split(
 
 
 def measure(
-    device: str, batch: int, steps: int, threads: int | None, width: float, norm: str
+    device: str,
+    batch: int,
+    steps: int,
+    threads: int | None,
+    width: float,
+    norm: str,
+    compile_: bool = False,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -58,10 +64,10 @@ def measure(
         steps_per_epoch=steps,
         width=width,
         norm=norm,
+        compile=compile_,
         log_every=10_000,
     )
     split = synthetic_split(cfg.window)
-    pretrain(cfg.model_copy(update={"steps_per_epoch": 2}), split, show_progress=False)  # warm-up
     result = pretrain(cfg, split, show_progress=False)
     return {
         "device": device,
@@ -70,6 +76,7 @@ def measure(
         "threads": torch.get_num_threads(),
         "width": width,
         "norm": norm,
+        "compile": compile_,
         "views_per_second": result.views_per_second,
     }
 
@@ -87,20 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         default=["none", "batch"],
         help="none = the reference recipe's CNN exactly; batch = our default",
     )
+    parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     args = parser.parse_args(argv)
     rows = [
-        measure(args.device, b, args.steps, args.threads, args.width, n)
+        measure(args.device, b, args.steps, args.threads, args.width, n, c)
+        for c in ([False, True] if args.compile else [False])
         for n in args.norm
         for b in args.batch
     ]
     table = Table(title=f"pretraining throughput ({platform.processor() or platform.machine()})")
-    for col in ("device", "norm", "batch", "threads", "views/s"):
+    for col in ("device", "norm", "compile", "batch", "threads", "views/s"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["device"],
             r["norm"],
+            str(r["compile"]),
             str(r["batch"]),
             str(r["threads"]),
             f"{r['views_per_second']:.0f}",

@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(True, description="Mixed precision on CUDA.")
+    compile: bool = Field(
+        False, description="torch.compile the encoder + projection (pretraining)."
+    )
     out_dir: Path = Path("runs")
     run_name: str | None = None
     log_every: int = Field(20, ge=1)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 FINETUNE_AUGMENTATIONS = ["gain", "noise", "shift", "time_mask"]
 MIN_TEMPERATURE = 0.5
+WARMUP_STEPS = 2  # pretraining steps left out of the views/s figure
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +147,8 @@ def pretrain(
         start, history = state["step"], state["history"]
         logger.info("resumed pretraining from %s at step %d", checkpoint, start)
     model = nn.Sequential(encoder, projection)
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
     if dist is not None and world > 1:
         from train.distributed import gather_with_grad, wrap_ddp
 
@@ -192,8 +195,9 @@ def pretrain(
             loss.backward()
             optimizer.step()
             schedule.step()
-            views += 2 * x.shape[0] * world
-            step_seconds += time.perf_counter() - t0
+            if step - start >= WARMUP_STEPS or total - start <= WARMUP_STEPS:
+                views += 2 * x.shape[0] * world  # speed excludes warm-up (lazy init, compile)
+                step_seconds += time.perf_counter() - t0
             ms = 1000 * (time.perf_counter() - t0)
             record = {
                 "step": step + 1,
