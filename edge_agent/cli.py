@@ -53,6 +53,8 @@ from edge_agent.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
+MIN_RENORMALIZE_WINDOWS = 20
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -363,6 +365,62 @@ def calibrate(
     if not r.accepted:
         raise _fail(r.reason)
     typer.echo(f"accepted: head v{outcome.head_version} is now current")
+
+
+@app.command()
+def renormalize(
+    config: ConfigOption,
+    files: Annotated[
+        list[Path], typer.Argument(help="Recordings of NORMAL operation on this device.")
+    ],
+) -> None:
+    """Map this device's normal embeddings onto the bundle's reference normal statistics.
+
+    For a sensor, mounting or machine that sits off the training fleet: per-dimension mean and
+    scale are fitted from normal-operation recordings and stored as a new head version
+    (`rollback` undoes it). Prints the drift score of those windows before and after.
+    """
+    import numpy as np
+
+    from edge_agent.calibration import fit_renormalization
+    from edge_agent.drift import DriftMonitor
+    from edge_agent.headstore import CommitMeta
+
+    cfg = _load(config)
+    setup_logging("WARNING")
+    store = _store(cfg)
+    try:
+        model = load_runtime(cfg, store)
+    except STARTUP_ERRORS as exc:
+        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+    m = model.manifest
+    reference = m.reference_stats.get(m.normal_class)
+    if reference is None:
+        raise _fail(f"the bundle has no reference statistics for {m.normal_class!r}")
+    try:
+        emb, t, rejected = embed_recordings(
+            files, cfg.sensor, m, model.backend, cfg.inference.batch_windows
+        )
+    except SourceError as exc:
+        raise _fail(_one_line(exc)) from None
+    if len(t) < MIN_RENORMALIZE_WINDOWS:
+        raise _fail(
+            f"{len(t)} usable windows ({rejected} failed the sensor checks); re-normalization "
+            f"needs at least {MIN_RENORMALIZE_WINDOWS} windows of normal operation"
+        )
+    _, current = store.current()
+    head = fit_renormalization(current, emb, np.asarray(reference.mean), np.asarray(reference.cov))
+    monitor = DriftMonitor(m.reference_stats, m.normal_class, window=len(t))
+    before = monitor.update(current.adapt(emb)).score
+    monitor.reset()
+    after = monitor.update(head.adapt(emb)).score
+    version = store.commit(
+        head, CommitMeta(n_samples=len(t), note="re-normalization from normal operation")
+    )
+    typer.echo(
+        f"head v{version}: embeddings re-normalized from {len(t)} normal windows; "
+        f"drift score of those windows {before:.2f} -> {after:.2f}"
+    )
 
 
 @app.command()

@@ -41,7 +41,7 @@ def agent_bundle(request, tmp_path_factory) -> Path:
     return agent_bundle_folder(request, tmp_path_factory)
 
 
-COMMANDS = ["run", "check-config", "verify-bundle", "calibrate", "heads", "rollback"]
+COMMANDS = ["run", "check-config", "verify-bundle", "calibrate", "renormalize", "heads", "rollback"]
 runner = CliRunner()
 
 
@@ -190,6 +190,29 @@ def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
     missing = runner.invoke(app, ["rollback", "--config", config, "--version", "99"])
     assert missing.exit_code == 1
     assert "no head version 99" in missing.stderr
+
+
+def test_renormalize_maps_an_offset_device_onto_the_reference(tmp_path, agent_bundle):
+    config = str(replay_config(tmp_path, agent_bundle))
+    normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 3)
+    result = runner.invoke(app, ["renormalize", "-c", config, str(normal)])
+    assert result.exit_code == 0, result.output
+    match = re.search(
+        r"head v(\d+): .* from (\d+) normal windows; .* ([\d.]+) -> ([\d.]+)", result.output
+    )
+    assert match, result.output
+    before, after = float(match.group(3)), float(match.group(4))
+    assert after < before and after < 0.5  # the device's normal now sits on the reference mean
+    from edge_agent.config import load_config
+    from edge_agent.headstore import HeadStore
+
+    store = HeadStore(load_config(Path(config)).state_dir / "heads")
+    latest = store.history()[-1]
+    assert latest.version == int(match.group(1)) and "re-normalization" in latest.note
+    assert store.current()[1].emb_scale is not None
+    short = recording(tmp_path / "short.npy", "normal", 0.2, run_seed=SEED + 4)
+    refused = runner.invoke(app, ["renormalize", "-c", config, str(short)])
+    assert refused.exit_code == 1 and "needs at least 20 windows" in refused.stderr
 
 
 def test_heads_with_a_missing_config(tmp_path):
