@@ -37,15 +37,15 @@ def _check(name: str, value: float, ok: bool, rule: str) -> None:
 
 
 def _simulate(
-    conditions: Conditions, duration_s: float, seed: int, machine_seed: int
+    conditions: Conditions, duration_s: float, seed: int, machine: int
 ) -> np.ndarray:
     sim = BearingSimulator(
-        conditions, sample_rate_hz=SAMPLE_RATE_HZ, seed=seed, machine_seed=machine_seed
+        conditions, sample_rate_hz=SAMPLE_RATE_HZ, seed=seed, machine_seed=machine
     )
     return sim.read(round(duration_s * SAMPLE_RATE_HZ))
 
 
-def _machine_seed(plant_seed: int, machine: int) -> int:
+def machine_seed(plant_seed: int, machine: int = 0) -> int:
     """Structure (resonances, gear) of machine `machine` of a plant; machine 0 is the lab's."""
     return _seed(_rng(plant_seed, 3, machine))
 
@@ -60,7 +60,7 @@ def lab_records(
     """
     _check("records_per_class", records_per_class, records_per_class >= 1, ">= 1")
     _check("duration_s", duration_s, 0 < duration_s <= 3600, "in (0, 3600]")
-    machine_seed = _machine_seed(seed if plant_seed is None else plant_seed, 0)
+    lab_machine = machine_seed(seed if plant_seed is None else plant_seed, 0)
     records = []
     for class_index, label in enumerate(CLASS_NAMES):
         for i in range(records_per_class):
@@ -74,7 +74,7 @@ def lab_records(
                 slip=float(rng.uniform(0.01, 0.02)),
                 noise_floor_g=0.002,
             )
-            signal = _simulate(conditions, duration_s, _seed(rng), machine_seed)
+            signal = _simulate(conditions, duration_s, _seed(rng), lab_machine)
             records.append(
                 Record(
                     record_id=f"lab-s{seed}-{label}-{i:03d}",
@@ -112,7 +112,7 @@ def production_records(
     fleet_rng = _rng(plant, _PRODUCTION)
     fleet = [
         {
-            "machine_seed": _machine_seed(plant, index),
+            "machine_seed": machine_seed(plant, index),
             "final_gain": float(fleet_rng.uniform(0.7, 1.3)),
             "final_dc_g": float(fleet_rng.uniform(-0.05, 0.05)),
             "final_floor_g": float(fleet_rng.uniform(0.005, 0.012)),
