@@ -112,7 +112,7 @@ def record_stream(
         (0.0, "healthy"),
         (seconds_per_phase, "inner-race fault"),
         (2 * seconds_per_phase, "sensor flat line"),
-        (2 * seconds_per_phase + 5, "healthy, drifting sensor (gain 0.7, noise floor 0.02 g, DC offset)"),
+        (2 * seconds_per_phase + 5, "healthy, drifting sensor (gain, noise floor, DC offset)"),
     ]
 
 

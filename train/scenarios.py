@@ -36,9 +36,7 @@ def _check(name: str, value: float, ok: bool, rule: str) -> None:
         raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
-def _simulate(
-    conditions: Conditions, duration_s: float, seed: int, machine: int
-) -> np.ndarray:
+def _simulate(conditions: Conditions, duration_s: float, seed: int, machine: int) -> np.ndarray:
     sim = BearingSimulator(
         conditions, sample_rate_hz=SAMPLE_RATE_HZ, seed=seed, machine_seed=machine
     )
