@@ -315,6 +315,27 @@ def verify_bundle(
     typer.echo(f"  parity      {passed}{': agreement ' + agreement if agreement else ''}")
 
 
+def _offline_model(config: Path):
+    """Config, head store and verified model for the offline commands (exit 1 on failure)."""
+    cfg = _load(config)
+    setup_logging("WARNING")
+    store = _store(cfg)
+    try:
+        return cfg, store, load_runtime(cfg, store)
+    except STARTUP_ERRORS as exc:
+        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+
+
+def _embed_files(cfg, model, files: list[Path]):
+    """Embeddings, times and rejected-window count of recordings (exit 1 on a bad file)."""
+    try:
+        return embed_recordings(
+            files, cfg.sensor, model.manifest, model.backend, cfg.inference.batch_windows
+        )
+    except SourceError as exc:
+        raise _fail(_one_line(exc)) from None
+
+
 @app.command()
 def calibrate(
     config: ConfigOption,
@@ -324,22 +345,11 @@ def calibrate(
     ],
 ) -> None:
     """Label recordings, refit the device head on the calibration set, commit it if better."""
-    cfg = _load(config)
-    setup_logging("WARNING")
-    store = _store(cfg)
-    try:
-        model = load_runtime(cfg, store)
-    except STARTUP_ERRORS as exc:
-        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+    cfg, store, model = _offline_model(config)
     m = model.manifest
     if label not in m.class_names:
         raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
-    try:
-        emb, t, rejected = embed_recordings(
-            files, cfg.sensor, m, model.backend, cfg.inference.batch_windows
-        )
-    except SourceError as exc:
-        raise _fail(_one_line(exc)) from None
+    emb, t, rejected = _embed_files(cfg, model, files)
     if not len(t):
         raise _fail(
             f"no window of {len(files)} file(s) passed the sensor checks ({rejected} failed)"
@@ -386,23 +396,12 @@ def renormalize(
     from edge_agent.drift import DriftMonitor
     from edge_agent.headstore import CommitMeta
 
-    cfg = _load(config)
-    setup_logging("WARNING")
-    store = _store(cfg)
-    try:
-        model = load_runtime(cfg, store)
-    except STARTUP_ERRORS as exc:
-        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+    cfg, store, model = _offline_model(config)
     m = model.manifest
     reference = m.reference_stats.get(m.normal_class)
     if reference is None:
         raise _fail(f"the bundle has no reference statistics for {m.normal_class!r}")
-    try:
-        emb, t, rejected = embed_recordings(
-            files, cfg.sensor, m, model.backend, cfg.inference.batch_windows
-        )
-    except SourceError as exc:
-        raise _fail(_one_line(exc)) from None
+    emb, t, rejected = _embed_files(cfg, model, files)
     if len(t) < MIN_RENORMALIZE_WINDOWS:
         raise _fail(
             f"{len(t)} usable windows ({rejected} failed the sensor checks); re-normalization "
