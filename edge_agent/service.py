@@ -30,6 +30,7 @@ import queue
 import resource
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -704,24 +705,22 @@ class Agent:
             )
 
     def _run_commands(self) -> None:
-        while True:
-            try:
-                command, future = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if future.set_running_or_notify_cancel():
-                future.set_result(self.handle_command(command))
+        self._drain_commands(self.handle_command)
 
     def _fail_pending_commands(self) -> None:
+        self._drain_commands(
+            lambda command: CommandResult(id=command.id, ok=False, message="the agent is stopping")
+        )
+
+    def _drain_commands(self, answer: Callable[[Command], CommandResult]) -> None:
+        """Answer every queued command (on the agent thread) until the queue is empty."""
         while True:
             try:
                 command, future = self._commands.get_nowait()
             except queue.Empty:
                 return
             if future.set_running_or_notify_cancel():
-                future.set_result(
-                    CommandResult(id=command.id, ok=False, message="the agent is stopping")
-                )
+                future.set_result(answer(command))
 
     def handle_command(self, command: Command) -> CommandResult:
         """Run one command on the agent thread; never raises (failures are ok=False results)."""
