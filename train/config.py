@@ -82,6 +82,12 @@ class TrainConfig(BaseModel):
         "probe head agrees, and fine-tune on them too (covers operating conditions the few "
         "labels miss).",
     )
+    multi_head: bool = Field(
+        False,
+        description="Also train detection / location / size heads (from the class names) "
+        "jointly with the flat classifier, and report each task.",
+    )
+    multi_head_weight: float = Field(0.5, ge=0, description="Weight of the task heads' loss.")
     propagate_cap_per_class: int = Field(200, ge=0, description="Most propagated labels per class.")
     # baselines
     supervised_epochs: int = Field(100, ge=1)

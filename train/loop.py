@@ -24,8 +24,15 @@ from train.augment import build_pipeline
 from train.collapse import check_collapse, embedding_stats
 from train.config import TrainConfig
 from train.encoder import build_encoder
-from train.heads import ClassifierHead, ProjectionHead, fit_temperature, to_numpy_head
+from train.heads import (
+    ClassifierHead,
+    MultiTaskHead,
+    ProjectionHead,
+    fit_temperature,
+    to_numpy_head,
+)
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
+from train.multitask import TaskTargets, build_task_head, task_loss
 from train.splits import Split, WindowSet
 
 logger = logging.getLogger(__name__)
@@ -323,8 +330,11 @@ class StandardizedHead(nn.Module):
         self.register_buffer("mean", mean.float())
         self.register_buffer("scale", scale.float())
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head((x - self.mean) * self.scale)
+        return self.head(self.standardize(x))
 
     def to_numpy(self, temperature: float):
         head = to_numpy_head(self.head, temperature)
@@ -333,12 +343,15 @@ class StandardizedHead(nn.Module):
 
 @dataclass
 class Classifier:
-    """A fine-tuned model: encoder + head + temperature (what evaluation and export need)."""
+    """A fine-tuned model: encoder + head + temperature (what evaluation and export need), and
+    with multi-head fine-tuning the detection / location / size heads (train.multitask)."""
 
     encoder: nn.Module
     head: StandardizedHead
     temperature: float = 1.0
     history: list[dict[str, float]] = field(default_factory=list)
+    task_head: MultiTaskHead | None = None
+    task_targets: TaskTargets | None = None
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         return embed(self.encoder, x)
@@ -350,10 +363,22 @@ class Classifier:
         return self.head(torch.from_numpy(self.embed(x)).to(device)).float().cpu().numpy()
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        z = self.logits(x) / self.temperature
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return _softmax(self.logits(x) / self.temperature)
+
+    @torch.no_grad()
+    def task_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Probabilities of each multi-head task (empty without multi-head fine-tuning)."""
+        if self.task_head is None:
+            return {}
+        self.task_head.eval()
+        device = next(self.head.parameters()).device
+        features = self.head.standardize(torch.from_numpy(self.embed(x)).to(device))
+        return {t: _softmax(z.float().cpu().numpy()) for t, z in self.task_head(features).items()}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def balanced_batches(y: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -385,6 +410,8 @@ def train_classifier(
     params = list(model.head.parameters()) + (
         list(model.encoder.parameters()) if train_encoder else []
     )
+    if model.task_head is not None:
+        params += list(model.task_head.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
     pipeline = build_pipeline(
         FINETUNE_AUGMENTATIONS, sample_rate_hz=cfg.sample_rate_hz, k_min=1, k_max=2
@@ -404,6 +431,12 @@ def train_classifier(
             with torch.set_grad_enabled(train_encoder):
                 emb = model.encoder(x)
             loss = loss_fn(model.head(emb), y_all[idx])
+            if model.task_head is not None and model.task_targets is not None:
+                model.task_head.train()
+                features = model.head.standardize(emb)
+                loss = loss + cfg.multi_head_weight * task_loss(
+                    model.task_head, model.task_targets, features, y_all[idx]
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -486,6 +519,16 @@ def finetune(
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
     n_classes = len(split.class_names)
     model = Classifier(encoder, new_head(cfg, n_classes, device, pool_emb))
+    targets = TaskTargets.from_class_names(split.class_names)
+    if cfg.multi_head and not targets:
+        logger.warning("multi_head: classes %s define no extra task", split.class_names)
+
+    def attach_task_head() -> None:
+        if cfg.multi_head and targets:
+            model.task_targets = targets
+            model.task_head = build_task_head(
+                targets, cfg.embedding_dim, cfg.head_hidden, cfg.dropout
+            ).to(device)
 
     def probe(data: WindowSet, stage: str) -> None:
         train_classifier(
@@ -500,12 +543,14 @@ def finetune(
             show_progress=show_progress,
         )
 
+    attach_task_head()
     probe(split.labeled, "probe")
     labeled = split.labeled
     if cfg.propagate_labels:
         labeled = WindowSet.concat([labeled, propagate_labels(cfg, model, split)], cfg.window)
         if len(labeled) > len(split.labeled):  # relearn the head on the wider set first
             model.head = new_head(cfg, n_classes, device, pool_emb)
+            attach_task_head()
             probe(labeled, "probe (propagated)")
     train_classifier(
         cfg,

@@ -84,6 +84,22 @@ def metrics_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def task_table(tasks: dict[str, dict[str, Any]]) -> str:
+    """Per task: its own head vs the flat head's marginal (accuracy / macro-F1)."""
+    rows = [
+        "| task | classes | task head accuracy | task head macro-F1 | flat head accuracy "
+        "| flat head macro-F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, m in tasks.items():
+        head, flat = m["head"], m["from_flat_head"]
+        rows.append(
+            f"| {task} | {', '.join(head['per_class'])} | {head['accuracy']:.3f} "
+            f"| {head['macro_f1']:.3f} | {flat['accuracy']:.3f} | {flat['macro_f1']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def write_report(
     run_dir: Path,
     *,
@@ -132,6 +148,8 @@ def write_report(
             f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} "
             f"| {pc['support']} |"
         )
+    if main.get("tasks"):
+        lines += ["", "## Multi-head tasks (first method)", "", task_table(main["tasks"])]
     lines += ["", *(f"![{img}]({img})" for img in images), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from train.config import TrainConfig
+from train.heads import to_numpy_head
 from train.loop import Classifier, encoder_spec
 from train.metrics import classification_metrics
+from train.multitask import task_metrics
 from train.splits import Split, split_summary
 
 FINETUNED = "finetuned.pt"
@@ -21,9 +23,33 @@ CALIBRATION_WINDOWS = 512
 
 
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
-    return classification_metrics(
-        model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below
-    )
+    """Test metrics; with multi-head fine-tuning also per task ("tasks")."""
+    probs = model.probabilities(split.test.x)
+    metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
+    if model.task_head is not None and model.task_targets is not None:
+        metrics["tasks"] = task_metrics(
+            model.task_probabilities(split.test.x),
+            probs,
+            split.test.y,
+            model.task_targets,
+            uncertain_below,
+        )
+    return metrics
+
+
+def task_heads(model: Classifier) -> dict[str, Any]:
+    """The multi-head task heads as numpy arrays (standardization folded in), by task."""
+    if model.task_head is None or model.task_targets is None:
+        return {}
+    mean, scale = model.head.mean.cpu().numpy(), model.head.scale.cpu().numpy()
+    return {
+        task: {
+            "classes": model.task_targets.names[task],
+            "flat_to_task": model.task_targets.maps[task].tolist(),
+            "head": to_numpy_head(head.cpu()).fold_input_affine(mean, scale).to_arrays(),
+        }
+        for task, head in model.task_head.heads.items()
+    }
 
 
 def reference_stats(
@@ -88,6 +114,7 @@ def save_run(
             "provenance": provenance,
             "metrics": metrics,
             "reference_stats": reference_stats(model, split),
+            "task_heads": task_heads(model),
         },
         checkpoint,
     )

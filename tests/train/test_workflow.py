@@ -190,3 +190,18 @@ def test_pool_larger_than_memory_streams_from_shards(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "sh" / "pretrained.pt", weights_only=False)["step"] == 3
+
+
+def test_multi_head_run_saves_task_heads_and_reports_them(tmp_path):
+    result = runner.invoke(
+        app,
+        ["run", "--quiet", "--epochs", "1", "--run-name", "mh"]
+        + tiny_args(tmp_path, "multi_head=true"),
+    )
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "mh" / "finetuned.pt", weights_only=False)
+    assert state["task_heads"]["detection"]["classes"] == ["normal", "fault"]
+    assert state["task_heads"]["detection"]["flat_to_task"] == [0, 1, 1, 1]
+    metrics = json.loads((tmp_path / "mh" / "metrics.json").read_text())
+    assert metrics["test"]["SimCLR + fine-tune"]["tasks"]["detection"]["head"]["n"] > 0
+    assert "Multi-head tasks" in (tmp_path / "mh" / "report.md").read_text()
