@@ -50,8 +50,9 @@ class TaskTargets:
         maps: dict[str, np.ndarray] = {}
         for task in ("detection", "location", "size"):
             values = [p[task] for p in parsed]
-            known = sorted({v for v in values if v is not None}, key=lambda v: (v not in
-                           ("normal", "none"), v))
+            known = sorted(
+                {v for v in values if v is not None}, key=lambda v: (v not in ("normal", "none"), v)
+            )
             if len(known) < 2 or (len(known) == len(class_names) and None not in values):
                 continue
             names[task] = known
@@ -88,9 +89,7 @@ def task_loss(
     return torch.stack(losses).mean() if losses else features.new_zeros(())
 
 
-def marginal_probabilities(
-    flat: np.ndarray, targets: TaskTargets, task: str
-) -> np.ndarray:
+def marginal_probabilities(flat: np.ndarray, targets: TaskTargets, task: str) -> np.ndarray:
     """Task probabilities implied by the flat head: sum the flat classes of each task class."""
     table = targets.maps[task]
     out = np.zeros((len(flat), len(targets.names[task])))

@@ -195,8 +195,15 @@ def test_pool_larger_than_memory_streams_from_shards(tmp_path):
 def test_multi_head_run_saves_task_heads_and_reports_them(tmp_path):
     result = runner.invoke(
         app,
-        ["run", "--quiet", "--epochs", "1", "--run-name", "mh"]
-        + tiny_args(tmp_path, "multi_head=true"),
+        [
+            "run",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--run-name",
+            "mh",
+            *tiny_args(tmp_path, "multi_head=true"),
+        ],
     )
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "mh" / "finetuned.pt", weights_only=False)
