@@ -480,32 +480,33 @@ def new_head(
 def propagate_labels(
     cfg: TrainConfig, model: Classifier, split: Split, limit: int = 4000
 ) -> WindowSet:
-    """Pool windows labeled by a unanimous vote of their k nearest labeled windows (cosine, on
-    the frozen pretrained embeddings), at most `propagate_cap_per_class` per class.
+    """Pool windows labeled by label spreading over the kNN graph of the frozen pretrained
+    embeddings (train.neighbors.spread_labels), at most `propagate_cap_per_class` per class.
 
-    The probe head is NOT asked to agree: where the few labels miss an operating condition (a
-    load), the head extrapolates badly while neighbours in the pretrained space stay right.
+    Labels flow along the pool's own structure (loads, fault sizes the few labels miss), and a
+    window no labeled window reaches stays unlabeled; the head is not asked to agree, since where
+    the labels miss an operating condition it extrapolates badly.
     """
-    from train.neighbors import knn_probabilities
+    from train.neighbors import spread_labels
 
     pool = split.pool.windows(limit=limit)
     n = len(split.class_names)
-    counts = np.bincount(split.labeled.y, minlength=n)
-    if len(pool) == 0 or counts[counts > 0].min() < 2:
+    if len(pool) == 0 or len(split.labeled) == 0:
         return WindowSet.empty(cfg.window)
-    k = int(min(5, counts[counts > 0].min()))
-    pool_emb = model.embed(pool.x)
-    votes = knn_probabilities(model.embed(split.labeled.x), split.labeled.y, pool_emb, n, k=k)
-    agree = votes.max(1) >= 1.0  # unanimous neighbours
-    label = votes.argmax(1)
+    label = spread_labels(model.embed(split.labeled.x), split.labeled.y, model.embed(pool.x))
     rng = np.random.default_rng(cfg.seed)
     keep = np.concatenate(
         [
-            rng.permutation(np.flatnonzero(agree & (label == c)))[: cfg.propagate_cap_per_class]
+            rng.permutation(np.flatnonzero(label == c))[: cfg.propagate_cap_per_class]
             for c in range(n)
         ]
     ).astype(int)
-    logger.info("label propagation: %d of %d pool windows labeled", len(keep), len(pool))
+    logger.info(
+        "label propagation: %d of %d pool windows labeled (%s per class)",
+        len(keep),
+        len(pool),
+        np.bincount(label[keep], minlength=n).tolist(),
+    )
     return WindowSet(pool.x[keep], label[keep].astype(np.int64), [pool.record_ids[i] for i in keep])
 
 

@@ -1,7 +1,7 @@
 """Non-parametric classifiers on embeddings (numpy): nearest class prototype and cosine kNN.
 
-Used as baselines on frozen SimCLR embeddings, and by fine-tuning to propagate the few labels to
-the unlabeled pool.
+Used as baselines on frozen SimCLR embeddings; `spread_labels` is how fine-tuning propagates the
+few labels to the unlabeled pool.
 """
 
 from __future__ import annotations
@@ -43,3 +43,41 @@ def knn_probabilities(
     votes = np.zeros((len(b), n_classes))
     np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[nearest].ravel()), 1.0)
     return votes / k
+
+
+def spread_labels(
+    train_emb: np.ndarray,
+    train_y: np.ndarray,
+    pool_emb: np.ndarray,
+    *,
+    neighbors: int = 10,
+    alpha: float = 0.8,
+    min_confidence: float = 0.9,
+) -> np.ndarray:
+    """Label spreading (Zhou et al. 2004, scikit-learn) over the cosine kNN graph of labeled and
+    pool embeddings -> a class per pool window, or -1 where no label reaches it or the spread
+    distribution is below `min_confidence`.
+
+    Unlike a per-class top-N, a class that is rare in the pool (one normal record) keeps only the
+    windows its labels actually reach instead of being filled up with its nearest strangers.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.semi_supervised import LabelSpreading
+
+    if len(pool_emb) == 0:
+        return np.zeros(0, np.int64)
+    x = np.concatenate([_unit(train_emb), _unit(pool_emb)]).astype(np.float64)
+    y = np.concatenate([np.asarray(train_y, np.int64), np.full(len(pool_emb), -1, np.int64)])
+    model = LabelSpreading(
+        kernel="knn", n_neighbors=min(neighbors, len(x) - 1), alpha=alpha, max_iter=100
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
+    dist = model.label_distributions_[len(train_emb) :]
+    total = dist.sum(1)
+    classes = model.classes_[dist.argmax(1)]
+    confident = (total > 0) & (dist.max(1) >= min_confidence * np.maximum(total, 1e-12))
+    return np.where(confident, classes, -1).astype(np.int64)
