@@ -1,0 +1,225 @@
+"""What the agent tells the world: fault events, the retained state, telemetry and status.
+
+Events go through the outbox (durable), state and telemetry straight to the MQTT link; each
+telemetry interval also gives one structured log line and a systemd STATUS= line. `Publishing`
+is a mixin of `Agent`: the annotations below name what it uses of the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from typing import Any
+
+import numpy as np
+
+from edge_agent.agent_log import log_fields, utc
+from edge_agent.config import AgentConfig
+from edge_agent.decisions import SENSOR_FAULT, UNCERTAIN, UNKNOWN, Decision
+from edge_agent.events import FaultEvent, StateMessage, Telemetry, WindowStats
+from edge_agent.interval import IntervalStats
+from edge_agent.mqtt import MqttLink
+from edge_agent.notify import notify
+from edge_agent.outbox import Outbox
+from edge_agent.runtime import ModelRuntime, Pipeline
+from edge_agent.sanity import SanityResult
+
+
+class Publishing:
+    """Build and publish events, state, telemetry and status (mixed into `Agent`)."""
+
+    cfg: AgentConfig
+    model: ModelRuntime
+    pipe: Pipeline
+    outbox: Outbox
+    link: MqttLink | None
+    windows_total: int
+    events_total: int
+    last_event_id: str | None
+    _started: float
+    _source_down: bool
+    _drift_score: float | None
+    _shown_state: str | None
+    _interval: IntervalStats
+    _rate: float
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def _event(self, kind: str, severity: str, **fields: Any) -> FaultEvent:
+        m, mqtt = self.model.manifest, self.cfg.mqtt
+        return FaultEvent(
+            kind=kind,  # type: ignore[arg-type]
+            severity=severity,  # type: ignore[arg-type]
+            site=mqtt.site,
+            asset=mqtt.asset,
+            device=mqtt.device,
+            model_name=m.model_name,
+            model_version=m.model_version,
+            head_version=str(self.model.head_version),
+            **fields,
+        )
+
+    def _state_changed(
+        self, decision: Decision, probs: np.ndarray | None, check: SanityResult
+    ) -> None:
+        state, normal = decision.state, self.pipe.decisions.normal_class
+        previous = decision.previous
+        if previous == UNKNOWN and self._shown_state is not None:
+            previous = self._shown_state  # what subscribers saw last (e.g. a source failure)
+        self._shown_state = None
+        if state == SENSOR_FAULT:
+            kind, severity = "sensor_fault", "warning"
+        elif state == UNCERTAIN:
+            kind, severity = "uncertain", "warning"
+        else:
+            kind, severity = "state_change", "info" if state == normal else "alarm"
+        why = f" ({decision.sanity_reason})" if decision.sanity_reason else ""
+        sure = f", confidence {decision.confidence:.2f}" if decision.confidence is not None else ""
+        s = check.stats
+        names = self.pipe.decisions.class_names
+        event = self._event(
+            kind,
+            severity,
+            window_end_utc=utc(decision.t),
+            previous_state=previous,
+            state=state,
+            class_name=decision.class_name,
+            probabilities={} if probs is None else dict(zip(names, probs.tolist(), strict=True)),
+            confidence=decision.confidence,
+            window_stats=WindowStats(
+                rms_g=s["rms"],
+                peak_g=s["peak"],
+                crest_factor=s["crest_factor"],
+                kurtosis=s["kurtosis"],
+            ),
+            message=f"{previous} -> {state}{why}{sure}",
+        )
+        self._publish(event)
+        self._publish_state(state, decision.class_name, decision.confidence, decision.t)
+        notify(STATUS=self._status_line())
+
+    def _publish(self, event: FaultEvent) -> None:
+        self.events_total += 1
+        self.last_event_id = event.event_id
+        log_fields(
+            logging.WARNING if event.severity != "info" else logging.INFO,
+            "event",
+            kind=event.kind,
+            severity=event.severity,
+            state=event.state,
+            previous=event.previous_state,
+            event_id=event.event_id,
+            detail=event.message,
+        )
+        if self.link is not None:
+            self.link.publish_event(event)
+
+    def _publish_state(
+        self, state: str, class_name: str | None, confidence: float | None, since: float | None
+    ) -> None:
+        if self.link is None:
+            return
+        mqtt, m = self.cfg.mqtt, self.model.manifest
+        self.link.publish_state(
+            StateMessage(
+                site=mqtt.site,
+                asset=mqtt.asset,
+                device=mqtt.device,
+                state=state,
+                class_name=class_name,
+                confidence=confidence,
+                since_utc=utc(since) if since is not None else None,
+                last_event_id=self.last_event_id,
+                model_version=m.model_version,
+                head_version=str(self.model.head_version),
+            )
+        )
+
+    # ---- telemetry and status ---------------------------------------------------------------
+
+    def _reset_interval(self, now: float) -> None:
+        self._interval.start(now, self.windows_total)
+
+    def _end_interval(self, now: float) -> None:
+        stats = self._interval.summary(now, self.windows_total)
+        self._rate = stats["windows_per_s"]
+        buffer = self.pipe.buffer
+        telemetry = Telemetry(
+            site=self.cfg.mqtt.site,
+            asset=self.cfg.mqtt.asset,
+            device=self.cfg.mqtt.device,
+            **{
+                k: stats[k]
+                for k in (
+                    "rms_g",
+                    "peak_g",
+                    "crest_factor",
+                    "kurtosis",
+                    "inference_ms",
+                    "cpu_percent",
+                )
+            },
+            windows_total=self.windows_total,
+            dropped_samples=buffer.dropped_samples,
+            overruns=buffer.overruns,
+            outbox_pending=len(self.outbox),
+        )
+        if self.link is not None:
+            self.link.publish_telemetry(telemetry)
+            self.link.publish_status()
+        log_fields(
+            logging.INFO,
+            "telemetry",
+            state=self.pipe.decisions.state,
+            windows=self.windows_total,
+            windows_per_s=self._rate,
+            inference_ms_mean=stats["inference_ms"],
+            inference_ms_p99=stats["inference_ms_p99"],
+            cpu_percent=stats["cpu_percent"],
+            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            rms_g=telemetry.rms_g,
+            drift_score=self._drift_score if self._drift_score is not None else "n/a",
+            dropped_samples=buffer.dropped_samples,
+            overruns=buffer.overruns,
+            outbox_pending=telemetry.outbox_pending,
+            mqtt="connected" if self.link is not None and self.link.connected else "offline",
+        )
+        notify(STATUS=self._status_line())
+        self._reset_interval(now)
+
+    def _status_line(self) -> str:
+        mqtt = "connected" if self.link is not None and self.link.connected else "offline"
+        return (
+            f"state={self.pipe.decisions.state} windows/s={self._rate:.1f} "
+            f"windows={self.windows_total} mqtt={mqtt} outbox={len(self.outbox)}"
+        )
+
+    def status_data(self) -> dict[str, Any]:
+        """Counters and state, as the `status` command reports them."""
+        pipe, m = self.pipe, self.model.manifest
+        span = pipe.log.time_range()
+        since = pipe.decisions.since
+        return {
+            "state": pipe.decisions.state,
+            "since_utc": utc(since).isoformat() if since is not None else None,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "windows_total": self.windows_total,
+            "windows_per_s": round(self._rate, 2),
+            "events_total": self.events_total,
+            "dropped_samples": pipe.buffer.dropped_samples,
+            "overruns": pipe.buffer.overruns,
+            "outbox_pending": len(self.outbox),
+            "mqtt_connected": bool(self.link is not None and self.link.connected),
+            "source_ok": not self._source_down,
+            "model_name": m.model_name,
+            "model_version": m.model_version,
+            "head_version": self.model.head_version,
+            "drift_score": self._drift_score,
+            "embedding_log": {
+                "rows": len(pipe.log),
+                "first_utc": utc(span[0]).isoformat() if span else None,
+                "last_utc": utc(span[1]).isoformat() if span else None,
+            },
+            "calibration_set": pipe.calibration_set.counts(),
+        }
