@@ -74,6 +74,9 @@ class TrainConfig(BaseModel):
     probe_lr: float = Field(1e-3, gt=0)
     finetune_epochs: int = Field(40, ge=0, description="End-to-end epochs at finetune_lr.")
     finetune_lr: float = Field(1e-4, gt=0)
+    finetune_freeze_bn: bool = Field(
+        True, description="Keep the encoder's BatchNorm statistics fixed end-to-end."
+    )
     finetune_batch: int = Field(32, ge=2)
     finetune_steps_per_epoch: int = Field(8, ge=1)
     propagate_labels: bool = Field(

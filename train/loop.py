@@ -480,20 +480,20 @@ def new_head(
 def propagate_labels(
     cfg: TrainConfig, model: Classifier, split: Split, limit: int = 4000
 ) -> WindowSet:
-    """Pool windows labeled by label spreading over the kNN graph of the frozen pretrained
-    embeddings (train.neighbors.spread_labels), at most `propagate_cap_per_class` per class.
+    """Pool windows labeled on the frozen pretrained embeddings by two votes that must not
+    disagree (train.neighbors.propagated_labels): label spreading over the kNN graph and a
+    unanimous vote of the nearest labeled windows. At most `propagate_cap_per_class` per class.
 
-    Labels flow along the pool's own structure (loads, fault sizes the few labels miss), and a
-    window no labeled window reaches stays unlabeled; the head is not asked to agree, since where
-    the labels miss an operating condition it extrapolates badly.
+    The head is not asked to agree: where the few labels miss an operating condition (a load),
+    it extrapolates badly while neighbours in the pretrained space stay right.
     """
-    from train.neighbors import spread_labels
+    from train.neighbors import propagated_labels
 
     pool = split.pool.windows(limit=limit)
     n = len(split.class_names)
     if len(pool) == 0 or len(split.labeled) == 0:
         return WindowSet.empty(cfg.window)
-    label = spread_labels(model.embed(split.labeled.x), split.labeled.y, model.embed(pool.x))
+    label = propagated_labels(model.embed(split.labeled.x), split.labeled.y, model.embed(pool.x))
     rng = np.random.default_rng(cfg.seed)
     keep = np.concatenate(
         [
@@ -560,7 +560,7 @@ def finetune(
         epochs=cfg.finetune_epochs,
         lr=cfg.finetune_lr,
         train_encoder=True,
-        freeze_bn=True,
+        freeze_bn=cfg.finetune_freeze_bn,
         stage="finetune",
         show_progress=show_progress,
     )

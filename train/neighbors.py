@@ -1,7 +1,7 @@
 """Non-parametric classifiers on embeddings (numpy): nearest class prototype and cosine kNN.
 
-Used as baselines on frozen SimCLR embeddings; `spread_labels` is how fine-tuning propagates the
-few labels to the unlabeled pool.
+Used as baselines on frozen SimCLR embeddings; `propagated_labels` is how fine-tuning propagates
+the few labels to the unlabeled pool.
 """
 
 from __future__ import annotations
@@ -81,3 +81,29 @@ def spread_labels(
     classes = model.classes_[dist.argmax(1)]
     confident = (total > 0) & (dist.max(1) >= min_confidence * np.maximum(total, 1e-12))
     return np.where(confident, classes, -1).astype(np.int64)
+
+
+def propagated_labels(
+    train_emb: np.ndarray, train_y: np.ndarray, pool_emb: np.ndarray, k: int = 5
+) -> np.ndarray:
+    """A class per pool window from two votes, or -1: label spreading and a unanimous vote of the
+    k nearest labeled windows (k at most the smallest class's count). A window takes the class
+    one vote gives when the other agrees or abstains; where they disagree it stays unlabeled.
+
+    Each vote fails alone: with k equal to the labels per class, only a tight class (one normal
+    record) can win a unanimous vote, and it collects its nearest strangers; spreading leaves
+    records whose kNN graph no label reaches unlabeled (CWRU: other loads). Measured on CWRU
+    and the simulator, the combination labels the most windows with the fewest errors.
+    """
+    counts = np.bincount(np.asarray(train_y), minlength=1)
+    k = int(min(k, counts[counts > 0].min())) if len(train_y) else 1
+    votes = knn_probabilities(train_emb, train_y, pool_emb, int(counts.size), k=k)
+    knn = np.where(votes.max(1) >= 1.0, votes.argmax(1), -1) if len(pool_emb) else votes[:, 0]
+    return combine_votes(spread_labels(train_emb, train_y, pool_emb), knn)
+
+
+def combine_votes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per window: the class both votes give, or the one vote that does not abstain (-1); -1
+    where they name different classes."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    return np.where((a == b) | (b < 0), a, np.where(a < 0, b, -1))

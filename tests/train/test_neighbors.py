@@ -4,7 +4,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train.neighbors import knn_probabilities, prototype_probabilities, spread_labels
+from train.neighbors import (
+    combine_votes,
+    knn_probabilities,
+    propagated_labels,
+    prototype_probabilities,
+    spread_labels,
+)
 
 
 def clusters(sizes: list[int], dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,3 +65,22 @@ def test_spread_labels_returns_a_known_class_or_minus_one(n_pool, n_labeled, see
     )
     assert out.shape == (n_pool,)
     assert set(out.tolist()) <= {-1, *train_y.tolist()}
+
+
+@given(st.lists(st.tuples(st.integers(-1, 3), st.integers(-1, 3)), max_size=30))
+def test_combined_votes_keep_agreement_and_single_votes_and_drop_conflicts(pairs):
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    out = combine_votes(a, b)
+    for x, y, o in zip(a, b, out, strict=True):
+        if x >= 0 and y >= 0 and x != y:
+            assert o == -1
+        else:
+            assert o == max(x, y)
+
+
+def test_propagation_labels_every_window_of_a_labeled_cluster():
+    x, y = clusters([30, 30, 40])
+    labeled = np.array([0, 1, 2, 30, 31, 32, 60, 61, 62])
+    pool = np.setdiff1d(np.arange(len(y)), labeled)
+    np.testing.assert_array_equal(propagated_labels(x[labeled], y[labeled], x[pool]), y[pool])
