@@ -52,6 +52,7 @@ def measure(
     width: float,
     norm: str,
     compile_: bool = False,
+    amp: bool = True,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -65,6 +66,7 @@ def measure(
         width=width,
         norm=norm,
         compile=compile_,
+        amp=amp,
         log_every=10_000,
     )
     split = synthetic_split(cfg.window)
@@ -77,6 +79,7 @@ def measure(
         "width": width,
         "norm": norm,
         "compile": compile_,
+        "amp": amp and device != "cpu" and torch.cuda.is_available(),
         "views_per_second": result.views_per_second,
     }
 
@@ -95,22 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         help="none = the reference recipe's CNN exactly; batch = our default",
     )
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    parser.add_argument(
+        "--no-amp", action="store_true", help="also measure CUDA without bf16 autocast"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     args = parser.parse_args(argv)
     rows = [
-        measure(args.device, b, args.steps, args.threads, args.width, n, c)
+        measure(args.device, b, args.steps, args.threads, args.width, n, c, amp)
+        for amp in ([True, False] if args.no_amp else [True])
         for c in ([False, True] if args.compile else [False])
         for n in args.norm
         for b in args.batch
     ]
     table = Table(title=f"pretraining throughput ({platform.processor() or platform.machine()})")
-    for col in ("device", "norm", "compile", "batch", "threads", "views/s"):
+    for col in ("device", "norm", "compile", "amp", "batch", "threads", "views/s"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["device"],
             r["norm"],
             str(r["compile"]),
+            str(r["amp"]),
             str(r["batch"]),
             str(r["threads"]),
             f"{r['views_per_second']:.0f}",

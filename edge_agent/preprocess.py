@@ -99,17 +99,19 @@ def normalize(windows: np.ndarray, method: Normalization = "zscore") -> np.ndarr
     zscore: subtract the window mean, divide by its standard deviation (robust to gain drift).
     center: subtract the mean only (keeps amplitude in g).
     """
-    x = np.asarray(windows, dtype=np.float64)  # float64: a flat float32 window must stay ~0
+    x = np.asarray(windows, dtype=np.float32)
     if x.ndim == 2:
         x = x[:, None, :]
     if x.ndim != 3 or x.shape[1] != 1:
         raise ValueError(f"normalize expects (N, W) or (N, 1, W), got shape {x.shape}")
-    x = x - x.mean(axis=-1, keepdims=True)
-    if method == "zscore":
-        x = x / (x.std(axis=-1, keepdims=True) + _EPS)
-    elif method != "center":
+    if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {method!r}; valid: {NORMALIZATIONS}")
-    return x.astype(np.float32)
+    # sums in float64 (a flat window's mean is exact, so it centers to exactly 0), data in float32
+    x = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    if method == "zscore":
+        var = np.square(x).sum(axis=-1, keepdims=True, dtype=np.float64) / x.shape[-1]
+        x /= (np.sqrt(var) + _EPS).astype(np.float32)
+    return x
 
 
 def prepare(signal: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

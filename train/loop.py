@@ -9,7 +9,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,25 @@ def make_loss(cfg: TrainConfig, gather=None) -> nn.Module:
     return VICRegLoss()
 
 
+def pool_batches(sample: Callable[[], np.ndarray], device: torch.device) -> Iterator[torch.Tensor]:
+    """Endless pool batches on `device`. On CUDA the next batch is cropped and normalized on a
+    thread (numpy releases the GIL) and copied from pinned memory while the GPU trains on this
+    one; on CPU that thread would only take a core from the training step."""
+    if device.type != "cuda":
+        while True:
+            yield torch.from_numpy(sample())
+
+    def load() -> torch.Tensor:
+        return torch.from_numpy(sample()).pin_memory()
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        pending = executor.submit(load)
+        while True:
+            batch = pending.result()
+            pending = executor.submit(load)
+            yield batch.to(device, non_blocking=True)
+
+
 def pretrain(
     cfg: TrainConfig,
     split: Split,
@@ -179,12 +199,11 @@ def pretrain(
     collapse: dict[str, Any] = {}
     views, step_seconds = 0, 0.0
     model.train()
+    batches = pool_batches(lambda: split.pool.sample(cfg.batch_size, rng), device)
     with progress_bar("pretrain", total - start, show_progress and rank == 0) as advance:
         for step in range(start, total):
             t0 = time.perf_counter()
-            x = torch.from_numpy(split.pool.sample(cfg.batch_size, rng)).to(
-                device, non_blocking=True
-            )
+            x = next(batches)
             labels = torch.full((x.shape[0],), -1, device=device, dtype=torch.long)
             if cfg.loss == "supcon" and len(labeled_x):
                 x, labels = torch.cat([x, labeled_x]), torch.cat([labels, labeled_y])

@@ -70,6 +70,10 @@ class SegmentPool:
         self.window, self.hop, self.normalization = window, hop, normalization
         spans = np.array([s.signal.shape[0] - window + 1 for s in self.segments], dtype=np.int64)
         self._cum = np.cumsum(spans)
+        # all segments end to end, so a batch of crops is one gather instead of a Python loop
+        self._signal = np.concatenate([s.signal.astype(np.float32) for s in self.segments])
+        lengths = np.array([s.signal.shape[0] for s in self.segments], dtype=np.int64)
+        self._first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
 
     def __len__(self) -> int:
         """Number of hop-spaced windows (the nominal pool size)."""
@@ -80,12 +84,8 @@ class SegmentPool:
         flat = rng.integers(0, int(self._cum[-1]), size=n)
         seg_idx = np.searchsorted(self._cum, flat, side="right")
         offsets = flat - np.concatenate([[0], self._cum[:-1]])[seg_idx]
-        crops = np.stack(
-            [
-                self.segments[i].signal[o : o + self.window]
-                for i, o in zip(seg_idx, offsets, strict=True)
-            ]
-        )
+        starts = self._first[seg_idx] + offsets
+        crops = self._signal[starts[:, None] + np.arange(self.window)]
         return normalize(crops, self.normalization)  # type: ignore[arg-type]
 
     def windows(self, limit: int | None = None) -> WindowSet:

@@ -111,3 +111,47 @@ def test_sim_reference_split_separates_records():
     assert set(split.test.record_ids) == set(desc["test_records"])
     assert np.bincount(split.labeled.y, minlength=4).tolist() == [4, 4, 4, 4]
     assert len(split.pool) >= 50
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    lengths=st.lists(st.integers(64, 300), min_size=1, max_size=5),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_pool_crops_are_normalized_slices_of_the_segments(lengths, n, seed):
+    from edge_agent.preprocess import normalize
+
+    rng = np.random.default_rng(seed)
+    segments = [
+        Segment(f"r{i}", rng.standard_normal(length).astype(np.float32), -1, 0)
+        for i, length in enumerate(lengths)
+    ]
+    pool = SegmentPool(segments, 64, 32, "zscore")
+    crops = pool.sample(n, np.random.default_rng(seed))
+    every = np.concatenate(
+        [normalize(np.lib.stride_tricks.sliding_window_view(s.signal, 64)) for s in segments]
+    )[:, 0]
+    assert crops.shape == (n, 1, 64)
+    distance = np.abs(crops[:, 0][:, None, :] - every[None]).max(-1).min(1)
+    assert distance.max() < 1e-4  # every crop is one valid window of one segment
+
+
+def test_pool_batches_come_ahead_on_cuda_and_plain_on_cpu():
+    import torch
+
+    from train.loop import pool_batches
+
+    counter = itertools.count()
+    batches = pool_batches(
+        lambda: np.full((2, 1, 8), next(counter), np.float32), torch.device("cpu")
+    )
+    assert [int(next(batches)[0, 0, 0]) for _ in range(3)] == [0, 1, 2]
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device for the prefetching path")
+    counter = itertools.count()
+    batches = pool_batches(
+        lambda: np.full((2, 1, 8), next(counter), np.float32), torch.device("cuda")
+    )
+    first = [next(batches) for _ in range(3)]
+    assert all(b.is_cuda for b in first) and [int(b[0, 0, 0]) for b in first] == [0, 1, 2]
