@@ -81,9 +81,9 @@ class TrainConfig(BaseModel):
     finetune_steps_per_epoch: int = Field(8, ge=1)
     propagate_labels: bool = Field(
         True,
-        description="Label pool windows where the frozen-embedding kNN vote is unanimous and the "
-        "probe head agrees, and fine-tune on them too (covers operating conditions the few "
-        "labels miss).",
+        description="Label pool windows by label spreading and a unanimous kNN vote on the "
+        "frozen embeddings (conflicts dropped), and fine-tune on them too (covers operating "
+        "conditions the few labels miss).",
     )
     multi_head: bool = Field(
         False,

@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from edge_agent.head import softmax
 from train.augment import build_pipeline
 from train.collapse import check_collapse, embedding_stats
 from train.config import TrainConfig
@@ -382,7 +383,7 @@ class Classifier:
         return self.head(torch.from_numpy(self.embed(x)).to(device)).float().cpu().numpy()
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        return _softmax(self.logits(x) / self.temperature)
+        return softmax(self.logits(x) / self.temperature)
 
     @torch.no_grad()
     def task_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -392,12 +393,7 @@ class Classifier:
         self.task_head.eval()
         device = next(self.head.parameters()).device
         features = self.head.standardize(torch.from_numpy(self.embed(x)).to(device))
-        return {t: _softmax(z.float().cpu().numpy()) for t, z in self.task_head(features).items()}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+        return {t: softmax(z.float().cpu().numpy()) for t, z in self.task_head(features).items()}
 
 
 def balanced_batches(y: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:

@@ -87,18 +87,19 @@ def propagated_labels(
     train_emb: np.ndarray, train_y: np.ndarray, pool_emb: np.ndarray, k: int = 5
 ) -> np.ndarray:
     """A class per pool window from two votes, or -1: label spreading and a unanimous vote of the
-    k nearest labeled windows (k at most the smallest class's count). A window takes the class
-    one vote gives when the other agrees or abstains; where they disagree it stays unlabeled.
+    k nearest labeled windows (k at most the smallest class's count; needs labeled windows). A
+    window takes the class one vote gives when the other agrees or abstains; where they disagree
+    it stays unlabeled.
 
     Each vote fails alone: with k equal to the labels per class, only a tight class (one normal
     record) can win a unanimous vote, and it collects its nearest strangers; spreading leaves
     records whose kNN graph no label reaches unlabeled (CWRU: other loads). Measured on CWRU
     and the simulator, the combination labels the most windows with the fewest errors.
     """
-    counts = np.bincount(np.asarray(train_y), minlength=1)
-    k = int(min(k, counts[counts > 0].min())) if len(train_y) else 1
-    votes = knn_probabilities(train_emb, train_y, pool_emb, int(counts.size), k=k)
-    knn = np.where(votes.max(1) >= 1.0, votes.argmax(1), -1) if len(pool_emb) else votes[:, 0]
+    counts = np.bincount(train_y)
+    k = int(min(k, counts[counts > 0].min()))
+    votes = knn_probabilities(train_emb, train_y, pool_emb, counts.size, k=k)
+    knn = np.where(votes.max(1, initial=0.0) >= 1.0, votes.argmax(1), -1)
     return combine_votes(spread_labels(train_emb, train_y, pool_emb), knn)
 
 

@@ -9,7 +9,7 @@ Every split writes a JSON description (which record, which sample ranges) into t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -70,10 +70,15 @@ class SegmentPool:
         self.window, self.hop, self.normalization = window, hop, normalization
         spans = np.array([s.signal.shape[0] - window + 1 for s in self.segments], dtype=np.int64)
         self._cum = np.cumsum(spans)
-        # all segments end to end, so a batch of crops is one gather instead of a Python loop
+        # all segments end to end, so a batch of crops is one gather instead of a Python loop;
+        # the segments become views of that one buffer (no second copy of the pool)
         self._signal = np.concatenate([s.signal.astype(np.float32) for s in self.segments])
         lengths = np.array([s.signal.shape[0] for s in self.segments], dtype=np.int64)
         self._first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.segments = [
+            replace(s, signal=self._signal[a : a + n])
+            for s, a, n in zip(self.segments, self._first, lengths, strict=True)
+        ]
 
     def __len__(self) -> int:
         """Number of hop-spaced windows (the nominal pool size)."""
