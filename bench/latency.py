@@ -196,7 +196,7 @@ def prepare_models(
     parity: dict[str, Any] = {}
     calibration = None
     if bundle is not None:
-        folder, manifest, _ = load_bundle(bundle)
+        folder, manifest, _ = load_bundle(bundle, workdir / "bundle")  # gone with workdir
         spec = manifest.provenance.get("encoder") or {"name": "cnn", "kwargs": {}}
         window = manifest.preprocessing.window
         encoder = build_encoder(spec["name"], **spec["kwargs"]).eval()

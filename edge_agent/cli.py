@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.backends import BackendError
-from edge_agent.bundle import BundleError, Manifest, load_bundle
+from edge_agent.bundle import BundleError, Manifest, opened_bundle
 from edge_agent.config import (
     AgentConfig,
     ConfigError,
@@ -195,6 +195,7 @@ def run(
     """Run the agent until SIGTERM/SIGINT, a limit, or the end of a replayed file."""
     cfg = _load(config)
     setup_logging(cfg.log_level, log_format)
+    os.umask(0o027)  # state files (heads, calibration set) are not world-readable
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -239,11 +240,11 @@ def check_config(
     bundle_line = None
     if bundle:
         try:
-            folder, manifest, _ = load_bundle(cfg.inference.bundle)
+            with opened_bundle(cfg.inference.bundle) as (folder, manifest, _):
+                problems = check_against_bundle(cfg, manifest)
         except BundleError as exc:
             typer.echo(f"inference.bundle: {_one_line(exc)}")
             raise typer.Exit(1) from None
-        problems = check_against_bundle(cfg, manifest)
         if problems:
             for message in problems:
                 typer.echo(message)
@@ -283,14 +284,14 @@ def verify_bundle(
 ) -> None:
     """Verify a bundle's checksums and print its manifest summary (exit 1 when it fails)."""
     try:
-        folder, m, head = load_bundle(path)
+        with opened_bundle(path) as (folder, m, head):  # an archive's copy is removed after
+            sizes = {e.file: (folder / e.file).stat().st_size for e in m.encoders}
     except BundleError as exc:
         raise _fail(f"bundle does not verify: {_one_line(exc)}") from None
     p = m.preprocessing
     classes = ", ".join(f"{c}*" if c == m.normal_class else c for c in m.class_names)
     encoders = ", ".join(
-        f"{e.format} {e.file} ({(folder / e.file).stat().st_size / 1024:.0f} kB, batch {e.batch})"
-        for e in m.encoders
+        f"{e.format} {e.file} ({sizes[e.file] / 1024:.0f} kB, batch {e.batch})" for e in m.encoders
     )
     models = m.parity.get("models", []) if isinstance(m.parity, dict) else []
     agreement = ", ".join(

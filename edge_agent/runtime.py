@@ -60,7 +60,9 @@ def load_runtime(
     The head store is touched only once everything else passed, so a refused bundle leaves it as
     it was. Raises BundleError, ConfigError (config/bundle mismatch), BackendError or ValueError.
     """
-    folder, manifest, factory = load_bundle(bundle or cfg.inference.bundle)
+    folder, manifest, factory = load_bundle(
+        bundle or cfg.inference.bundle, cfg.state_dir / "bundles"
+    )
     problems = check_against_bundle(cfg, manifest)
     rate = manifest.preprocessing.sample_rate_hz
     if source_rate_hz is not None and rate != source_rate_hz:
