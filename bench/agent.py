@@ -14,6 +14,7 @@ Writes bench/results/agent.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -67,6 +68,7 @@ n = 3
 [mqtt]
 host = "127.0.0.1"
 port = {port}
+protocol = "{protocol}"
 site = "bench"
 asset = "a1"
 device = "bench"
@@ -106,7 +108,13 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 
 def run_agent(
-    bundle: Path, port: int, seconds: float, realtime: bool, backend: str, workdir: Path
+    bundle: Path,
+    port: int,
+    seconds: float,
+    realtime: bool,
+    backend: str,
+    workdir: Path,
+    protocol: str = "5",
 ) -> dict:
     from edge_agent.scada import subscribe_events
 
@@ -120,6 +128,7 @@ def run_agent(
             bundle=bundle.resolve(),
             backend=backend,
             port=port,
+            protocol=protocol,
         )
     )
     run_s = seconds if realtime else max(5.0, seconds / 20)  # unpaced: short wall time, long stream
@@ -196,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     broker = start_broker()
     try:
         with tempfile.TemporaryDirectory(prefix="faultwatch-bench-") as tmp:
-            rt = run_agent(bundle, broker.port, args.seconds, True, args.backend, Path(tmp))
-            fast = run_agent(bundle, broker.port, args.seconds, False, args.backend, Path(tmp))
+            run = functools.partial(
+                run_agent, bundle, broker.port, args.seconds, protocol=broker.mqtt_protocol
+            )
+            rt = run(True, args.backend, Path(tmp))
+            fast = run(False, args.backend, Path(tmp))
     finally:
         broker.stop()
     lat = np.array(rt["latency_ms"]) if rt["latency_ms"] else np.array([np.nan])

@@ -69,9 +69,11 @@ def wait_until_listening(
 
 
 class BrokerHandle:
-    """A running broker: `port`, `kind`, `stop()`; also a context manager."""
+    """A running broker: `port`, `kind`, `mqtt_protocol` (for `mqtt.protocol`), `stop()`;
+    also a context manager."""
 
     kind: str
+    mqtt_protocol: str = "5"
     port: int
 
     def stop(self) -> None:
@@ -184,6 +186,7 @@ class AmqttBroker(BrokerHandle):
     """amqtt's broker (MQTT 3.1.1) in a background thread with its own event loop."""
 
     kind = "amqtt"
+    mqtt_protocol = "3.1.1"  # amqtt has no MQTT 5
 
     def __init__(self, port: int = 0, timeout_s: float = 10.0) -> None:
         try:

@@ -193,14 +193,7 @@ class CommandHandlers:
         self._publish_state(UNKNOWN, None, None, None)
 
     def _rollback(self, command: RollbackHeadCommand) -> CommandResult:
-        version = None
-        if command.version is not None:
-            try:
-                version = int(command.version.lstrip("v"))
-            except ValueError:
-                return self._fail(
-                    command, f"version {command.version!r} is not a head version number like '3'"
-                )
+        version = None if command.version is None else int(command.version.removeprefix("v"))
         before = self.model.head_version
         try:
             self.store.rollback(version)

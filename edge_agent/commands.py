@@ -81,7 +81,11 @@ class RollbackHeadCommand(CommandModel):
     """Go back to an earlier calibrated head (default: the previous one)."""
 
     name: ClassVar[str] = "rollback_head"
-    version: str | None = Field(None, min_length=1, max_length=64)
+    version: str | None = Field(
+        None,
+        pattern=r"^v?[1-9][0-9]{0,8}$",
+        description="A head version number such as '3' or 'v3' (ASCII digits).",
+    )
 
 
 class ReloadBundleCommand(CommandModel):
@@ -176,6 +180,13 @@ def parse_command(
         return refuse(f"payload is not usable JSON ({type(exc).__name__}); send a flat JSON object")
     if not isinstance(data, dict):
         return refuse(f"payload must be a JSON object, got {type(data).__name__}")
+    try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 reply could echo
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return refuse(
+            "payload has a \\uXXXX escape of an unpaired UTF-16 surrogate (not a character); "
+            "send valid Unicode text"
+        )
     raw_id = data.get("id")
     request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
     try:

@@ -48,6 +48,14 @@ class MqttConfig(StrictModel):
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos_events: Literal[1, 2] = 1
     max_command_bytes: int = Field(4096, ge=64, le=1_048_576)
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT 5 tells retained commands apart and names a client-id clash; "
+        "3.1.1 for brokers without MQTT 5 (the embedded amqtt).",
+    )
+    commands_per_minute: int = Field(
+        60, ge=1, le=6000, description="Per command name; more are refused as rate-limited."
+    )
 
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:
@@ -59,6 +67,11 @@ class MqttConfig(StrictModel):
 class OutboxConfig(StrictModel):
     path: Path = Field(Path("outbox.sqlite3"), description="Relative paths live in state_dir.")
     max_events: int = Field(100_000, ge=10, description="Bound on stored undelivered events.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bound on their payload bytes (the disk they share is small on a gateway).",
+    )
     when_full: Literal["drop_oldest_low_severity_first", "drop_oldest"] = Field(
         "drop_oldest_low_severity_first",
         description="What gives way when the outbox is full "
@@ -103,6 +116,9 @@ class SensorConfig(StrictModel):
         0.001, ge=0, description="Window RMS below this is a dead/disconnected sensor."
     )
     max_rms_g: float = Field(20.0, gt=0, description="Window RMS above this is implausible.")
+    no_data_after_s: float = Field(
+        3.0, ge=0.5, le=600, description="No samples for this long is a `no_data` sensor fault."
+    )
 
     @model_validator(mode="after")
     def _levels(self) -> SensorConfig:

@@ -27,7 +27,7 @@ from edge_agent.config import StrictModel
 SCHEMA_VERSION = 1
 SCHEMA_FOLDER = Path(__file__).resolve().parent / "schemas"
 
-EventKind = Literal["state_change", "sensor_fault", "drift", "uncertain", "agent"]
+EventKind = Literal["state_change", "sensor_fault", "drift", "uncertain", "agent", "storage"]
 Severity = Literal["info", "warning", "alarm"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "alarm": 2}
 
@@ -131,6 +131,9 @@ class StatusMessage(WireModel):
     started_utc: AwareDatetime
     outbox_pending: int = Field(0, ge=0, description="Events stored, not yet acknowledged.")
     last_error: str | None = None
+    storage_error: str | None = Field(
+        None, description="Why events cannot be stored durably now (full or failing disk)."
+    )
 
 
 class Telemetry(WireModel):

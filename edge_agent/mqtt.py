@@ -12,7 +12,8 @@ Topics (all built by `topics()`), under `<prefix>/<site>/<asset>/<device>/`:
 
 Delivery of events is *at least once*, and the outbox, not paho, is the queue:
 
-- `publish_event()` commits the event to the outbox first, then wakes the sender thread; an
+- `publish_event()` commits the event to the outbox first (through `edge_agent.spool`, which
+  never lets a full, failing or stalled disk block the caller), then wakes the sender thread; an
   event is never handed to paho while disconnected (paho would only hold it in memory).
 - The sender publishes outbox rows in `seq` order with at most `max_inflight` unacknowledged at a
   time, and deletes a row once the broker's PUBACK has arrived (`on_publish`; the sender checks each
@@ -21,11 +22,18 @@ Delivery of events is *at least once*, and the outbox, not paho, is the queue:
   its oldest row, so rows sent but never acknowledged are sent again: subscribers de-duplicate by
   `event_id`. A new process on the same outbox (after kill -9) replays the same way.
 
-Session choice: MQTT v3.1.1 with `clean_session=False`. v3.1.1 is spoken by every broker a plant
-is likely to run (and by the embedded amqtt broker, which has no MQTT 5); the persistent session
-keeps the `cmd/#` subscription and queues QoS 1 commands sent while the link was down. Event
-durability never depends on the broker session: it comes from the outbox.
+Session choice: MQTT 5 (`mqtt.protocol = "5"`) with a persistent session (clean start off, a
+week's expiry), or v3.1.1 with `clean_session=False` for brokers without MQTT 5 (the embedded
+amqtt). The session keeps the `cmd/#` subscription and queues QoS 1 commands sent while the link
+was down. Event durability never depends on the broker session: it comes from the outbox.
+MQTT 5 adds two things: the subscription asks for "retain as published", so a retained command is
+recognized (and ignored) even on its first, live delivery; and the broker says "session taken over"
+when another client connects with our client id. On v3.1.1 a clash is recognized by its pattern
+(the connection dropped again and again right after connecting).
 
+Hostile input never reaches the network thread: every callback is guarded, replies always encode,
+commands are rate-limited per command name (`mqtt.commands_per_minute`, bursts of
+`RATE_BURST`), and a network thread that died anyway is restarted by the sender's supervision.
 Command results and errors are not durable: while disconnected they are logged, not queued.
 """
 
@@ -42,8 +50,18 @@ from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.commands import Command, CommandError, CommandResult, execute, parse_command
+from edge_agent.commands import (
+    COMMANDS,
+    Command,
+    CommandError,
+    CommandResult,
+    execute,
+    parse_command,
+)
 from edge_agent.config import MqttConfig
 from edge_agent.events import (
     FaultEvent,
@@ -53,11 +71,19 @@ from edge_agent.events import (
     encode,
     utc_now,
 )
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, OutboxStorageError
+from edge_agent.spool import EventSpool, Pending
 
 logger = logging.getLogger(__name__)
 
 COMMAND_QUEUE = 16  # commands waiting for the handler before new ones are refused as busy
+RATE_BURST = 10  # commands of one name accepted at once before the per-minute rate applies
+RATE_REPLY_S = 5.0  # at most one "rate limited" reply per command name this often
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: the broker keeps our session (and queued commands)
+SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
+QUICK_DROP_S = 10.0  # v3.1.1 clash pattern: a drop this soon after connecting...
+CLASH_DROPS = 3  # ...this many times...
+CLASH_WINDOW_S = 60.0  # ...within this long
 PAHO_LOGGER = logging.getLogger(f"{__name__}.paho")
 
 
@@ -112,6 +138,27 @@ class LinkCounters:
     commands_ok: int = 0
     commands_failed: int = 0
     commands_refused: int = 0  # invalid, retained or over the queue: answered on `error`
+    commands_rate_limited: int = 0  # over mqtt.commands_per_minute: answered now and then
+    callback_errors: int = 0  # exceptions caught in paho callbacks (a bug, logged)
+    network_restarts: int = 0  # paho network threads found dead and restarted
+    client_id_clashes: int = 0  # another client took our client id
+    sent_from_memory: int = 0  # events published while storage failed
+
+
+class RateLimiter:
+    """A token bucket per key: `burst` at once, then `per_minute`."""
+
+    def __init__(self, per_minute: int, burst: int = RATE_BURST) -> None:
+        self.rate_s, self.burst = per_minute / 60.0, float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate_s)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
 
 class MqttLink:
@@ -140,6 +187,7 @@ class MqttLink:
             raise ValueError(f"MqttLink needs max_inflight >= 1, got {max_inflight}")
         self.cfg = cfg
         self.outbox = outbox
+        self.spool = EventSpool(outbox)
         self.on_command = on_command
         self.topics = topics(cfg)
         self.max_inflight = max_inflight
@@ -155,8 +203,14 @@ class MqttLink:
         self._closed = False
         # Only the sender thread touches these two:
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox seq -> paho message info
+        self._inflight_memory: dict[str, tuple[Pending, mqtt.MQTTMessageInfo]] = {}
         self._last_sent_seq = 0
         self._commands: queue.Queue[Command] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._limiter = RateLimiter(cfg.commands_per_minute)
+        self._limited: dict[str, tuple[int, float]] = {}  # name -> (refused, last reply time)
+        self._connected_at = 0.0
+        self._quick_drops: list[float] = []
+        self._clash_logged_at: float | None = None
 
         self._client = self._make_client(reconnect_min_delay_s, reconnect_max_delay_s)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
@@ -165,7 +219,14 @@ class MqttLink:
         )
         self._sender.start()
         self._worker.start()
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        if cfg.protocol == "5":
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = SESSION_EXPIRY_S
+            self._client.connect_async(
+                cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=session
+            )
+        else:
+            self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self._client.loop_start()
         logger.info(
             "MQTT link to %s:%d as %s, topics %s*; %d events waiting in the outbox",
@@ -178,13 +239,19 @@ class MqttLink:
 
     def _make_client(self, min_delay_s: float, max_delay_s: float) -> mqtt.Client:
         cfg = self.cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
+        if cfg.protocol == "5":
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self._client_id,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+            )
         client.enable_logger(PAHO_LOGGER)
+        client.suppress_exceptions = True  # a callback's bug is logged, never kills the thread
         offline = self._status("offline", last_error="connection lost (last will)")
         client.will_set(self.topics.status, encode(offline), qos=1, retain=True)
         if cfg.username is not None:
@@ -213,26 +280,33 @@ class MqttLink:
 
     @property
     def pending(self) -> int:
-        """Events stored in the outbox and not yet acknowledged by the broker."""
-        return len(self.outbox)
+        """Events not yet acknowledged by the broker (in the outbox, or in memory)."""
+        return len(self.spool)
 
-    def publish_event(self, event: FaultEvent) -> int | None:
-        """Commit `event` to the outbox, then send it when connected; returns its outbox seq.
+    def storage_problem(self) -> str | None:
+        """Why events cannot be stored durably right now (full, failing, stalled disk), or None."""
+        return self.spool.problem()
 
-        None means the outbox was full and its policy dropped this event (see `edge_agent.outbox`).
+    def publish_event(self, event: FaultEvent) -> Pending:
+        """Commit `event` to the outbox, then send it when connected.
+
+        The result's `committed` is set once the event is on disk; it stays unset when the disk
+        failed or stalled (the event is then held in memory and sent directly), and `seq` is None
+        when the outbox policy dropped it (see `edge_agent.outbox`).
         """
-        seq = self.outbox.put(
+        item = self.spool.submit(
             self.topics.event, encode(event), self.cfg.qos_events, event.severity, event.event_id
         )
         self._wake.set()
         if self._closed:
-            logger.warning("link closed: event %s stays in the outbox for the next start", seq)
+            logger.warning("link closed: event %s stays in the outbox for the next start", item.seq)
         elif not self._connected:
             logger.info(
-                "broker offline: %s event %s stored, %d events waiting",
-                event.severity, event.event_id, len(self.outbox),
+                "broker offline: %s event %s %s, %d events waiting",
+                event.severity, event.event_id,
+                "stored" if item.committed.is_set() else "held in memory", self.pending,
             )  # fmt: skip
-        return seq
+        return item
 
     def publish_state(self, state: StateMessage) -> None:
         """Retain `state` as the device's current diagnosis (re-sent on every reconnect)."""
@@ -253,9 +327,20 @@ class MqttLink:
         return True
 
     def publish_status(self) -> None:
-        """Refresh the retained online status (outbox size, last error); no-op while offline."""
+        """Refresh the retained online status (outbox size, errors); no-op while offline."""
         if self._connected:
             self._client.publish(self.topics.status, encode(self._status("online")), 1, True)
+
+    def supervise(self) -> None:
+        """Restart paho's network thread if it died (it must never; this is the last guard)."""
+        if self._closed or self._stop.is_set():
+            return
+        if self._client.loop_start() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # no thread was running
+            with self._lock:
+                self._connected = False
+            self.counters.network_restarts += 1
+            self.last_error = "the MQTT network thread had stopped; restarted it"
+            logger.error("%s (%d restarts)", self.last_error, self.counters.network_restarts)
 
     def close(self, flush_timeout_s: float = 5.0) -> None:
         """Wait (at most `flush_timeout_s`) for the outbox to drain, publish the offline status,
@@ -265,13 +350,13 @@ class MqttLink:
             return
         self._closed = True
         deadline = time.monotonic() + flush_timeout_s
-        while len(self.outbox) and self._connected and time.monotonic() < deadline:
+        while self.pending and self._connected and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
-        if len(self.outbox):
+        if self.pending:
             logger.warning(
                 "closing with %d undelivered events; they stay in %s for the next start",
-                len(self.outbox), self.outbox.path,
+                self.pending, self.outbox.path,
             )  # fmt: skip
         if self._connected:
             info = self._client.publish(
@@ -285,6 +370,7 @@ class MqttLink:
         self._wake.set()
         self._sender.join(timeout=2.0)
         self._worker.join(timeout=2.0)
+        self.spool.close()
         self._client.disconnect()
         self._client.loop_stop()
         with self._lock:
@@ -308,8 +394,9 @@ class MqttLink:
             asset=self.cfg.asset,
             device=self.cfg.device,
             started_utc=self.started_utc,
-            outbox_pending=len(self.outbox),
+            outbox_pending=self.pending,
             last_error=last_error or self.last_error,
+            storage_error=self.spool.problem(),
         )
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -325,9 +412,14 @@ class MqttLink:
             self._connected = True
             self._generation += 1
             last_state = self._last_state
+        self._connected_at = time.monotonic()
         self.counters.connects += 1
         client.publish(self.topics.status, encode(self._status("online")), qos=1, retain=True)
-        client.subscribe(self.topics.cmd_subscription, qos=1)
+        if self.cfg.protocol == "5":
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
+            client.subscribe(self.topics.cmd_subscription, options=options)
+        else:
+            client.subscribe(self.topics.cmd_subscription, qos=1)
         if last_state is not None:
             client.publish(self.topics.state, last_state, qos=1, retain=True)
         self._wake.set()
@@ -340,19 +432,50 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
-        if was_connected:
-            self.counters.disconnects += 1
-            if not self._closed:
-                self.last_error = f"disconnected: {reason_code}"
-                logger.warning(
-                    "lost the broker %s:%d (%s); %d events waiting, retrying in the background",
-                    self.cfg.host, self.cfg.port, reason_code, len(self.outbox),
-                )  # fmt: skip
+        if not was_connected or self._closed:
+            return
+        self.counters.disconnects += 1
+        self.last_error = f"disconnected: {reason_code}"
+        now = time.monotonic()
+        if now - self._connected_at < QUICK_DROP_S:
+            self._quick_drops = [t for t in self._quick_drops if now - t < CLASH_WINDOW_S]
+            self._quick_drops.append(now)
+        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+            self._client_id_clash("the broker says another connection took over our session")
+        elif len(self._quick_drops) >= CLASH_DROPS:
+            self._client_id_clash(
+                f"the connection dropped {len(self._quick_drops)} times within "
+                f"{CLASH_WINDOW_S:.0f} s, each less than {QUICK_DROP_S:.0f} s after connecting"
+            )
+        else:
+            logger.warning(
+                "lost the broker %s:%d (%s); %d events waiting, retrying in the background",
+                self.cfg.host, self.cfg.port, reason_code, self.pending,
+            )  # fmt: skip
+
+    def _client_id_clash(self, why: str) -> None:
+        self.counters.client_id_clashes += 1
+        self.last_error = (
+            f"client id clash: {why}; another client (a second agent with the same mqtt.device?) "
+            f"uses client id {self._client_id!r}: give each agent its own mqtt.device or "
+            "mqtt.client_id"
+        )
+        now = time.monotonic()
+        if self._clash_logged_at is None or now - self._clash_logged_at >= CLASH_WINDOW_S:
+            self._clash_logged_at = now
+            logger.error("%s (%d so far)", self.last_error, self.counters.client_id_clashes)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._wake.set()  # the sender sees which rows are acknowledged through their message info
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle_message(message)
+        except Exception:  # never let hostile input (or a bug) reach paho's network thread
+            self.counters.callback_errors += 1
+            logger.exception("ignored an inbound message that broke the handler")
+
+    def _handle_message(self, message: mqtt.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:  # a conforming broker never delivers this
@@ -364,6 +487,11 @@ class MqttLink:
         if not message.payload:  # how a retained command is cleared: nothing to answer
             logger.debug("ignoring an empty message on %s", topic)
             return
+        suffix = topic[len(self.topics.cmd_prefix) :]
+        name = suffix if suffix in COMMANDS else "(unknown)"
+        if not self._limiter.allow(name):
+            self._rate_limited(topic, name)
+            return
         if message.retain:
             command: Command | CommandError = CommandError(
                 topic=topic,
@@ -371,7 +499,6 @@ class MqttLink:
                 "publish with retain=false, and clear this one with an empty retained message",
             )
         else:
-            suffix = topic[len(self.topics.cmd_prefix) :]
             command = parse_command(
                 suffix, message.payload, self.cfg.max_command_bytes, topic=topic
             )
@@ -389,15 +516,40 @@ class MqttLink:
                 )
             )
 
+    def _rate_limited(self, topic: str, name: str) -> None:
+        """Count the refusal; answer at most once per `RATE_REPLY_S` per command name."""
+        self.counters.commands_rate_limited += 1
+        refused, replied_at = self._limited.get(name, (0, -RATE_REPLY_S))
+        refused += 1
+        now = time.monotonic()
+        if now - replied_at < RATE_REPLY_S:
+            self._limited[name] = (refused, replied_at)
+            return
+        self._limited[name] = (0, now)
+        logger.warning("rate limit: refused %d %s commands", refused, name)
+        self._refuse(
+            CommandError(
+                topic=topic,
+                reason=f"rate limited: {refused} {name} command(s) refused since the last notice "
+                f"(at most {RATE_BURST} at once, then mqtt.commands_per_minute="
+                f"{self.cfg.commands_per_minute} per command name); retry later",
+            )
+        )
+
     def _refuse(self, error: CommandError) -> None:
         self.counters.commands_refused += 1
         self._publish_reply(self.topics.error, error)
 
     def _publish_reply(self, topic: str, reply: CommandResult | CommandError) -> None:
+        try:
+            payload = encode(reply)
+        except ValueError as exc:  # a field that cannot be UTF-8 (parse_command prevents this)
+            logger.error("reply to %s could not be encoded (%s); sent without its text", topic, exc)
+            payload = encode(_plain_reply(reply))
         if self._connected:
-            self._client.publish(topic, encode(reply), qos=1)
+            self._client.publish(topic, payload, qos=1)
         else:
-            logger.warning("offline: reply not sent to %s: %s", topic, reply.model_dump_json())
+            logger.warning("offline: reply not sent to %s: %s", topic, payload.decode())
 
     # ---- worker threads -------------------------------------------------------------------
 
@@ -407,12 +559,15 @@ class MqttLink:
                 command = self._commands.get(timeout=0.2)
             except queue.Empty:
                 continue
-            result = execute(self.on_command, command)
-            if result.ok:
-                self.counters.commands_ok += 1
-            else:
-                self.counters.commands_failed += 1
-            self._publish_reply(self.topics.cmd_result, result)
+            try:
+                result = execute(self.on_command, command)
+                if result.ok:
+                    self.counters.commands_ok += 1
+                else:
+                    self.counters.commands_failed += 1
+                self._publish_reply(self.topics.cmd_result, result)
+            except Exception:  # keep answering the next command
+                logger.exception("answering command %s failed", command.name)
 
     def _send_loop(self) -> None:
         sent_generation = -1
@@ -425,10 +580,16 @@ class MqttLink:
                 if generation != sent_generation:  # new connection: replay from the oldest row
                     sent_generation = generation
                     self._inflight.clear()
+                    self._inflight_memory.clear()
                     self._last_sent_seq = 0
+                self.supervise()
                 self._ack_delivered()
                 if connected and not self._stop.is_set():
                     self._send_next()
+            except OutboxStorageError as exc:  # the spool reports it; memory events still go
+                logger.debug("outbox sender: %s", exc)
+                if connected and not self._stop.is_set():
+                    self._send_from_memory()
             except Exception as exc:  # keep the sender alive; the rows stay in the outbox
                 self.last_error = f"outbox sender: {type(exc).__name__}: {exc}"
                 logger.exception("outbox sender failed; retrying in 1 s")
@@ -437,6 +598,11 @@ class MqttLink:
                 return
 
     def _ack_delivered(self) -> None:
+        for event_id, (item, info) in list(self._inflight_memory.items()):
+            if info.is_published():
+                del self._inflight_memory[event_id]
+                self.spool.delivered(item)
+                self.counters.events_acked += 1
         done = [seq for seq, info in self._inflight.items() if info.is_published()]
         if done:
             self.outbox.ack_many(done)
@@ -444,14 +610,37 @@ class MqttLink:
                 del self._inflight[seq]
             self.counters.events_acked += len(done)
 
+    def _room(self) -> int:
+        return self.max_inflight - len(self._inflight) - len(self._inflight_memory)
+
     def _send_next(self) -> None:
-        room = self.max_inflight - len(self._inflight)
-        if room <= 0:
-            return
-        for row in self.outbox.pending(limit=room, after_seq=self._last_sent_seq):
-            info = self._client.publish(row.topic, row.payload, qos=row.qos)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # connection just dropped: replay later
+        room = self._room()
+        if room > 0:
+            for row in self.outbox.pending(limit=room, after_seq=self._last_sent_seq):
+                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # connection dropped: replay later
+                    return
+                self._inflight[row.seq] = info
+                self._last_sent_seq = row.seq
+                self.counters.events_sent += 1
+        self._send_from_memory()
+
+    def _send_from_memory(self) -> None:
+        """While storage fails, publish the events held in memory directly."""
+        if self.spool.problem() is None:
+            return  # the writer commits them within milliseconds; they go out from the outbox
+        waiting = [p for p in self.spool.in_memory() if p.event_id not in self._inflight_memory]
+        for item in waiting[: max(self._room(), 0)]:
+            info = self._client.publish(item.topic, item.payload, qos=item.qos)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
-            self._inflight[row.seq] = info
-            self._last_sent_seq = row.seq
+            self._inflight_memory[item.event_id] = (item, info)
             self.counters.events_sent += 1
+            self.counters.sent_from_memory += 1
+
+
+def _plain_reply(reply: CommandResult | CommandError) -> CommandResult | CommandError:
+    """`reply` without its free text and data (what remains always encodes)."""
+    if isinstance(reply, CommandResult):
+        return CommandResult(id="?", ok=reply.ok, message="(reply text could not be encoded)")
+    return CommandError(topic="?", reason="(the refusal could not be encoded)")

@@ -6,7 +6,8 @@ event survives a kill -9 or a power cut the moment `put()` returns. A row leaves
 when the broker has acknowledged it (`ack()`), which makes delivery *at least once*: after a crash
 or a reconnect, rows may be sent again, and subscribers de-duplicate by `event_id`.
 
-Bounded: when `max_events` rows are stored, `put()` makes room first, by policy (`when_full`):
+Bounded by count and by bytes: when `max_events` rows or `max_bytes` of payload are stored,
+`put()` makes room first, by policy (`when_full`):
 
 - `drop_oldest_low_severity_first` (default): delete the oldest row of the lowest severity
   stored (info before warning before alarm). A new event less severe than everything stored is
@@ -14,12 +15,16 @@ Bounded: when `max_events` rows are stored, `put()` makes room first, by policy 
 - `drop_oldest`: delete the oldest row, whatever its severity.
 
 Every drop is counted (`dropped_total`) and logged as a warning with the event id and severity.
-Thread-safe: one connection shared under a lock. One process per outbox file.
+A full or failing disk raises `OutboxStorageError` (the transaction is rolled back, the outbox stays
+usable and works again once space returns); `edge_agent.spool` keeps events flowing meanwhile.
+The file is created 0600: events name the plant's assets. Thread-safe: one connection shared
+under a lock. One process per outbox file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +61,10 @@ class OutboxError(Exception):
     """The outbox file cannot be used; the message says why and what to do."""
 
 
+class OutboxStorageError(OutboxError):
+    """A write or read failed on the disk (full, read-only, I/O error); nothing was changed."""
+
+
 class Row(NamedTuple):
     seq: int
     event_id: str
@@ -74,26 +83,33 @@ class Outbox:
         path: Path | str,
         max_events: int = 100_000,
         when_full: WhenFull = "drop_oldest_low_severity_first",
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if max_events < 1:
             raise ValueError(f"Outbox needs max_events >= 1, got {max_events}")
+        if max_bytes < 1:
+            raise ValueError(f"Outbox needs max_bytes >= 1, got {max_bytes}")
         if when_full not in POLICIES:
             raise ValueError(
                 f"unknown outbox.when_full {when_full!r}; valid: {', '.join(POLICIES)}"
             )
         self.path = Path(path)
         self.max_events = max_events
+        self.max_bytes = max_bytes
         self.when_full = when_full
         self.dropped_total = 0
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            _create_private(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            (self._count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            self._count, self._bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+            ).fetchone()
         except sqlite3.DatabaseError as exc:
             raise OutboxError(
                 f"outbox {self.path} is not a usable SQLite database ({exc}); move it aside to "
@@ -107,7 +123,7 @@ class Outbox:
     @classmethod
     def from_config(cls, cfg: OutboxConfig, state_dir: Path) -> Outbox:
         """The outbox of `[outbox]`; a relative `cfg.path` lives in `state_dir`."""
-        return cls(state_dir / cfg.path, cfg.max_events, cfg.when_full)
+        return cls(state_dir / cfg.path, cfg.max_events, cfg.when_full, cfg.max_bytes)
 
     def put(
         self, topic: str, payload: bytes, qos: int, severity: str, event_id: str | None = None
@@ -123,68 +139,102 @@ class Outbox:
             raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
         rank = SEVERITY_RANK[severity]
         event_id = event_id or uuid.uuid4().hex
+        payload = bytes(payload)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 found = self._db.execute(
                     "SELECT seq FROM outbox WHERE event_id = ?", (event_id,)
                 ).fetchone()
                 if found:
                     self._db.execute("COMMIT")
                     return int(found[0])
-                if self._count >= self.max_events and not self._make_room(rank):
+                if not self._make_room(rank, len(payload)):
                     self._db.execute("COMMIT")
-                    self._count_drop(
-                        event_id, severity, "it is less severe than every stored event"
-                    )
+                    self._count_drop(event_id, severity, "it cannot displace any stored event")
                     return None
                 cursor = self._db.execute(
                     "INSERT INTO outbox (event_id, topic, payload, qos, severity_rank, created) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (event_id, topic, bytes(payload), qos, rank, time.time()),
+                    (event_id, topic, payload, qos, rank, time.time()),
                 )
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                (self._count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._storage_error("storing an event", exc) from exc
                 raise
             self._count += 1
+            self._bytes += len(payload)
             return int(cursor.lastrowid)  # type: ignore[arg-type]
 
-    def _make_room(self, new_rank: int) -> bool:
-        """Delete rows so one more fits (in the caller's transaction); False: drop the new one."""
+    def _rollback(self) -> None:
+        """Undo the open transaction (SQLite has already undone it after SQLITE_FULL) and
+        re-read the counters, which `_make_room` may have changed."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._count, self._bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+            ).fetchone()
+        except sqlite3.Error as exc:  # the disk is failing: keep the last known counters
+            logger.debug("outbox rollback: %s", exc)
+
+    def _storage_error(self, doing: str, exc: sqlite3.Error) -> OutboxStorageError:
+        return OutboxStorageError(
+            f"outbox {self.path}: {doing} failed ({exc}); free space on that disk or check it"
+        )
+
+    def _make_room(self, new_rank: int, new_bytes: int) -> bool:
+        """Delete rows (in the caller's transaction) until one more of `new_bytes` fits within
+        both bounds; False: the new event is the one to drop."""
+        if new_bytes > self.max_bytes:
+            return False
+
+        def full() -> bool:
+            return self._count >= self.max_events or self._bytes + new_bytes > self.max_bytes
+
+        if not full():
+            return True
         if self.when_full == "drop_oldest_low_severity_first":
             (lowest,) = self._db.execute("SELECT MIN(severity_rank) FROM outbox").fetchone()
             if lowest is not None and new_rank < lowest:
                 return False
-        excess = self._count - self.max_events + 1
-        victims = self._db.execute(
-            f"SELECT seq, event_id, severity_rank FROM outbox "
-            f"ORDER BY {_VICTIM_ORDER[self.when_full]} LIMIT ?",
-            (excess,),
-        ).fetchall()
-        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(v[0],) for v in victims])
-        self._count -= len(victims)
         names = {rank: name for name, rank in SEVERITY_RANK.items()}
-        for _, victim_id, victim_rank in victims:
+        candidates = self._db.execute(
+            f"SELECT seq, event_id, severity_rank, LENGTH(payload) FROM outbox "
+            f"ORDER BY {_VICTIM_ORDER[self.when_full]}"
+        ).fetchall()  # in policy order; only the first few are ever used
+        for seq, victim_id, victim_rank, size in candidates:
+            if not full():
+                break
+            if self.when_full == "drop_oldest_low_severity_first" and victim_rank > new_rank:
+                return False  # only more severe events are left: keep them, drop the new one
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._count -= 1
+            self._bytes -= size
             self._count_drop(victim_id, names.get(victim_rank, str(victim_rank)), "to make room")
-        return True
+        return not full()
 
     def _count_drop(self, event_id: str, severity: str, why: str) -> None:
         self.dropped_total += 1
         logger.warning(
-            "outbox full (%d events, policy %s): dropped %s event %s %s; %d dropped so far. "
-            "Raise outbox.max_events or restore the broker connection.",
-            self.max_events, self.when_full, severity, event_id, why, self.dropped_total,
+            "outbox full (%d events or %d bytes, policy %s): dropped %s event %s %s; %d dropped "
+            "so far. Raise outbox.max_events / max_bytes or restore the broker connection.",
+            self.max_events, self.max_bytes, self.when_full, severity, event_id, why,
+            self.dropped_total,
         )  # fmt: skip
 
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[Row]:
         """Up to `limit` stored rows with seq > `after_seq`, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._storage_error("reading events", exc) from exc
         return [Row(*row) for row in rows]
 
     def ack(self, seq: int) -> bool:
@@ -193,24 +243,40 @@ class Outbox:
 
     def ack_many(self, seqs: Iterable[int]) -> int:
         """Delete several delivered rows in one transaction; returns how many were stored."""
-        params = [(int(s),) for s in seqs]
+        return self._delete("seq", [(int(s),) for s in seqs])
+
+    def ack_event(self, event_id: str) -> bool:
+        """Delete the row of a delivered `event_id`; False if it was not stored."""
+        return self._delete("event_id", [(event_id,)]) == 1
+
+    def _delete(self, column: str, params: list[tuple]) -> int:
         if not params:
             return 0
         with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN IMMEDIATE")
+            sizes: list[int] = []
             try:
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", params)
+                self._db.execute("BEGIN IMMEDIATE")
+                for param in params:
+                    sizes += self._db.execute(
+                        f"DELETE FROM outbox WHERE {column} = ? RETURNING LENGTH(payload)", param
+                    ).fetchall()
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._storage_error("deleting delivered events", exc) from exc
                 raise
-            deleted = self._db.total_changes - before
-            self._count -= deleted
-        return deleted
+            self._count -= len(sizes)
+            self._bytes -= sum(size for (size,) in sizes)
+            return len(sizes)
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def stored_bytes(self) -> int:
+        """Payload bytes stored."""
+        return self._bytes
 
     def close(self) -> None:
         with self._lock:
@@ -221,3 +287,11 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` readable by its owner only (SQLite gives its -wal/-shm files the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)

@@ -41,6 +41,7 @@ class Publishing:
     _source_down: bool
     _drift_score: float | None
     _shown_state: str | None
+    _storage_problem: str | None
     _interval: IntervalStats
     _rate: float
 
@@ -100,8 +101,16 @@ class Publishing:
         notify(STATUS=self._status_line())
 
     def _publish(self, event: FaultEvent) -> None:
+        """Hand `event` to the outbox, then log it, saying whether it is on disk."""
         self.events_total += 1
         self.last_event_id = event.event_id
+        stored = "no link"
+        if self.link is not None:
+            item = self.link.publish_event(event)
+            if item.committed.is_set():
+                stored = "committed" if item.seq is not None else "dropped (outbox full)"
+            else:
+                stored = "in memory (storage failing)"
         log_fields(
             logging.WARNING if event.severity != "info" else logging.INFO,
             "event",
@@ -110,10 +119,28 @@ class Publishing:
             state=event.state,
             previous=event.previous_state,
             event_id=event.event_id,
+            outbox=stored,
             detail=event.message,
         )
-        if self.link is not None:
-            self.link.publish_event(event)
+
+    def _check_storage(self) -> None:
+        """A `storage` event (and a status refresh) when durable storage fails or recovers."""
+        if self.link is None:
+            return
+        problem = self.link.storage_problem()
+        if problem == self._storage_problem:
+            return
+        was, self._storage_problem = self._storage_problem, problem
+        if problem is not None and was is not None:
+            return  # still failing, in other words: one event per episode
+        if problem is not None:
+            severity, text = "warning", f"storage fault: {problem}; events are sent directly"
+        else:
+            severity, text = "info", "storage works again: events are stored durably"
+        self._publish(
+            self._event("storage", severity, state=self.pipe.decisions.state, message=text)
+        )
+        self.link.publish_status()
 
     def _publish_state(
         self, state: str, class_name: str | None, confidence: float | None, since: float | None
@@ -137,6 +164,10 @@ class Publishing:
         )
 
     # ---- telemetry and status ---------------------------------------------------------------
+
+    def _pending(self) -> int:
+        """Events not yet delivered (outbox and memory)."""
+        return self.link.pending if self.link is not None else len(self.outbox)
 
     def _reset_interval(self, now: float) -> None:
         self._interval.start(now, self.windows_total)
@@ -163,7 +194,7 @@ class Publishing:
             windows_total=self.windows_total,
             dropped_samples=buffer.dropped_samples,
             overruns=buffer.overruns,
-            outbox_pending=len(self.outbox),
+            outbox_pending=self._pending(),
         )
         if self.link is not None:
             self.link.publish_telemetry(telemetry)
@@ -192,7 +223,7 @@ class Publishing:
         mqtt = "connected" if self.link is not None and self.link.connected else "offline"
         return (
             f"state={self.pipe.decisions.state} windows/s={self._rate:.1f} "
-            f"windows={self.windows_total} mqtt={mqtt} outbox={len(self.outbox)}"
+            f"windows={self.windows_total} mqtt={mqtt} outbox={self._pending()}"
         )
 
     def status_data(self) -> dict[str, Any]:
@@ -209,7 +240,8 @@ class Publishing:
             "events_total": self.events_total,
             "dropped_samples": pipe.buffer.dropped_samples,
             "overruns": pipe.buffer.overruns,
-            "outbox_pending": len(self.outbox),
+            "outbox_pending": self._pending(),
+            "storage_error": self._storage_problem,
             "mqtt_connected": bool(self.link is not None and self.link.connected),
             "source_ok": not self._source_down,
             "model_name": m.model_name,

@@ -18,9 +18,14 @@ status refresh and one structured log line (mean/p99 inference ms, CPU %, RSS).
 Commands arrive on the MQTT link's worker thread and are run on the agent thread, between
 batches (`command_handlers.py`); events, state, telemetry and status go out through
 `publishing.py`; the bundle, backend and per-bundle window state come from `runtime.py`.
-A source that fails mid-run (USB interface unplugged) gives one `sensor_fault` event and is
-restarted with exponential backoff. sd_notify: READY=1 after the first window (or
-READY_FALLBACK_S), WATCHDOG=1 at half of WatchdogSec, STATUS= lines, STOPPING=1 before the flush.
+A source that fails mid-run (USB interface unplugged), or delivers no samples for
+`sensor.no_data_after_s` (a stalled stream: `no_data`), gives one `sensor_fault` event and is
+restarted with exponential backoff; stopping a source is bounded (`SOURCE_STOP_S`), a driver that
+hangs is abandoned. A full or failing disk never stops the loop: the outbox's spool keeps events
+in memory and sends them directly, and a `storage` event says so (and when it recovers).
+sd_notify: READY=1 after the first window (or READY_FALLBACK_S), WATCHDOG=1 at half of
+WatchdogSec while samples arrive (or while a failed source is being restarted), STATUS= lines,
+STOPPING=1 before the flush.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ READY_FALLBACK_S = 5.0  # READY=1 even without a window by then (a quiet source)
 FLUSH_TIMEOUT_S = 5.0  # outbox drain at shutdown; well inside systemd's TimeoutStopSec=20
 DRIFT_REPEAT_S = 3600.0  # repeat the drift event this often while drifted
 SOURCE_RETRY_S = (1.0, 60.0)  # first and longest wait before restarting a failed source
+SOURCE_STOP_S = 2.0  # a source that takes longer to stop (driver blocked) is abandoned
 
 
 class Agent(CommandHandlers, Publishing):
@@ -89,6 +95,8 @@ class Agent(CommandHandlers, Publishing):
         self._drift_alert_at: float | None = None  # monotonic time of the last drift event
         self._drift_score: float | None = None
         self._shown_state: str | None = None  # state published outside the DecisionMachine
+        self._storage_problem: str | None = None  # as last announced in a `storage` event
+        self._last_data_at = time.monotonic()  # when the source last delivered samples
         self._interval = IntervalStats()
         self._normal_seen = 0  # windows decided normal (every drift_stride-th feeds drift)
         self._rate = 0.0  # windows/s over the last telemetry interval
@@ -114,7 +122,7 @@ class Agent(CommandHandlers, Publishing):
         """Release the source and the outbox (run() closes the MQTT link itself)."""
         if self.link is not None:
             self.link.close(FLUSH_TIMEOUT_S)
-        self.source.stop()
+        self._stop_source()
         self.outbox.close()
 
     def __enter__(self) -> Agent:
@@ -140,10 +148,11 @@ class Agent(CommandHandlers, Publishing):
         try:
             self.link = MqttLink(self.cfg.mqtt, self.outbox, self._submit_command)
         except (OSError, ValueError) as exc:  # TLS files unreadable, bad certificate...
-            self.source.stop()
+            self._stop_source()
             raise ConfigError([f"mqtt: cannot set up the connection: {exc}"]) from exc
         self._running = True
         started = time.monotonic()
+        self._last_data_at = started
         self._reset_interval(started)
         ready = False
         watchdog_s = watchdog_interval_s()
@@ -152,10 +161,11 @@ class Agent(CommandHandlers, Publishing):
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if watchdog_s is not None and now >= next_watchdog:
+                if watchdog_s is not None and now >= next_watchdog and self._source_alive(now):
                     notify(WATCHDOG=1)
                     next_watchdog = now + watchdog_s
                 self._run_commands()
+                self._check_storage()
                 if now >= self._interval.began + self.cfg.telemetry_interval_s:
                     self._end_interval(now)
                 if not ready and (self.windows_total or now - started > READY_FALLBACK_S):
@@ -170,7 +180,9 @@ class Agent(CommandHandlers, Publishing):
                     if getattr(self.source, "finished", False):
                         logger.info("source finished: stopping")
                         break
+                    self._check_no_data()
                     continue
+                self._last_data_at = time.monotonic()
                 self.pipe.buffer.push(chunk)
                 self._drain(max_windows)
         finally:
@@ -180,13 +192,13 @@ class Agent(CommandHandlers, Publishing):
             summary = self.status_data()
             link, self.link = self.link, None
             link.close(FLUSH_TIMEOUT_S)
-            self.source.stop()
+            self._stop_source()
             log_fields(
                 logging.INFO,
                 "agent_stopped",
                 windows=self.windows_total,
                 events=self.events_total,
-                outbox_pending=len(self.outbox),
+                outbox_pending=self._pending(),
             )
         return summary
 
@@ -204,6 +216,7 @@ class Agent(CommandHandlers, Publishing):
                 return None
             logger.info("source restarted after the failure")
             self._source_down = False
+            self._last_data_at = time.monotonic()
             self._retry_wait = SOURCE_RETRY_S[0]
             self.pipe.buffer = WindowBuffer.from_spec(
                 self.pipe.spec, self.pipe.buffer.capacity_windows
@@ -214,15 +227,46 @@ class Agent(CommandHandlers, Publishing):
             self._source_failed(exc)
             return None
 
-    def _source_failed(self, exc: SourceError) -> None:
-        logger.error("source failed: %s; restarting it with backoff", exc)
+    def _source_alive(self, now: float) -> bool:
+        """Samples arrive, or a failed source is being restarted: the loop is doing its job."""
+        return self._source_down or now - self._last_data_at <= self.cfg.sensor.no_data_after_s
+
+    def _check_no_data(self) -> None:
+        quiet = time.monotonic() - self._last_data_at
+        if not self._source_down and quiet > self.cfg.sensor.no_data_after_s:
+            self._source_failed(
+                SourceError(
+                    f"no samples for {quiet:.1f} s (sensor.no_data_after_s = "
+                    f"{self.cfg.sensor.no_data_after_s:g}); the interface stopped delivering data"
+                ),
+                reason="no_data",
+            )
+
+    def _stop_source(self) -> None:
+        """Stop the source, waiting at most SOURCE_STOP_S (a blocked driver is abandoned)."""
+        source = self.source
+
+        def stop() -> None:
+            try:
+                source.stop()
+            except Exception as exc:  # a broken device may fail to close too
+                logger.debug("source stop: %s", exc)
+
+        worker = threading.Thread(target=stop, name="source-stop", daemon=True)
+        worker.start()
+        worker.join(SOURCE_STOP_S)
+        if worker.is_alive():
+            logger.error(
+                "source %s did not stop within %.0f s (its driver is blocked); abandoned it",
+                source.name, SOURCE_STOP_S,
+            )  # fmt: skip
+
+    def _source_failed(self, exc: SourceError, reason: str = "source_error") -> None:
+        logger.error("source failed (%s): %s; restarting it with backoff", reason, exc)
         previous = self.pipe.decisions.state
         self.pipe.decisions.reset()  # the next good windows re-announce the state
         self._shown_state = SENSOR_FAULT
-        try:
-            self.source.stop()
-        except Exception as stop_exc:  # a broken device may fail to close too
-            logger.debug("source stop after failure: %s", stop_exc)
+        self._stop_source()
         self._source_down = True
         self._retry_wait = SOURCE_RETRY_S[0]
         self._retry_at = time.monotonic() + self._retry_wait
@@ -231,7 +275,7 @@ class Agent(CommandHandlers, Publishing):
             "warning",
             state=SENSOR_FAULT,
             previous_state=previous,
-            message=f"source failed: {exc}",
+            message=f"{reason}: {exc}",
         )
         self._publish(event)
         self._publish_state(SENSOR_FAULT, None, None, time.time())

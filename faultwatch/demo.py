@@ -152,6 +152,7 @@ drift_window = 60
 [mqtt]
 host = "127.0.0.1"
 port = {port}
+protocol = "{protocol}"
 site = "demo-plant"
 asset = "pump-7"
 device = "demo-gw"
@@ -211,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         for start, what in timeline:
             console.print(f"  t = {start:5.1f} s  {what}")
         config = out / "agent.toml"
-        config.write_text(AGENT_CONFIG.format(bundle=bundle, port=broker.port))
+        config.write_text(
+            AGENT_CONFIG.format(bundle=bundle, port=broker.port, protocol=broker.mqtt_protocol)
+        )
         step("5/5 gateway agent on the replay; the SCADA side listens")
         with subscribe_events("127.0.0.1", broker.port) as scada:
             agent = [sys.executable, "-m", "faultwatch", "agent", "run", "--config", str(config)]

@@ -209,7 +209,7 @@ class AudioSource(SourceBase):
         if stream is None:
             return
         try:
-            stream.stop()
+            stream.abort()  # unlike stop(), does not wait for buffers a stalled driver never fills
         finally:
             stream.close()
         if self.dropped_total:

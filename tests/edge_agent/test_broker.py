@@ -62,7 +62,14 @@ def test_broker_relays_retained_and_live_messages_then_stops(kind):
 @pytest.mark.parametrize("kind", kinds())
 def test_agent_link_delivers_events_through_the_demo_broker(kind, tmp_path):
     with start_broker(kind=kind) as broker:
-        cfg = MqttConfig(port=broker.port, site="demo", asset="fan", device="d1", keepalive_s=5)
+        cfg = MqttConfig(
+            port=broker.port,
+            site="demo",
+            asset="fan",
+            device="d1",
+            keepalive_s=5,
+            protocol=broker.mqtt_protocol,
+        )
         with subscribe_events("127.0.0.1", broker.port) as scada:
             link = MqttLink(
                 cfg, Outbox(tmp_path / "o.sqlite3"), lambda c: None, reconnect_min_delay_s=0.1

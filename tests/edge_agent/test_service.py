@@ -26,6 +26,7 @@ from edge_agent.embedding_log import CalibrationSet, EmbeddingLog
 from edge_agent.service import Agent
 from edge_agent.simulator import BearingSimulator, Conditions
 from edge_agent.sources import SourceError
+from edge_agent.spool import Pending
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     EMBEDDING_DIM,
@@ -237,13 +238,17 @@ class RecordingLink:
     """Stands in for MqttLink where only what the agent publishes matters."""
 
     connected = False
+    pending = 0
 
     def __init__(self) -> None:
         self.events: list = []
         self.states: list = []
 
-    def publish_event(self, event) -> None:
+    def publish_event(self, event) -> Pending:
         self.events.append(event)
+        item = Pending("event", b"", 1, event.severity, event.event_id, seq=len(self.events))
+        item.committed.set()
+        return item
 
     def publish_state(self, state) -> None:
         self.states.append(state)
