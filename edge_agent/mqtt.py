@@ -336,8 +336,6 @@ class MqttLink:
         if self._closed or self._stop.is_set():
             return
         if self._client.loop_start() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # no thread was running
-            with self._lock:
-                self._connected = False
             self.counters.network_restarts += 1
             self.last_error = "the MQTT network thread had stopped; restarted it"
             logger.error("%s (%d restarts)", self.last_error, self.counters.network_restarts)

@@ -76,7 +76,7 @@ class RawCollector:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         try:
             payload = json.loads(msg.payload)
-        except ValueError:  # e.g. the malformed commands a test sends
+        except (ValueError, RecursionError):  # e.g. the malformed commands a test sends
             payload = {"raw": msg.payload}
         with self._lock:
             self.messages.append((msg.topic, payload, bool(msg.retain)))
