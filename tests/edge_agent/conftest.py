@@ -6,12 +6,14 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import MosquittoBroker, find_mosquitto
+from tests.edge_agent.bundle_fixture import agent_bundle_folder
 
 
 def _require_mosquitto() -> None:
@@ -116,3 +118,9 @@ def collect() -> Iterator[Callable[[int, str], RawCollector]]:
     yield make
     for collector in made:
         collector.close()
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(request, tmp_path_factory) -> Path:
+    """A tiny trained bundle (cached between runs) for tests that run the whole agent."""
+    return agent_bundle_folder(request, tmp_path_factory)

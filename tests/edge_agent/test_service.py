@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,18 +35,12 @@ from tests.edge_agent.bundle_fixture import (
     SEED,
     SEVERITY,
     WINDOW,
-    agent_bundle_folder,
     simulator_source,
     write_config,
 )
 
 BASE = "faultwatch/s1/a1/dev-test/"
 NO_DRIFT = {"k": 3, "n": 5, "drift_window": 20, "drift_threshold": 1e9}
-
-
-@pytest.fixture(scope="session")
-def agent_bundle(request, tmp_path_factory) -> Path:
-    return agent_bundle_folder(request, tmp_path_factory)
 
 
 def make_agent(tmp_path: Path, bundle: Path, port: int, **overrides) -> Agent:
