@@ -220,6 +220,11 @@ def run(
         f"agent: stopped after {summary['windows_total']} windows, {summary['events_total']} "
         f"events, state {summary['state']}, {summary['outbox_pending']} events in the outbox"
     )
+    if agent.source_abandoned:  # a driver thread is blocked in the kernel: PortAudio's exit
+        logger.warning("exiting without waiting for the blocked audio driver")  # would hang
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 @app.command("check-config")

@@ -97,6 +97,8 @@ class Agent(CommandHandlers, Publishing):
         self._shown_state: str | None = None  # state published outside the DecisionMachine
         self._storage_problem: str | None = None  # as last announced in a `storage` event
         self._last_data_at = time.monotonic()  # when the source last delivered samples
+        self._awaiting_data = False  # restarted after a failure, no samples yet
+        self.source_abandoned = False  # a source's driver blocked its stop (see _stop_source)
         self._interval = IntervalStats()
         self._normal_seen = 0  # windows decided normal (every drift_stride-th feeds drift)
         self._rate = 0.0  # windows/s over the last telemetry interval
@@ -183,6 +185,9 @@ class Agent(CommandHandlers, Publishing):
                     self._check_no_data()
                     continue
                 self._last_data_at = time.monotonic()
+                if self._awaiting_data:
+                    self._awaiting_data = False
+                    self._retry_wait = SOURCE_RETRY_S[0]
                 self.pipe.buffer.push(chunk)
                 self._drain(max_windows)
         finally:
@@ -216,8 +221,8 @@ class Agent(CommandHandlers, Publishing):
                 return None
             logger.info("source restarted after the failure")
             self._source_down = False
+            self._awaiting_data = True  # the backoff resets only once samples arrive
             self._last_data_at = time.monotonic()
-            self._retry_wait = SOURCE_RETRY_S[0]
             self.pipe.buffer = WindowBuffer.from_spec(
                 self.pipe.spec, self.pipe.buffer.capacity_windows
             )
@@ -256,20 +261,22 @@ class Agent(CommandHandlers, Publishing):
         worker.start()
         worker.join(SOURCE_STOP_S)
         if worker.is_alive():
+            self.source_abandoned = True
             logger.error(
                 "source %s did not stop within %.0f s (its driver is blocked); abandoned it",
                 source.name, SOURCE_STOP_S,
             )  # fmt: skip
 
     def _source_failed(self, exc: SourceError, reason: str = "source_error") -> None:
+        if self._awaiting_data:  # a restart that never delivered: the fault is already reported
+            self._stop_source()
+            self._source_down, self._awaiting_data = True, False
+            self._schedule_retry(exc)
+            return
         logger.error("source failed (%s): %s; restarting it with backoff", reason, exc)
         previous = self.pipe.decisions.state
         self.pipe.decisions.reset()  # the next good windows re-announce the state
         self._shown_state = SENSOR_FAULT
-        self._stop_source()
-        self._source_down = True
-        self._retry_wait = SOURCE_RETRY_S[0]
-        self._retry_at = time.monotonic() + self._retry_wait
         event = self._event(
             "sensor_fault",
             "warning",
@@ -279,6 +286,10 @@ class Agent(CommandHandlers, Publishing):
         )
         self._publish(event)
         self._publish_state(SENSOR_FAULT, None, None, time.time())
+        self._stop_source()  # after telling the world: a blocked driver takes SOURCE_STOP_S
+        self._source_down = True
+        self._retry_wait = SOURCE_RETRY_S[0]
+        self._retry_at = time.monotonic() + self._retry_wait
 
     def _schedule_retry(self, exc: SourceError) -> None:
         self._retry_wait = min(self._retry_wait * 2, SOURCE_RETRY_S[1])
