@@ -40,7 +40,14 @@ def read_recording(path: Path) -> tuple[np.ndarray, int | None]:
         if suffix == ".wav":
             from scipy.io import wavfile
 
-            rate, data = wavfile.read(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", wavfile.WavFileWarning)
+                rate, data = wavfile.read(path)
+            for warning in caught:  # e.g. "Reached EOF prematurely": a file cut mid-data
+                logger.warning(
+                    "%s: %s; the file is damaged (cut short?), only what it holds is used",
+                    path, warning.message,
+                )  # fmt: skip
             if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
                 data = (data.astype(np.int16) - 128).astype(np.int8)
         elif suffix == ".npy":

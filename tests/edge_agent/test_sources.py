@@ -110,6 +110,17 @@ def test_wav_replay_delivers_the_whole_file_in_g(tmp_path: Path):
     np.testing.assert_allclose(np.diff([c.t_first for c in chunks]), 1000 / 12000, atol=1e-6)
 
 
+def test_wav_cut_mid_data_is_reported_and_its_samples_used(tmp_path: Path, caplog):
+    sine_wav(tmp_path / "rec.wav", 12000, 250, 0.5)
+    whole = (tmp_path / "rec.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: 44 + 2 * 4000])  # header + 4000 of 6000 samples
+    with ReplaySource(file_cfg(tmp_path / "cut.wav", chunk_samples=1000), SENSOR) as source:
+        x = np.concatenate([c.samples for c in drain(source)])
+    assert len(x) == 4000
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "cut.wav" in warning.getMessage() and "prematurely" in warning.getMessage()
+
+
 def test_npy_float_is_g_and_csv_with_header_and_channel(tmp_path: Path):
     signal = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
     np.save(tmp_path / "rec.npy", signal)
