@@ -6,6 +6,7 @@ STAMP := $(VENV)/.faultwatch-installed
 EXTRAS ?= train,export,tflite,edge,broker,dev
 CHECKPOINT ?=
 DEVICE_CONFIG ?= firmware_configs/dev-replay.toml
+BUNDLE ?=
 
 .PHONY: install system-deps demo test bench lint export-int8 install-agent clean
 
@@ -42,8 +43,9 @@ export-int8: install
 	$(BIN)/faultwatch export --formats onnx,onnx-int8,tflite-int8 \
 	  --checkpoint "$(if $(CHECKPOINT),$(CHECKPOINT),$$($(BIN)/python -c 'from train.runs import latest_checkpoint; print(latest_checkpoint())'))"
 
+# BUNDLE defaults to the newest exported bundle archive.
 install-agent:
-	sudo deploy/install-agent.sh $(DEVICE_CONFIG)
+	sudo deploy/install-agent.sh $(DEVICE_CONFIG) "$(if $(BUNDLE),$(BUNDLE),$$(ls -t bundles/*.tar.gz | head -n 1))"
 
 clean:
 	rm -rf runs bundles bench/results .pytest_cache .ruff_cache
