@@ -353,8 +353,8 @@ class MqttLink:
             time.sleep(0.02)
         if self.pending:
             logger.warning(
-                "closing with %d undelivered events; they stay in %s for the next start",
-                self.pending, self.outbox.path,
+                "closing with %d undelivered events; %d stay in %s for the next start",
+                self.pending, len(self.outbox), self.outbox.path,
             )  # fmt: skip
         if self._connected:
             info = self._client.publish(

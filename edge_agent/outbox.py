@@ -99,18 +99,36 @@ class Outbox:
         self.when_full = when_full
         self.dropped_total = 0
         self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._count = self._bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._open()
+        except OutboxStorageError as exc:  # a full disk must not stop the agent from starting
+            logger.error("%s; starting without it, events wait in memory until it opens", exc)
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or create) the file; OutboxStorageError when the disk fails, OutboxError when the
+        file is not a database."""
+        db = None
+        try:
             _create_private(self.path)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._count, self._bytes = self._db.execute(
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            self._count, self._bytes = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
             ).fetchone()
+        except (sqlite3.OperationalError, OSError) as exc:  # full, read-only, I/O error
+            if db is not None:
+                db.close()
+            raise OutboxStorageError(
+                f"outbox {self.path}: cannot open it ({exc}); free space on that disk or check it"
+            ) from exc
         except sqlite3.DatabaseError as exc:
+            db.close()  # type: ignore[union-attr]
             raise OutboxError(
                 f"outbox {self.path} is not a usable SQLite database ({exc}); move it aside to "
                 "start with an empty outbox (its undelivered events would be lost)"
@@ -119,6 +137,12 @@ class Outbox:
             logger.info(
                 "outbox %s: %d undelivered events from a previous run", self.path, self._count
             )
+        self._db = db
+        return db
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opening it now if the disk failed at start-up."""
+        return self._db if self._db is not None else self._open()
 
     @classmethod
     def from_config(cls, cfg: OutboxConfig, state_dir: Path) -> Outbox:
@@ -142,8 +166,9 @@ class Outbox:
         payload = bytes(payload)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                found = self._db.execute(
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                found = db.execute(
                     "SELECT seq FROM outbox WHERE event_id = ?", (event_id,)
                 ).fetchone()
                 if found:
@@ -171,6 +196,8 @@ class Outbox:
     def _rollback(self) -> None:
         """Undo the open transaction (SQLite has already undone it after SQLITE_FULL) and
         re-read the counters, which `_make_room` may have changed."""
+        if self._db is None:
+            return
         try:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -229,7 +256,7 @@ class Outbox:
         """Up to `limit` stored rows with seq > `after_seq`, oldest first."""
         with self._lock:
             try:
-                rows = self._db.execute(
+                rows = self._connection().execute(
                     f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after_seq, limit),
                 ).fetchall()
@@ -255,7 +282,7 @@ class Outbox:
         with self._lock:
             sizes: list[int] = []
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._connection().execute("BEGIN IMMEDIATE")
                 for param in params:
                     sizes += self._db.execute(
                         f"DELETE FROM outbox WHERE {column} = ? RETURNING LENGTH(payload)", param
@@ -280,7 +307,8 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
     def __enter__(self) -> Outbox:
         return self

@@ -143,6 +143,22 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+def test_outbox_opens_on_a_full_disk_and_works_once_space_returns(tmp_path):
+    if reason := _can_mount():
+        pytest.skip(reason)
+    with tmpfs(tmp_path / "state", "1m") as state:
+        with Outbox(state / "o.sqlite3") as outbox:
+            outbox.put("t", b"kept", 1, "alarm", "before")
+        filler = fill(state)
+        outbox = Outbox(state / "o.sqlite3")  # what a restarting agent does: it must not fail
+        with pytest.raises(OutboxStorageError, match="free space"):
+            outbox.put("t", b"x", 1, "alarm", "during")
+        filler.unlink()
+        outbox.put("t", b"x", 1, "alarm", "after")
+        assert [r.event_id for r in outbox.pending()] == ["before", "after"]
+        outbox.close()
+
+
 def flip_flop(seconds: float, period_s: float = 0.6) -> list[dict]:
     """A schedule alternating normal and inner race, so events keep coming."""
     steps, at, i = [], 0.0, 0
