@@ -149,3 +149,55 @@ def test_broker_restart_and_freeze_lose_no_event(
         subscriber.close()
     assert accounting["committed"] >= 6, accounting
     print(f"broker restart + freeze: {accounting}")
+
+
+def random_payloads(n: int, seed: int) -> list[tuple[str, bytes]]:
+    """Command names and payloads a fuzzer would send: bytes, broken UTF-8 and JSON, surrogate
+    escapes, wrong types, huge numbers, deep nesting, absurd paths and ranges."""
+    rng = random.Random(seed)
+    names = ["ping", "status", "calibrate", "rollback_head", "reload_bundle", "x", "ping/extra"]
+    atoms = ['"\\ud800"', '"\\udfff"', "1e999", "-0", "null", "true", '"../../etc/passwd"',
+             '"' + "a" * 300 + '"', "[[[[[[[[[[]]]]]]]]]]", '{"$gt": 1}', "12345678901234567890",
+             '"2025-13-45T99:00:00Z"', '"٣"', '"vv1"']  # fmt: skip
+    keys = ["id", "label", "files", "version", "path", "labels_from_utc", "labels_to_utc", "x"]
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.2:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        elif kind < 0.3:
+            payload = b"{" * rng.randrange(1, 3000)
+        else:
+            fields = {k: rng.choice(atoms) for k in rng.sample(keys, rng.randrange(1, 5))}
+            text = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+            payload = text.encode()
+        out.append((rng.choice(names), payload))
+    return out
+
+
+def test_fuzzed_commands_leave_the_agent_answering_and_publishing(
+    tmp_path, agent_bundle, mosquitto, collect
+):
+    collector = collect(mosquitto.port, BASE + "#")
+    source = simulator_source(flip_flop(120, period_s=1.0), realtime=True)
+    mqtt = {"host": "127.0.0.1", "port": mosquitto.port, "site": "s1", "asset": "a1",
+            "device": "dev-test", "commands_per_minute": 6000}  # fmt: skip # no rate limit here
+    agent = make_agent(tmp_path, agent_bundle, mosquitto.port, source=source, mqtt=mqtt)
+    fuzz = random_payloads(300, seed=3)
+    with agent, running(agent):
+        collector.wait_for(BASE + "event", lambda e: True, 15)
+        for name, payload in fuzz:
+            collector.client.publish(BASE + f"cmd/{name}", payload, qos=1)
+        time.sleep(1.0)
+        collector.publish(BASE + "cmd/ping", b'{"id": "still-here"}')
+        pong = collector.wait_for(BASE + "cmd_result", lambda p: p["id"] == "still-here", 20)
+        assert pong["ok"] and pong["message"] == "pong"
+        seen = len(collector.on(BASE + "event"))
+        collector.wait_for(BASE + "event", lambda e: True, 1)
+        deadline = time.monotonic() + 10
+        while len(collector.on(BASE + "event")) <= seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(collector.on(BASE + "event")) > seen, "events still flow after the fuzzing"
+        counters = agent.link.counters
+        assert counters.callback_errors == 0
+    print(f"fuzzed commands: {len(fuzz)}, refused {counters.commands_refused}")
