@@ -1,21 +1,28 @@
-"""Per-device calibration: refit the head from a few labeled windows, in numpy.
+"""Per-device calibration: refit the head from a few labeled windows, in numpy and scipy.
 
 Every device starts with the factory head from the bundle. Mounting, cabling and the machine
-itself shift the embeddings a little, so an operator labels a few windows on site and
-`calibrate()` refits the head on them, checks the result on held-out windows, and refuses a
-head that is not better. What is refit, and why:
+itself shift the embeddings, so an operator labels a few windows on site (one per class is
+enough to start) and `calibrate()` refits the head on all labels collected so far, checks the
+refit on windows it did not fit, and refuses a head that is worse. What is refit, and why:
 
-- By default only the last layer (`w2`, `b2`) is refit; the hidden layer stays frozen. With a
-  few windows this is a convex problem with few parameters, hard to overfit. `train_hidden=True`
-  also refits `w1`, `b1` with the same hand-written backprop (see `loss_and_gradients`).
-- Loss: class-balanced cross-entropy + `l2_to_factory * sum ||P - P_factory||^2` over every
-  refit weight and bias P, so few labels can only move the head a little from the factory head.
-  Class weights are `N / (K * n_class)` (K = classes present), so a rare fault label counts as
-  much as many normal windows.
-- Optimizer: full-batch Adam (mini-batches shuffled by `seed` when N > `batch_size`), float64
-  internally, float32 out. Same inputs and seed -> bit-identical head.
-- The head's temperature is kept during the refit and re-fitted afterwards on the held-out part
-  when it has at least `MIN_TEMPERATURE_SAMPLES` windows of at least two classes.
+- By default only the last layer (`w2`, `b2`) is refit; the hidden layer stays frozen. That is a
+  convex problem with few parameters, solved to convergence by `scipy.optimize` (L-BFGS), so the
+  result depends on the labels only: the refit always starts from the factory head (keeping this
+  device's re-normalization), and labeling one class today and another tomorrow gives the same
+  head as labeling both at once. `train_hidden=True` also refits `w1`, `b1` (not convex).
+- Loss: class-balanced cross-entropy + `l2_to_factory * sum ||P - P_factory||^2`, so few labels
+  can only move the head a little from the factory head. Class weights are `N / (K * n_class)`.
+- The check is cross-validation by blocks: each class's windows, in time order, are cut into up
+  to `CV_BLOCKS` contiguous blocks (so overlapping neighbour windows stay together); every block
+  is predicted by a head refit without it. The refit is accepted when this cross-validated
+  balanced accuracy is not below the current head's on the same windows. A class with a single
+  window cannot be cross-validated: it is fitted, and the result says so. A set with a single
+  class is refused (the head would learn to say that class); its labels stay in the device's
+  calibration set for the next call. From `CHANCE_TEST_MIN` cross-validated windows on, the
+  refit must also beat always guessing the most common class (one-sided binomial test), which
+  refuses nonsense labels; below that no test has the power, and the result says what was checked.
+- The temperature is re-fitted on the cross-validated logits when at least
+  `MIN_TEMPERATURE_SAMPLES` windows of two or more classes were cross-validated.
 
 `fit_renormalization()` is the label-free alternative when only normal operation is available:
 it sets the head's per-device `emb_mean`/`emb_scale` so this device's normal embeddings match the
@@ -29,12 +36,15 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.optimize import minimize
 
 from edge_agent.head import Head
 
 logger = logging.getLogger(__name__)
 
-MIN_WINDOWS_PER_CLASS = 2
+CV_BLOCKS = 5  # contiguous blocks per class for the cross-validated check
+CHANCE_TEST_MIN = 20  # cross-validated windows from which "better than chance" is required
+CHANCE_P_VALUE = 0.01
 MIN_TEMPERATURE_SAMPLES = 30
 TEMPERATURE_RANGE = (0.1, 10.0)
 SCALE_RATIO_RANGE = (0.1, 10.0)
@@ -45,8 +55,10 @@ class CalibrationResult:
     """Outcome of `calibrate`.
 
     `head` is the head to use from now on: the refit head when `accepted`, else `current`
-    unchanged. Accuracies are class-balanced fractions in [0, 1] (mean per-class recall over the
-    classes in the held-out part). `reason` is one line for logs and events.
+    unchanged. Accuracies are class-balanced fractions in [0, 1] (mean per-class recall) on the
+    cross-validated windows: the current head's, and the refit's predicted by heads that did not
+    see them. `n_train` windows were fitted, `n_holdout` of them cross-validated (0 when every
+    class has a single window). `reason` is one line for logs, events and the command result.
     """
 
     head: Head
@@ -65,52 +77,46 @@ def refit_head(
     labels: np.ndarray,
     *,
     l2_to_factory: float = 1e-2,
-    epochs: int = 200,
-    lr: float = 1e-2,
-    seed: int = 0,
     train_hidden: bool = False,
-    batch_size: int = 256,
+    max_iter: int = 500,
 ) -> Head:
-    """Refit `current` on labeled embeddings, regularized toward `factory`.
+    """Refit `current` on labeled embeddings, regularized toward `factory` (L-BFGS).
 
     emb: (N, D) float encoder outputs (before the head's re-normalization, which is applied here).
     labels: (N,) int class indices in [0, C). Returns a new Head with the same shapes,
-    temperature and re-normalization as `current`.
+    temperature and re-normalization as `current`, its refit weights starting from `current`'s.
     """
     _check_same_shapes(current, factory)
     raw, y = _check_inputs(current, emb, labels)
-    x = current.adapt(raw).astype(np.float64)  # (N, D) in the space the head sees
     if l2_to_factory < 0:
         raise ValueError(f"l2_to_factory must be >= 0, got {l2_to_factory}")
-    if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ValueError(
-            f"need epochs >= 1, lr > 0, batch_size >= 1; got {epochs=}, {lr=}, {batch_size=}"
-        )
-
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    x = current.adapt(raw).astype(np.float64)  # (N, D) in the space the head sees
     names = ("w1", "b1", "w2", "b2") if train_hidden else ("w2", "b2")
     params = {k: getattr(current, k).astype(np.float64) for k in ("w1", "b1", "w2", "b2")}
     anchors = {k: getattr(factory, k).astype(np.float64) for k in names}
+    shapes = [params[k].shape for k in names]
+    sizes = [int(np.prod(shape)) for shape in shapes]
     weights = class_balanced_weights(y)
-    rng = np.random.default_rng(seed)
-    m = {k: np.zeros_like(params[k]) for k in names}
-    v = {k: np.zeros_like(params[k]) for k in names}
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    step = 0
-    for _ in range(epochs):
-        order = rng.permutation(len(y)) if len(y) > batch_size else np.arange(len(y))
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
-            _, grads = loss_and_gradients(
-                params, anchors, x[idx], y[idx], weights[idx], current.temperature, l2_to_factory
-            )
-            step += 1
-            for k in names:  # Adam
-                m[k] = beta1 * m[k] + (1 - beta1) * grads[k]
-                v[k] = beta2 * v[k] + (1 - beta2) * grads[k] ** 2
-                m_hat = m[k] / (1 - beta1**step)
-                v_hat = v[k] / (1 - beta2**step)
-                params[k] = params[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
-    return replace(current, **{k: params[k].astype(np.float32) for k in names})
+
+    def unpack(theta: np.ndarray) -> dict[str, np.ndarray]:
+        parts = np.split(theta, np.cumsum(sizes)[:-1])
+        return {
+            **params,
+            **{k: p.reshape(sh) for k, p, sh in zip(names, parts, shapes, strict=True)},
+        }
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grads = loss_and_gradients(
+            unpack(theta), anchors, x, y, weights, current.temperature, l2_to_factory
+        )
+        return loss, np.concatenate([grads[k].ravel() for k in names])
+
+    theta0 = np.concatenate([params[k].ravel() for k in names])
+    solved = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    fitted = unpack(solved.x)
+    return replace(current, **{k: fitted[k].astype(np.float32) for k in names})
 
 
 def loss_and_gradients(
@@ -159,28 +165,10 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 
 def fit_temperature(head: Head, emb: np.ndarray, labels: np.ndarray) -> Head:
-    """Return `head` with the temperature in TEMPERATURE_RANGE minimizing NLL on (emb, labels).
-
-    The NLL is convex in 1/T, so a golden-section search over 1/T finds the optimum.
-    """
+    """Return `head` with the temperature in TEMPERATURE_RANGE minimizing NLL on (emb, labels)."""
     x, y = _check_inputs(head, emb, labels)
     raw = head.logits(x).astype(np.float64) * head.temperature  # (N, C) logits at T = 1
-    rows = np.arange(len(y))
-
-    def nll(inv_t: float) -> float:
-        z = raw * inv_t
-        z = z - z.max(axis=1, keepdims=True)
-        return float(-(z[rows, y] - np.log(np.exp(z).sum(axis=1))).mean())
-
-    lo, hi = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
-    golden = (math.sqrt(5) - 1) / 2
-    for _ in range(80):
-        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        if nll(a) <= nll(b):
-            hi = b
-        else:
-            lo = a
-    return head.with_temperature(2.0 / (lo + hi))
+    return head.with_temperature(temperature_for(raw, y))
 
 
 def fit_renormalization(
@@ -230,130 +218,146 @@ def calibrate(
     emb: np.ndarray,
     labels: np.ndarray,
     *,
-    holdout_fraction: float = 0.3,
-    seed: int = 0,
-    min_gain_points: float = 0.0,
     order: np.ndarray | None = None,
-    chance_p_value: float = 0.01,
-    fit_temperature_on_holdout: bool = True,
+    fit_temperature_on_cv: bool = True,
     l2_to_factory: float = 1e-2,
-    epochs: int = 200,
-    lr: float = 1e-2,
     train_hidden: bool = False,
 ) -> CalibrationResult:
-    """Split, refit on the train part, and accept the new head only if it is better held out.
+    """Refit from the factory head on every label, cross-validate, accept unless it is worse.
 
-    emb: (N, D), labels: (N,) int in [0, C); labels may cover only some classes. Each present
-    class needs >= MIN_WINDOWS_PER_CLASS windows. The split is stratified: with `order` (N,)
-    (e.g. timestamps) the LAST `holdout_fraction` of each class's windows in that order is held
-    out, so overlapping neighbour windows do not leak into the check; without it the split is
-    random (seeded). Refused (accepted=False) when
-    - accuracy_after < accuracy_before + min_gain_points / 100 (points = percentage points), or
-    - with >= 2 classes held out, the refit head's plain held-out accuracy does not beat always
-      guessing the most common held-out class with a one-sided binomial p-value <= chance_p_value
-      (nonsense labels; set chance_p_value=1 to disable).
+    emb: (N, D), labels: (N,) int in [0, C), order: (N,) times (blocks are contiguous in it;
+    without it, the given order). See the module docstring for the rule. Raises ValueError for
+    unusable inputs; a refusal is a result with accepted=False and the reason.
     """
     x, y = _check_inputs(current, emb, labels)
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    train_idx, hold_idx = stratified_split(y, holdout_fraction, order=order, seed=seed)
-    candidate = refit_head(
+    present = np.unique(y)
+    start = replace(
         current,
-        factory,
-        x[train_idx],
-        y[train_idx],
-        l2_to_factory=l2_to_factory,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-        train_hidden=train_hidden,
+        **{k: getattr(factory, k) for k in ("w1", "b1", "w2", "b2")},
+        temperature=factory.temperature,
     )
-    x_hold, y_hold = x[hold_idx], y[hold_idx]
-    pred_before = current.logits(x_hold).argmax(axis=1)
-    pred_after = candidate.logits(x_hold).argmax(axis=1)
-    before = balanced_accuracy(y_hold, pred_before)
-    after = balanced_accuracy(y_hold, pred_after)
-    n_hold = len(hold_idx)
-    held_classes = np.unique(y_hold)
+
+    def refit(rows: np.ndarray) -> Head:
+        return refit_head(
+            start, factory, x[rows], y[rows], l2_to_factory=l2_to_factory,
+            train_hidden=train_hidden,
+        )  # fmt: skip
+
+    blocks = cv_blocks(y, order)
+    checked = np.flatnonzero(blocks >= 0)
+    if len(present) < 2:
+        return _refused(
+            current, y, checked, 0.0, 0.0,
+            f"refused: only class {int(present[0])} is labeled ({len(y)} windows); a head fit "
+            "to one class learns to say that class. The labels are kept: label windows of "
+            "another class too (or use renormalize for normal operation only)",
+        )  # fmt: skip
+    cv_logits = np.zeros((len(y), current.num_classes))
+    for block in np.unique(blocks[checked]):
+        held = blocks == block
+        cv_logits[held] = refit(np.flatnonzero(~held)).logits(x[held])
+    candidate = refit(np.arange(len(y)))
+    before = after = 1.0
+    if len(checked):
+        before = balanced_accuracy(y[checked], current.logits(x[checked]).argmax(axis=1))
+        after = balanced_accuracy(y[checked], cv_logits[checked].argmax(axis=1))
+    single = [int(c) for c in present if (blocks[y == c] < 0).all()]
+    fit_acc = balanced_accuracy(y, candidate.logits(x).argmax(axis=1))
     summary = (
-        f"held-out accuracy {before:.1%} -> {after:.1%} on {n_hold} windows "
-        f"({len(held_classes)} classes)"
+        f"cross-validated accuracy {before:.1%} -> {after:.1%} on {len(checked)} windows "
+        f"({len(np.unique(y[checked]))} classes)"
+        if len(checked)
+        else "no class has 2 windows to cross-validate"
     )
-
-    reason = f"{summary}; accepted"
-    accepted = True
-    if after * 100 < before * 100 + min_gain_points:
-        accepted = False
-        reason = (
-            f"refused: {summary}; needs a gain of at least {min_gain_points:+.1f} points; kept the "
-            "current head (check the labels or label more windows)"
+    if single:
+        summary += f"; classes {single} have one window each: fitted, not cross-validated"
+    if len(checked) and after < before:
+        return _refused(
+            current, y, checked, before, after,
+            f"refused: {summary}; the refit predicts windows it did not see worse than the "
+            "current head; kept it (check the labels or label more windows)",
+        )  # fmt: skip
+    if len(checked) >= CHANCE_TEST_MIN and len(np.unique(y[checked])) > 1:
+        correct = int((cv_logits[checked].argmax(axis=1) == y[checked]).sum())
+        p_chance = float(np.bincount(y[checked]).max() / len(checked))
+        p_value = binomial_tail(correct, len(checked), p_chance)
+        if p_value > CHANCE_P_VALUE:
+            return _refused(
+                current, y, checked, before, after,
+                f"refused: {summary} is not clearly above chance ({correct}/{len(checked)} "
+                f"correct vs {p_chance:.0%} by always guessing one class, p={p_value:.3f}); "
+                "kept the current head (check the labels)",
+            )  # fmt: skip
+    if not len(checked) and fit_acc <= balanced_accuracy(y, current.logits(x).argmax(axis=1)):
+        return _refused(
+            current,
+            y,
+            checked,
+            before,
+            after,
+            f"refused: {summary}; the current head already predicts every label",
         )
-    elif len(held_classes) >= 2:
-        correct = int((pred_after == y_hold).sum())
-        p_chance = float(np.bincount(y_hold).max() / n_hold)
-        p_value = binomial_tail(correct, n_hold, p_chance)
-        if p_value > chance_p_value:
-            accepted = False
-            reason = (
-                f"refused: {summary} is not clearly above chance ({correct}/{n_hold} correct vs "
-                f"{p_chance:.1%} by always guessing one class, p={p_value:.3f} > "
-                f"{chance_p_value}); kept the current head (check the labels or label more windows)"
-            )
-    enough_for_temperature = n_hold >= MIN_TEMPERATURE_SAMPLES and len(held_classes) >= 2
-    if accepted and fit_temperature_on_holdout and enough_for_temperature:
-        candidate = fit_temperature(candidate, x_hold, y_hold)
-        reason += f"; temperature {candidate.temperature:.2f}"
+    reason = f"{summary}; fits {fit_acc:.0%} of the {len(y)} labels; accepted"
+    cv_classes = np.unique(y[checked]) if len(checked) else present[:0]
+    if fit_temperature_on_cv and len(checked) >= MIN_TEMPERATURE_SAMPLES and len(cv_classes) > 1:
+        temperature = temperature_for(cv_logits[checked] * candidate.temperature, y[checked])
+        candidate = candidate.with_temperature(temperature)
+        reason += f"; temperature {temperature:.2f}"
     logger.info("calibration: %s", reason)
-    return CalibrationResult(
-        head=candidate if accepted else current,
-        accuracy_before=before,
-        accuracy_after=after,
-        n_train=len(train_idx),
-        n_holdout=n_hold,
-        accepted=accepted,
-        reason=reason,
-    )
+    return CalibrationResult(candidate, before, after, len(y), len(checked), True, reason)
 
 
-def stratified_split(
-    labels: np.ndarray, holdout_fraction: float, *, order: np.ndarray | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, holdout_idx): per class, round(fraction * n) (at least 1) windows held out.
+def _refused(
+    current: Head, y: np.ndarray, checked: np.ndarray, before: float, after: float, reason: str
+) -> CalibrationResult:
+    logger.info("calibration: %s", reason)
+    return CalibrationResult(current, before, after, len(y), len(checked), False, reason)
 
-    With `order` (N,), each class's windows are sorted by it and the last ones are held out;
-    otherwise they are shuffled with `seed`. Raises ValueError when a class has too few windows.
+
+def cv_blocks(labels: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """(N,) block id of each window for the cross-validated check; -1 where it cannot be checked.
+
+    Each class's windows, sorted by `order`, are cut into min(CV_BLOCKS, n_class) contiguous
+    blocks; a class with a single window gets -1.
     """
     y = np.asarray(labels)
-    counts = np.bincount(y)
-    short = {
-        int(c): int(counts[c])
-        for c in np.flatnonzero((counts > 0) & (counts < MIN_WINDOWS_PER_CLASS))
-    }
-    if short:
+    if order is not None and np.shape(order) != y.shape:
         raise ValueError(
-            f"calibration needs at least {MIN_WINDOWS_PER_CLASS} labeled windows per class present "
-            f"(one to fit, one to check); got {short} (class index: windows); label more windows "
-            "of those classes or drop their labels"
+            f"order must have one entry per window, shape {y.shape}; got {np.shape(order)}"
         )
-    if order is not None:
-        order = np.asarray(order)
-        if order.shape != y.shape:
-            raise ValueError(
-                f"order must have one entry per window, shape {y.shape}; got {order.shape}"
-            )
-    rng = np.random.default_rng(seed)
-    train, hold = [], []
-    for c in np.flatnonzero(counts):
+    rank = np.arange(len(y)) if order is None else np.argsort(np.argsort(order, kind="stable"))
+    blocks = np.full(len(y), -1)
+    next_id = 0
+    for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        idx = (
-            idx[np.argsort(order[idx], kind="stable")]
-            if order is not None
-            else rng.permutation(idx)
-        )
-        n_hold = min(max(1, round(holdout_fraction * len(idx))), len(idx) - 1)
-        train.append(idx[: len(idx) - n_hold])
-        hold.append(idx[len(idx) - n_hold :])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(hold))
+        if len(idx) < 2:
+            continue
+        idx = idx[np.argsort(rank[idx], kind="stable")]
+        for part in np.array_split(idx, min(CV_BLOCKS, len(idx))):
+            blocks[part] = next_id
+            next_id += 1
+    return blocks
+
+
+def temperature_for(raw_logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature in TEMPERATURE_RANGE minimizing NLL of logits at T = 1 (N, C)."""
+    raw, y = np.asarray(raw_logits, np.float64), np.asarray(labels)
+    rows = np.arange(len(y))
+
+    def nll(inv_t: float) -> float:
+        z = raw * inv_t
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[rows, y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    lo, hi = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(80):  # the NLL is convex in 1/T: golden-section search
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        if nll(a) <= nll(b):
+            hi = b
+        else:
+            lo = a
+    return 2.0 / (lo + hi)
 
 
 def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -418,11 +422,13 @@ def _check_inputs(head: Head, emb: np.ndarray, labels: np.ndarray) -> tuple[np.n
 __all__ = [
     "CalibrationResult",
     "balanced_accuracy",
+    "binomial_tail",
     "calibrate",
     "class_balanced_weights",
+    "cv_blocks",
     "fit_renormalization",
     "fit_temperature",
     "loss_and_gradients",
     "refit_head",
-    "stratified_split",
+    "temperature_for",
 ]

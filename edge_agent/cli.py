@@ -191,9 +191,16 @@ def run(
     log_format: Annotated[
         LogFormat, typer.Option(help="text (journald-friendly) or json (one object a line).")
     ] = LogFormat.text,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Model bundle (folder or .tar.gz) instead of the config's."),
+    ] = None,
 ) -> None:
     """Run the agent until SIGTERM/SIGINT, a limit, or the end of a replayed file."""
     cfg = _load(config)
+    if bundle is not None:
+        inference = cfg.inference.model_copy(update={"bundle": bundle.resolve()})
+        cfg = cfg.model_copy(update={"inference": inference})
     setup_logging(cfg.log_level, log_format)
     os.umask(0o027)  # state files (heads, calibration set) are not world-readable
     stop = threading.Event()
@@ -332,11 +339,34 @@ def _offline_model(config: Path):
         raise _fail(f"cannot load the model: {_one_line(exc)}") from None
 
 
-def _embed_files(cfg, model, files: list[Path]):
+RateOption = Annotated[
+    int | None,
+    typer.Option(
+        "--rate-hz",
+        min=1,
+        help="Sample rate of NPY/CSV recordings (they do not carry it; WAV files do). "
+        "Recordings are resampled to the bundle's rate.",
+    ),
+]
+MaxWindowsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="At most this many windows per file, spread evenly over it."),
+]
+
+
+def _embed_files(
+    cfg, model, files: list[Path], rate_hz: int | None = None, max_windows: int | None = None
+):
     """Embeddings, times and rejected-window count of recordings (exit 1 on a bad file)."""
     try:
         return embed_recordings(
-            files, cfg.sensor, model.manifest, model.backend, cfg.inference.batch_windows
+            files,
+            cfg.sensor,
+            model.manifest,
+            model.backend,
+            cfg.inference.batch_windows,
+            rate_hz=rate_hz,
+            max_windows=max_windows,
         )
     except SourceError as exc:
         raise _fail(_one_line(exc)) from None
@@ -349,13 +379,19 @@ def calibrate(
     files: Annotated[
         list[Path], typer.Argument(help="Recordings on this device (WAV, NPY or CSV).")
     ],
+    rate_hz: RateOption = None,
+    max_windows: MaxWindowsOption = None,
 ) -> None:
-    """Label recordings, refit the device head on the calibration set, commit it if better."""
+    """Label recordings, refit the device head on all labels so far, commit it unless worse.
+
+    Labels accumulate in the device's calibration set: label one class now and another later,
+    and the head is refit on both (the same head as labeling both at once).
+    """
     cfg, store, model = _offline_model(config)
     m = model.manifest
     if label not in m.class_names:
         raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
-    emb, t, rejected = _embed_files(cfg, model, files)
+    emb, t, rejected = _embed_files(cfg, model, files, rate_hz, max_windows)
     if not len(t):
         raise _fail(
             f"no window of {len(files)} file(s) passed the sensor checks ({rejected} failed)"
@@ -374,10 +410,7 @@ def calibrate(
         f"{len(t)} windows from {len(files)} file(s) labeled {label!r} ({rejected} failed the "
         f"sensor checks); calibration set: {counts}"
     )
-    typer.echo(
-        f"held-out accuracy before {r.accuracy_before:.1%}, after {r.accuracy_after:.1%} "
-        f"({r.n_holdout} windows held out, {r.n_train} fitted)"
-    )
+    typer.echo(r.reason)
     if not r.accepted:
         raise _fail(r.reason)
     typer.echo(f"accepted: head v{outcome.head_version} is now current")
@@ -389,6 +422,7 @@ def renormalize(
     files: Annotated[
         list[Path], typer.Argument(help="Recordings of NORMAL operation on this device.")
     ],
+    rate_hz: RateOption = None,
 ) -> None:
     """Map this device's normal embeddings onto the bundle's reference normal statistics.
 
@@ -407,7 +441,7 @@ def renormalize(
     reference = m.reference_stats.get(m.normal_class)
     if reference is None:
         raise _fail(f"the bundle has no reference statistics for {m.normal_class!r}")
-    emb, t, rejected = _embed_files(cfg, model, files)
+    emb, t, rejected = _embed_files(cfg, model, files, rate_hz)
     if len(t) < MIN_RENORMALIZE_WINDOWS:
         raise _fail(
             f"{len(t)} usable windows ({rejected} failed the sensor checks); re-normalization "

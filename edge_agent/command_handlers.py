@@ -143,6 +143,8 @@ class CommandHandlers:
                     self.model.manifest,
                     self.model.backend,
                     self.cfg.inference.batch_windows,
+                    rate_hz=command.rate_hz,
+                    max_windows=command.max_windows,
                 )
             except SourceError as exc:
                 return self._fail(command, f"calibrate: {exc}")

@@ -60,6 +60,12 @@ class CalibrateCommand(CommandModel):
     labels_from_utc: AwareDatetime | None = None
     labels_to_utc: AwareDatetime | None = None
     files: list[str] | None = Field(None, min_length=1, max_length=1000)
+    rate_hz: int | None = Field(
+        None, gt=0, le=1_000_000, description="Sample rate of NPY/CSV files (WAV carry theirs)."
+    )
+    max_windows: int | None = Field(
+        None, gt=0, le=100_000, description="At most this many windows per file."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CalibrateCommand:

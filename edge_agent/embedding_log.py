@@ -201,22 +201,34 @@ def embed_recordings(
     manifest: Manifest,
     backend: Backend,
     batch_windows: int = 8,
+    *,
+    rate_hz: int | None = None,
+    max_windows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Embeddings of every window of the recordings that passes the sensor checks.
+    """Embeddings of the windows of the recordings that pass the sensor checks.
 
-    Each file is read like a `file` source (WAV at its header rate, NPY/CSV at the bundle's rate;
-    resampled to the bundle's rate; integer and WAV data scaled with `sensor`). Returns emb (N, D),
-    t (N,) window end times (s: file mtime taken as the end of the recording) and the number of
-    windows rejected by the sensor checks. SourceError for an unreadable or too-short file.
+    Each file is read like a `file` source and resampled to the bundle's rate with the live
+    source's resampler: a WAV at its header's rate (`rate_hz`, when given, must agree), NPY/CSV at
+    `rate_hz`, which they cannot carry themselves (SourceError naming the file without it).
+    Integer and WAV data are scaled with `sensor`. `max_windows`: at most this many windows per
+    file, spread evenly over it (an operator labels a few windows). Returns emb (N, D), t (N,)
+    window end times (s: file mtime taken as the end of the recording) and the number of windows
+    rejected by the sensor checks. SourceError for an unreadable or too-short file.
     """
     spec = manifest.preprocessing.spec()
     embs, times, rejected = [], [], 0
     for path in paths:
         path = Path(path)
+        if path.suffix.lower() != ".wav" and rate_hz is None:
+            raise SourceError(
+                f"{path}: {path.suffix} files do not carry their sample rate; give it (--rate-hz "
+                f"in the CLI, rate_hz in the calibrate command); the bundle runs at "
+                f"{spec.sample_rate_hz} Hz and the recording is resampled to it"
+            )
         cfg = FileSourceConfig(
             type="file",
             path=path,
-            sample_rate_hz=None if path.suffix.lower() == ".wav" else spec.sample_rate_hz,
+            sample_rate_hz=rate_hz,
             realtime=False,
             resample=True,
         )
@@ -227,6 +239,10 @@ def embed_recordings(
                 f"({spec.window}); record longer"
             )
         windows = frame(g, spec.window, spec.hop)
+        positions = np.arange(len(windows))  # window index in the file
+        if max_windows is not None and len(windows) > max_windows:
+            positions = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+            windows = windows[positions]
         ok = np.array(
             [
                 check_window(
@@ -241,7 +257,8 @@ def embed_recordings(
         for i in range(0, len(good), batch_windows):
             idx = good[i : i + batch_windows]
             embs.append(backend.embed(normalize(windows[idx], spec.normalization)))
-            times.append(start + (idx * spec.hop + spec.window - 1) / spec.sample_rate_hz)
+            end = positions[idx] * spec.hop + spec.window - 1
+            times.append(start + end / spec.sample_rate_hz)
     if not embs:
         return np.zeros((0, manifest.embedding_dim), np.float32), np.zeros(0), rejected
     return np.concatenate(embs), np.concatenate(times), rejected

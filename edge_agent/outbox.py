@@ -256,10 +256,14 @@ class Outbox:
         """Up to `limit` stored rows with seq > `after_seq`, oldest first."""
         with self._lock:
             try:
-                rows = self._connection().execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
-                ).fetchall()
+                rows = (
+                    self._connection()
+                    .execute(
+                        f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after_seq, limit),
+                    )
+                    .fetchall()
+                )
             except sqlite3.Error as exc:
                 raise self._storage_error("reading events", exc) from exc
         return [Row(*row) for row in rows]

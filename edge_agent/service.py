@@ -147,6 +147,15 @@ class Agent(CommandHandlers, Publishing):
         """
         stop = stop_event or threading.Event()
         self.source.start()
+        recording = getattr(self.source, "samples_g", None)  # a finite file source
+        window = self.pipe.spec.window
+        if recording is not None and len(recording) < window:
+            self._stop_source()
+            raise SourceError(
+                f"{self.cfg.source.path}: {len(recording)} samples at "  # type: ignore[union-attr]
+                f"{self.source.sample_rate_hz} Hz, shorter than one window ({window}); nothing "
+                "to analyse: record longer"
+            )
         try:
             self.link = MqttLink(self.cfg.mqtt, self.outbox, self._submit_command)
         except (OSError, ValueError) as exc:  # TLS files unreadable, bad certificate...

@@ -24,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     help="Export a fine-tuned checkpoint to a verified model bundle (ONNX FP32/INT8, TFLite INT8).",
 )
+TRY_CONFIG = "firmware_configs/dev-simulator.toml"  # simulated bearing, local broker
 console = Console(highlight=False)
 
 
@@ -123,8 +124,10 @@ def export(
         f"bundle:  {result.folder} (verified, {encoders} encoders)",
         f"archive: {result.archive} ({size_kb:.0f} kB)",
         f"agreement with fp32: {agreement}",
-        f"run it on a device: faultwatch agent run --bundle {result.archive} "
-        "--config firmware_configs/<device>.toml",
+        f"try it here:  faultwatch agent run --config {TRY_CONFIG} --bundle {result.archive} "
+        "--max-seconds 10",
+        f"on a gateway: sudo deploy/install-agent.sh firmware_configs/raspberry-pi-5.toml "
+        f"{result.archive}",
     ]
     for line in lines:
         console.print(line, markup=False, soft_wrap=True)

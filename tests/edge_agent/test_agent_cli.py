@@ -166,27 +166,34 @@ def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
     normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 1)
     inner = recording(tmp_path / "inner.npy", "inner_race", 2.0, run_seed=SEED + 2)
 
-    wrong = runner.invoke(app, ["calibrate", "--config", config, "--label", "cage", str(normal)])
+    rate = ["--rate-hz", str(SAMPLE_RATE_HZ)]
+    wrong = runner.invoke(app, ["calibrate", "-c", config, "--label", "cage", *rate, str(normal)])
     assert wrong.exit_code == 1
     assert "unknown label 'cage'; valid: normal, inner_race, outer_race" in wrong.stderr
+    no_rate = runner.invoke(app, ["calibrate", "-c", config, "--label", "normal", str(normal)])
+    assert no_rate.exit_code == 1 and "normal.npy: .npy files do not carry" in no_rate.stderr
 
-    first = runner.invoke(app, ["calibrate", "-c", config, "--label", "normal", str(normal)])
-    assert first.exit_code == 0, first.output
+    # one class at a time: the first call keeps its labels, the second refits on both
+    first = runner.invoke(app, ["calibrate", "-c", config, "--label", "normal", *rate, str(normal)])
+    assert first.exit_code == 1, first.output
     assert "labeled 'normal'" in first.output and "calibration set: normal 45" in first.output
-    second = runner.invoke(app, ["calibrate", "-c", config, "--label", "inner_race", str(inner)])
+    assert "only class 0 is labeled" in first.stderr and "labels are kept" in first.stderr
+    args = ["calibrate", "-c", config, "--label", "inner_race", *rate, str(inner)]
+    second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert "held-out accuracy before" in second.output
-    assert "accepted: head v3 is now current" in second.output
+    assert "cross-validated accuracy" in second.output
+    assert "calibration set: normal 45, inner_race 45" in second.output
+    assert "accepted: head v2 is now current" in second.output
 
     listing = runner.invoke(app, ["heads", "--config", config])
     assert listing.exit_code == 0, listing.output
     rows = [line for line in listing.output.splitlines() if re.search(r" v\d ", line)]
-    assert len(rows) == 3
-    assert "factory" in rows[0] and "calibration" in rows[2] and "*" in rows[2]
+    assert len(rows) == 2
+    assert "factory" in rows[0] and "calibration" in rows[1] and "*" in rows[1]
 
     back = runner.invoke(app, ["rollback", "--config", config, "--version", "1"])
     assert back.exit_code == 0, back.output
-    assert "head v3 -> v4 (rolled back from v3 to v1)" in back.output
+    assert "head v2 -> v3 (rolled back from v2 to v1)" in back.output
     missing = runner.invoke(app, ["rollback", "--config", config, "--version", "99"])
     assert missing.exit_code == 1
     assert "no head version 99" in missing.stderr
@@ -195,7 +202,8 @@ def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
 def test_renormalize_maps_an_offset_device_onto_the_reference(tmp_path, agent_bundle):
     config = str(replay_config(tmp_path, agent_bundle))
     normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 3)
-    result = runner.invoke(app, ["renormalize", "-c", config, str(normal)])
+    rate = ["--rate-hz", str(SAMPLE_RATE_HZ)]
+    result = runner.invoke(app, ["renormalize", "-c", config, *rate, str(normal)])
     assert result.exit_code == 0, result.output
     match = re.search(
         r"head v(\d+): .* from (\d+) normal windows; .* ([\d.]+) -> ([\d.]+)", result.output
@@ -211,7 +219,7 @@ def test_renormalize_maps_an_offset_device_onto_the_reference(tmp_path, agent_bu
     assert latest.version == int(match.group(1)) and "re-normalization" in latest.note
     assert store.current()[1].emb_scale is not None
     short = recording(tmp_path / "short.npy", "normal", 0.2, run_seed=SEED + 4)
-    refused = runner.invoke(app, ["renormalize", "-c", config, str(short)])
+    refused = runner.invoke(app, ["renormalize", "-c", config, *rate, str(short)])
     assert refused.exit_code == 1 and "needs at least 20 windows" in refused.stderr
 
 
@@ -351,3 +359,31 @@ def test_install_script_parses():
     text = script.read_text()
     assert "set -euo pipefail" in text
     assert "EUID" in text and 'install --quiet "${REPO}[edge]"' in text
+
+
+def test_run_on_a_recording_shorter_than_a_window_is_an_error(tmp_path, agent_bundle):
+    config = replay_config(tmp_path, agent_bundle, seconds=0.05)  # 600 samples < 1024
+    result = runner.invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "shorter than one window (1024)" in result.stderr and "rec.npy" in result.stderr
+
+
+def test_recordings_carry_their_rate_and_are_resampled(tmp_path, agent_bundle):
+    """A 48 kHz WAV of 1 s gives the windows of 1 s at the bundle's 12 kHz, not four times as
+    many; --max-windows takes a few windows spread over the file."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    config = str(replay_config(tmp_path, agent_bundle))
+    sim = BearingSimulator(Conditions(fault="normal", severity=SEVERITY), SAMPLE_RATE_HZ, seed=3,
+                           machine_seed=SEED)  # fmt: skip
+    at_48k = resample_poly(sim.read(SAMPLE_RATE_HZ), 4, 1)  # 1 s
+    wavfile.write(tmp_path / "fast.wav", 48_000, (at_48k / 20.0 * 32767).astype(np.int16))
+    expected = 1 + (SAMPLE_RATE_HZ - WINDOW) // HOP
+    args = ["calibrate", "-c", config, "--label", "normal", str(tmp_path / "fast.wav")]
+    result = runner.invoke(app, args)
+    assert f"{expected} windows from 1 file(s) labeled 'normal'" in result.output, result.output
+    few = runner.invoke(app, [*args, "--max-windows", "3"])
+    assert "3 windows from 1 file(s)" in few.output, few.output
+    clash = runner.invoke(app, [*args, "--rate-hz", "12000"])
+    assert clash.exit_code == 1 and "48000 Hz" in clash.stderr

@@ -3,6 +3,8 @@ them, then a gain and an offset (sensor drift) that moves normal toward the firs
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,11 +12,11 @@ from edge_agent.calibration import (
     balanced_accuracy,
     binomial_tail,
     calibrate,
+    cv_blocks,
     fit_renormalization,
     fit_temperature,
     loss_and_gradients,
     refit_head,
-    stratified_split,
 )
 from edge_agent.head import Head
 
@@ -45,7 +47,7 @@ def factory() -> Head:
     w1 = (rng.normal(0.0, 1.0, (D, H)) / np.sqrt(D)).astype(np.float32)
     start = Head(w1, np.zeros(H, np.float32), np.zeros((H, C), np.float32), np.zeros(C, np.float32))
     x, y = blobs(100, seed=2)
-    return refit_head(start, start, x, y, l2_to_factory=0.0, epochs=300, lr=0.03, train_hidden=True)
+    return refit_head(start, start, x, y, l2_to_factory=1e-4, train_hidden=True)
 
 
 def test_factory_head_is_good_on_clean_data_and_worse_after_drift(factory: Head) -> None:
@@ -64,7 +66,7 @@ def test_calibration_with_few_windows_recovers_accuracy_on_fresh_drifted_data(
     result = calibrate(factory, factory, x_cal, y_cal, train_hidden=train_hidden)
     assert result.accepted, result.reason
     assert result.accuracy_after >= result.accuracy_before
-    assert (result.n_train, result.n_holdout) == (24, 8)
+    assert (result.n_train, result.n_holdout) == (32, 32)  # every window cross-validated
     before, after = accuracy(factory, x_new, y_new), accuracy(result.head, x_new, y_new)
     assert after > before + 0.15
     assert after > 0.9
@@ -76,7 +78,7 @@ def test_shuffled_labels_are_refused_with_both_accuracies_in_the_reason(
 ) -> None:
     x_cal, y_cal = blobs(8, seed=20 + seed, drifted=True)
     nonsense = np.random.default_rng(seed).permutation(y_cal)
-    result = calibrate(factory, factory, x_cal, nonsense, seed=seed)
+    result = calibrate(factory, factory, x_cal, nonsense)
     assert not result.accepted
     assert result.head is factory
     assert result.reason.startswith("refused")
@@ -86,8 +88,8 @@ def test_shuffled_labels_are_refused_with_both_accuracies_in_the_reason(
 
 def test_calibration_is_deterministic(factory: Head) -> None:
     x_cal, y_cal = blobs(6, seed=30, drifted=True)
-    a = calibrate(factory, factory, x_cal, y_cal, seed=5)
-    b = calibrate(factory, factory, x_cal, y_cal, seed=5)
+    a = calibrate(factory, factory, x_cal, y_cal)
+    b = calibrate(factory, factory, x_cal, y_cal)
     for key, value in a.head.to_arrays().items():
         np.testing.assert_array_equal(value, b.head.to_arrays()[key])
     assert a.reason == b.reason
@@ -102,37 +104,69 @@ def test_refit_does_not_move_far_from_factory_with_strong_regularization(factory
     np.testing.assert_array_equal(loose.w1, factory.w1)  # hidden layer frozen by default
 
 
-def test_too_few_windows_of_a_class_is_a_clear_error(factory: Head) -> None:
-    x, y = blobs(3, seed=32)
-    y[y == 2] = 1
-    y[-3:] = [0, 0, 2]  # class 2 gets one window
-    with pytest.raises(ValueError, match=r"at least 2 labeled windows.*\{2: 1\}"):
-        calibrate(factory, factory, x, y)
+@pytest.mark.parametrize("per_class", [1, 3, 5, 10])
+def test_tiny_label_sets_are_accepted_when_they_help(factory: Head, per_class: int) -> None:
+    """The foreign-machine case: drift makes the factory head wrong, a few labels fix it."""
+    x_cal, y_cal = blobs(per_class, seed=70 + per_class, drifted=True)
+    x_new, y_new = blobs(200, seed=71, drifted=True)
+    result = calibrate(factory, factory, x_cal, y_cal)
+    assert result.accepted, result.reason
+    assert accuracy(result.head, x_new, y_new) > accuracy(factory, x_new, y_new)
+    if per_class == 1:
+        assert result.n_holdout == 0 and "not cross-validated" in result.reason
+    else:
+        assert result.n_holdout == len(y_cal)
 
 
-def test_labels_covering_only_normal_still_refit_and_evaluate(factory: Head) -> None:
-    """After commissioning only normal windows are labeled; drift made them look like a fault."""
+def test_a_refit_that_predicts_unseen_windows_worse_is_refused(
+    factory: Head, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the refit learned, the check compares it with the current head on windows it
+    did not fit: here every refit collapses to one class (as a badly overfit head would)."""
+    import edge_agent.calibration as calibration
+
+    def collapsed(current: Head, *args, **kwargs) -> Head:
+        b2 = np.array([10.0, 0.0, 0.0, 0.0], np.float32)
+        return replace(current, w2=np.zeros_like(current.w2), b2=b2)
+
+    monkeypatch.setattr(calibration, "refit_head", collapsed)
+    x, y = blobs(3, seed=80, drifted=True)
+    result = calibrate(factory, factory, x, y)
+    assert not result.accepted and result.head is factory
+    assert result.accuracy_after == 0.25 < result.accuracy_before
+    assert "worse than the current head" in result.reason
+
+
+def test_labeling_one_class_at_a_time_gives_the_same_head_as_all_at_once(factory: Head) -> None:
+    x, y = blobs(5, seed=81, drifted=True)
+    first = y < 2
+    split_day = calibrate(factory, factory, x[first], y[first])
+    assert split_day.accepted  # classes 0 and 1
+    later = calibrate(split_day.head, factory, x, y)  # classes 2 and 3 join the set
+    at_once = calibrate(factory, factory, x, y)
+    assert later.accepted and at_once.accepted
+    for key, value in at_once.head.to_arrays().items():
+        np.testing.assert_allclose(later.head.to_arrays()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_single_labeled_class_is_refused_and_says_what_to_do(factory: Head) -> None:
     x, y = blobs(10, seed=33, drifted=True)
     normal = y == 0
     result = calibrate(factory, factory, x[normal], y[normal])
-    assert result.accepted, result.reason
-    assert (result.n_train, result.n_holdout) == (7, 3)
-    assert "(1 classes)" in result.reason
-    x_new, y_new = blobs(200, seed=34, drifted=True)
-
-    def recall(head: Head, c: int) -> float:
-        return float((head.logits(x_new[y_new == c]).argmax(1) == c).mean())
-
-    assert recall(factory, 0) < 0.5 < 0.9 < recall(result.head, 0)
-    assert all(recall(result.head, c) > 0.9 for c in (1, 2, 3))  # faults still recognized
+    assert not result.accepted and result.head is factory
+    assert "only class 0 is labeled" in result.reason and "renormalize" in result.reason
 
 
-def test_time_order_split_holds_out_the_latest_windows_of_each_class() -> None:
-    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
-    t = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])  # given newest first
-    train, hold = stratified_split(y, 0.4, order=t)
-    assert sorted(t[hold].tolist()) == [6, 7, 8, 9]  # the last 2 in time of each class
-    assert set(train.tolist()).isdisjoint(hold.tolist())
+def test_cv_blocks_keep_neighbour_windows_together_in_time_order() -> None:
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2])
+    t = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 5])  # given newest first
+    blocks = cv_blocks(y, t)
+    assert blocks[-1] == -1  # a single window of class 2: cannot be cross-validated
+    for c in (0, 1):
+        rows = np.flatnonzero(y == c)
+        by_time = rows[np.argsort(t[rows])]
+        assert len(set(blocks[rows])) == 5
+        assert (np.diff(blocks[by_time]) >= 0).all()  # contiguous in time
 
 
 def test_gradients_match_finite_differences() -> None:
@@ -197,5 +231,5 @@ def test_bad_inputs_name_the_problem(factory: Head) -> None:
         calibrate(factory, factory, x[:, :5], y)
     with pytest.raises(ValueError, match=r"class indices in \[0, 4\), got \[7\]"):
         calibrate(factory, factory, x, np.where(y == 3, 7, y))
-    with pytest.raises(ValueError, match="holdout_fraction"):
-        calibrate(factory, factory, x, y, holdout_fraction=1.0)
+    with pytest.raises(ValueError, match="one entry per window"):
+        calibrate(factory, factory, x, y, order=np.arange(3))

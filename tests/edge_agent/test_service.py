@@ -298,7 +298,8 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             first = _t(after["embedding_log"]["first_utc"])
             start = first - (WINDOW - 1) / SAMPLE_RATE_HZ
             normal = calibrate_range(collector, "c1", "normal", start + 0.5, start + 2.9)
-            assert normal["data"]["set_counts"] == {"normal": normal["data"]["added"]}
+            assert not normal["ok"] and "only class 0 is labeled" in normal["message"]
+            assert normal["data"]["set_counts"] == {"normal": normal["data"]["added"]}  # kept
             fault = calibrate_range(collector, "c2", "inner_race", start + 3.5, start + 5.9)
             figures = fault["data"]
             assert figures["set_counts"]["inner_race"] > 20
@@ -306,35 +307,41 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             assert fault["ok"] == figures["accepted"], fault
             assert figures["accepted"], f"refit of a separable set was refused: {fault}"
             assert figures["accuracy_after"] >= figures["accuracy_before"]
-            assert figures["head_version"] == 3  # v1 factory, v2 and v3 calibrated
+            assert figures["head_version"] == 2  # v1 factory, v2 calibrated on both classes
             assert (tmp_path / "dev" / "state" / "calibration_set.npz").is_file()
 
             bad = calibrate_range(collector, "c3", "cage", start, start + 1)
             assert not bad["ok"] and "valid: normal, inner_race, outer_race" in bad["message"]
 
             back = send(collector, "rollback_head", {"id": "r1", "version": "1"})
-            assert back["ok"] and back["data"] == {"previous_version": 3, "head_version": 4}
+            assert back["ok"] and back["data"] == {"previous_version": 2, "head_version": 3}
             status = send(collector, "status", {"id": "s3"})["data"]
-            assert status["head_version"] == 4
+            assert status["head_version"] == 3
             nothing = send(collector, "reload_bundle", {"id": "b1", "path": str(tmp_path)})
             assert not nothing["ok"] and "kept the running bundle" in nothing["message"]
             archive = pack(agent_bundle, tmp_path / "tiny-1.tar.gz")
             reload = send(collector, "reload_bundle", {"id": "b2", "path": str(archive)})
             assert reload["ok"], reload
-            assert reload["data"] == {"model_name": "tiny", "model_version": "1", "head_version": 4}
+            assert reload["data"] == {"model_name": "tiny", "model_version": "1", "head_version": 3}
 
             sim = BearingSimulator(Conditions(fault="outer_race", severity=SEVERITY), seed=SEED)
             rec = tmp_path / "outer.npy"
             np.save(rec, sim.read(2 * SAMPLE_RATE_HZ))
+            no_rate = send(
+                collector, "calibrate", {"id": "f0", "label": "outer_race", "files": [str(rec)]}
+            )
+            assert not no_rate["ok"] and "do not carry their sample rate" in no_rate["message"]
             by_file = send(
-                collector, "calibrate", {"id": "f1", "label": "outer_race", "files": [str(rec)]}
+                collector,
+                "calibrate",
+                {"id": "f1", "label": "outer_race", "files": [str(rec)], "rate_hz": SAMPLE_RATE_HZ},
             )
             assert by_file["ok"], by_file
             assert (
                 by_file["data"]["set_counts"]["outer_race"]
                 == 1 + (2 * SAMPLE_RATE_HZ - WINDOW) // HOP
             )
-            assert by_file["data"]["head_version"] == 5
+            assert by_file["data"]["head_version"] == 4
             missing = send(
                 collector, "calibrate", {"id": "f2", "label": "normal", "files": ["/no/such.wav"]}
             )

@@ -24,9 +24,36 @@ def test_happy_path_prints_formats_parity_and_how_to_run_it(exported):
         assert line in output
     assert "Parity with torch fp32" in output
     archive = exported["folder"].with_name("fixture-1.tar.gz")
-    assert (
-        f"faultwatch agent run --bundle {archive} --config firmware_configs/<device>.toml" in output
-    )
+    assert f"deploy/install-agent.sh firmware_configs/raspberry-pi-5.toml {archive}" in output
+
+
+def test_the_printed_next_step_runs_as_printed(exported, tmp_path):
+    """`try it here: <command>` is copied into a shell from the repository root, unchanged."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    (line,) = [x for x in exported["output"].splitlines() if x.startswith("try it here:")]
+    command = shlex.split(line.removeprefix("try it here:"))
+    assert command[:3] == ["faultwatch", "agent", "run"]
+    exe = shutil.which("faultwatch") or str(Path(sys.executable).with_name("faultwatch"))
+    state = root / "runs" / "agent-state"  # the dev config's state_dir: a developer's own
+    kept = tmp_path / "kept-agent-state"  # is put back afterwards
+    if state.exists():
+        shutil.move(state, kept)
+    try:
+        done = subprocess.run(
+            [exe, *command[1:]], cwd=root, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        if kept.exists():
+            shutil.move(kept, state)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "agent: stopped after" in done.stdout
+    assert " 0 windows" not in done.stdout
 
 
 def test_typo_in_formats_exits_1_with_did_you_mean(run_dir, tmp_path):
