@@ -275,6 +275,27 @@ class DecisionsConfig(StrictModel):
         return self
 
 
+class CommissioningConfig(StrictModel):
+    """How the device learns its own normal (the baseline drift and health are scored against)."""
+
+    automatic: bool = Field(
+        True, description="Learn at the first start; later only on the `commission` command."
+    )
+    period_s: float = Field(
+        600.0, ge=10, le=7 * 24 * 3600, description="Learning period; span normal loads/speeds."
+    )
+    min_windows: int = Field(100, ge=10, description="At least this many non-overlapping windows.")
+
+
+class HealthConfig(StrictModel):
+    """Condition indicators and their ISO 20816-3 zone."""
+
+    machine_group: Literal["group1", "group2"] = Field(
+        "group2", description="group1: 300 kW-50 MW; group2: 15-300 kW (ISO 20816-3)."
+    )
+    foundation: Literal["rigid", "flexible"] = "rigid"
+
+
 class AgentConfig(StrictModel):
     """Everything a gateway agent needs; one firmware_configs/*.toml file."""
 
@@ -299,6 +320,8 @@ class AgentConfig(StrictModel):
     decisions: DecisionsConfig = DecisionsConfig()
     mqtt: MqttConfig
     outbox: OutboxConfig = OutboxConfig()
+    commissioning: CommissioningConfig = CommissioningConfig()
+    health: HealthConfig = HealthConfig()
 
 
 def format_errors(exc: ValidationError) -> list[str]:
