@@ -258,6 +258,42 @@ class InferenceConfig(StrictModel):
 class DecisionsConfig(StrictModel):
     k: int = Field(3, ge=1, description="Raise a fault event when k of the last n windows agree.")
     n: int = Field(5, ge=1, le=1000, description="Length of the k-of-n vote (windows).")
+    k_exit: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Windows of the last n that must agree to leave a state (clear a fault, "
+        "change fault class, become uncertain); stronger than k. None = min(n, k + 1).",
+    )
+    min_dwell_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds of window time a state is held before it may clear or change "
+        "sideways, and over which the new label must hold; faults and sensor faults are still "
+        "raised after k of n.",
+    )
+    hold_fraction: float = Field(
+        0.8,
+        gt=0.5,
+        le=1.0,
+        description="Share of the windows of the last min_dwell_s (uncertain_after_s for "
+        "uncertain) that the new label needs to take over from the current state.",
+    )
+    uncertain_after_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds uncertain windows must dominate before the state becomes "
+        "uncertain; shorter bursts keep the current state.",
+    )
+    max_events_per_hour: int = Field(
+        12,
+        ge=3,
+        le=3600,
+        description="State-change events published per hour at most (sliding); more become "
+        "one summary. A change into an alarm from a non-alarm state always passes.",
+    )
     drift_window: int = Field(200, ge=10, description="Windows in the drift statistic.")
     drift_threshold: float | None = Field(
         None, gt=0, description="Drift score alarm level; None = the bundle's drift_score."
@@ -272,6 +308,15 @@ class DecisionsConfig(StrictModel):
     def _k_of_n(self) -> DecisionsConfig:
         if self.k > self.n:
             raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+    @model_validator(mode="after")
+    def _k_exit_between_k_and_n(self) -> DecisionsConfig:
+        if self.k_exit is not None and not self.k <= self.k_exit <= self.n:
+            raise ValueError(
+                f"k_exit ({self.k_exit}) must be between k ({self.k}) and n ({self.n}): leaving "
+                "a state needs at least the agreement entering it did"
+            )
         return self
 
 
