@@ -1,4 +1,4 @@
-"""The agent's command handlers: ping, status, calibrate, rollback_head, reload_bundle.
+"""The agent's command handlers: ping, status, calibrate, rollback_head, reload_bundle, commission.
 
 Commands arrive on the MQTT link's worker thread (`_submit_command`) and are run on the agent
 thread between batches (`_run_commands`), through a queue and a future; a failing command answers
@@ -24,6 +24,7 @@ from edge_agent.commands import (
     CalibrateCommand,
     Command,
     CommandResult,
+    CommissionCommand,
     PingCommand,
     ReloadBundleCommand,
     RollbackHeadCommand,
@@ -52,8 +53,6 @@ class CommandHandlers:
     _commands: queue.Queue[tuple[Command, Future]]
     _running: bool
     _started: float
-    _drift_alert_at: float | None
-    _drift_score: float | None
     status_data: Callable[[], dict[str, Any]]
     _publish_state: Callable[[str, str | None, float | None, float | None], None]
 
@@ -118,6 +117,9 @@ class CommandHandlers:
             return self._rollback(command)
         if isinstance(command, ReloadBundleCommand):
             return self._reload(command)
+        if isinstance(command, CommissionCommand):
+            message = self.pipe.monitor.commission()
+            return CommandResult(id=command.id, ok=True, message=message)
         raise TypeError(f"no handler for command {command.name!r}")
 
     def _kick_watchdog(self) -> None:
@@ -190,8 +192,6 @@ class CommandHandlers:
         """Switch to the store's current head and restart the decisions from 'unknown'."""
         self.model.head_version, self.model.head = self.store.current()
         self.pipe.decisions.reset()
-        if self.pipe.drift is not None:
-            self.pipe.drift.reset()
         self._publish_state(UNKNOWN, None, None, None)
 
     def _rollback(self, command: RollbackHeadCommand) -> CommandResult:
@@ -219,7 +219,6 @@ class CommandHandlers:
             text = "; ".join(exc.messages) if isinstance(exc, ConfigError) else str(exc)
             return self._fail(command, f"reload_bundle: kept the running bundle: {text}")
         self.model, self.pipe = model, build_pipeline(self.cfg, model)
-        self._drift_alert_at, self._drift_score = None, None
         self._publish_state(UNKNOWN, None, None, None)
         m = model.manifest
         return CommandResult(

@@ -10,6 +10,7 @@ A command is a UTF-8 JSON object published to `<base>/cmd/<name>`:
                    or {"id": "7", "label": "outer_race", "files": ["a.wav", "b.wav"]}
     rollback_head  {"id": "7", "version": "3"}            (version optional: the previous head)
     reload_bundle  {"id": "7", "path": "/opt/fw/b.tgz"}    (path optional: the configured one)
+    commission     {"id": "7"}       learn this device's normal again (drift and health baseline)
 
 `parse_command()` returns a command model or a `CommandError` (published on the `error` topic) for
 an oversized payload (checked before parsing), an unknown name, non-UTF-8, non-JSON or wrong fields.
@@ -94,6 +95,12 @@ class RollbackHeadCommand(CommandModel):
     )
 
 
+class CommissionCommand(CommandModel):
+    """Learn this device's normal again (after a repair, a new mounting or a bearing change)."""
+
+    name: ClassVar[str] = "commission"
+
+
 class ReloadBundleCommand(CommandModel):
     """Load a model bundle again (default: the configured path), verifying it first."""
 
@@ -109,9 +116,17 @@ COMMANDS: dict[str, type[CommandModel]] = {
         CalibrateCommand,
         RollbackHeadCommand,
         ReloadBundleCommand,
+        CommissionCommand,
     )
 }
-Command = PingCommand | StatusCommand | CalibrateCommand | RollbackHeadCommand | ReloadBundleCommand
+Command = (
+    PingCommand
+    | StatusCommand
+    | CalibrateCommand
+    | RollbackHeadCommand
+    | ReloadBundleCommand
+    | CommissionCommand
+)
 
 
 class CommandResult(WireModel):

@@ -298,11 +298,16 @@ class DecisionsConfig(StrictModel):
     drift_threshold: float | None = Field(
         None, gt=0, description="Drift score alarm level; None = the bundle's drift_score."
     )
-    commission_baseline: bool = Field(
-        True,
-        description="Take the first full drift window of normal operation after start-up as "
-        "this device's own baseline (drift since commissioning is then scored too).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commission_baseline" in data:
+            raise ValueError(
+                "decisions.commission_baseline has moved: the device's own baseline is learned "
+                "in [commissioning] (automatic = true|false, period_s); delete this line"
+            )
+        return data
 
     @model_validator(mode="after")
     def _k_of_n(self) -> DecisionsConfig:

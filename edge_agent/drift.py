@@ -9,7 +9,8 @@ that calibration.
 Score, for the mean mu of the last n embeddings (a fixed ring of `window` rows) against a
 reference mean m and per-window covariance S:
 
-    S_s   = (1 - a) S + a (tr(S) / D) I        shrinkage a: a singular S (D > count) still works
+    S_s   = (1 - a) S + a (tr(S) / D) I        a = max(shrinkage, D / (D + count)): statistics
+                                              from few windows lean on the identity
     score = sqrt((mu - m)^T S_s^-1 (mu - m) / D)
 
 i.e. how far the recent operating point sits from the reference, in per-window standard
@@ -184,7 +185,9 @@ class DriftMonitor:
         cov = (cov + cov.T) / 2.0
         scale = float(np.trace(cov)) / d
         floor = 1e-9 * max(scale, float(np.mean(mean**2)), 1e-12)
-        shrunk = (1.0 - self.shrinkage) * cov + self.shrinkage * max(scale, floor) * np.eye(d)
+        # few samples behind a D x D covariance: lean on the identity (D / (D + count))
+        weight = max(self.shrinkage, d / (d + count)) if math.isfinite(count) else self.shrinkage
+        shrunk = (1.0 - weight) * cov + weight * max(scale, floor) * np.eye(d)
         eigvals, eigvecs = np.linalg.eigh(shrunk)
         eigvals = np.maximum(eigvals, floor)  # guards rounding and a non-PSD input
         whitener = (eigvecs / np.sqrt(eigvals)).T  # (D, D)

@@ -27,7 +27,9 @@ from edge_agent.config import StrictModel
 SCHEMA_VERSION = 1
 SCHEMA_FOLDER = Path(__file__).resolve().parent / "schemas"
 
-EventKind = Literal["state_change", "sensor_fault", "drift", "uncertain", "agent", "storage"]
+EventKind = Literal[
+    "state_change", "sensor_fault", "drift", "uncertain", "agent", "storage", "health", "evidence"
+]
 Severity = Literal["info", "warning", "alarm"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "alarm": 2}
 
@@ -154,6 +156,16 @@ class Telemetry(WireModel):
     overruns: int = Field(ge=0, description="Windows skipped because inference fell behind.")
     outbox_pending: int = Field(ge=0)
     cpu_percent: float | None = Field(None, ge=0)
+    velocity_rms_mm_s: float | None = Field(None, ge=0, description="10-1000 Hz, latest window.")
+    envelope_rms_g: float | None = Field(None, ge=0, description="Latest window.")
+    iso_zone: Literal["A", "B", "C", "D"] | None = Field(None, description="ISO 20816-3 zone.")
+    health_score: float | None = Field(
+        None, ge=0, description="Condition vs the commissioning baseline (robust z, smoothed)."
+    )
+    drift_score: float | None = Field(
+        None, description="Embedding drift vs this device's commissioning baseline."
+    )
+    commissioning: bool = Field(False, description="Learning this device's normal right now.")
 
 
 def json_schemas() -> dict[str, dict]:

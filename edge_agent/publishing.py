@@ -39,7 +39,6 @@ class Publishing:
     last_event_id: str | None
     _started: float
     _source_down: bool
-    _drift_score: float | None
     _shown_state: str | None
     _storage_problem: str | None
     _interval: IntervalStats
@@ -176,6 +175,7 @@ class Publishing:
         stats = self._interval.summary(now, self.windows_total)
         self._rate = stats["windows_per_s"]
         buffer = self.pipe.buffer
+        condition = self.pipe.monitor.status()
         telemetry = Telemetry(
             site=self.cfg.mqtt.site,
             asset=self.cfg.mqtt.asset,
@@ -195,6 +195,12 @@ class Publishing:
             dropped_samples=buffer.dropped_samples,
             overruns=buffer.overruns,
             outbox_pending=self._pending(),
+            velocity_rms_mm_s=condition["velocity_rms_mm_s"],
+            envelope_rms_g=condition["envelope_rms_g"],
+            iso_zone=condition["iso_zone"],
+            health_score=condition["health_score"],
+            drift_score=condition["device_drift_score"],
+            commissioning=condition["learning"],
         )
         if self.link is not None:
             self.link.publish_telemetry(telemetry)
@@ -210,7 +216,7 @@ class Publishing:
             cpu_percent=stats["cpu_percent"],
             max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             rms_g=telemetry.rms_g,
-            drift_score=self._drift_score if self._drift_score is not None else "n/a",
+            **{k: "n/a" if v is None else v for k, v in self.pipe.monitor.status().items()},
             dropped_samples=buffer.dropped_samples,
             overruns=buffer.overruns,
             outbox_pending=telemetry.outbox_pending,
@@ -247,7 +253,7 @@ class Publishing:
             "model_name": m.model_name,
             "model_version": m.model_version,
             "head_version": self.model.head_version,
-            "drift_score": self._drift_score,
+            "condition": self.pipe.monitor.status(),
             "embedding_log": {
                 "rows": len(pipe.log),
                 "first_utc": utc(span[0]).isoformat() if span else None,

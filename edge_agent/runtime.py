@@ -1,7 +1,8 @@
 """What the agent runs on: the verified bundle with its backend and head, and the window path.
 
 `load_runtime()` gives a `ModelRuntime` (bundle, backend, device head); `build_pipeline()` gives
-the per-bundle `Pipeline` state (window buffer, decisions, drift, embedding log, batch arrays).
+the per-bundle `Pipeline` state (window buffer, decisions, condition monitor, embedding log,
+batch arrays).
 Both are rebuilt by the `reload_bundle` command.
 """
 
@@ -13,20 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.agent_log import logger
 from edge_agent.backends import Backend, load_backend
 from edge_agent.bundle import Manifest, load_bundle
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
 from edge_agent.decisions import UNCERTAIN, DecisionMachine
-from edge_agent.drift import DriftMonitor
 from edge_agent.embedding_log import (
     CALIBRATION_SET_FILE,
     UNCERTAIN_CODE,
     CalibrationSet,
     EmbeddingLog,
 )
+from edge_agent.event_limit import EventLimiter
 from edge_agent.head import Head
 from edge_agent.headstore import HeadStore
+from edge_agent.monitoring import ConditionMonitor
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.ringbuffer import WindowBuffer
 
@@ -94,8 +95,8 @@ class Pipeline:
     spec: PreprocessSpec
     buffer: WindowBuffer
     decisions: DecisionMachine
-    drift: DriftMonitor | None
-    drift_stride: int
+    limiter: EventLimiter  # state-change events per hour (a storm becomes one summary)
+    monitor: ConditionMonitor  # commissioning, drift and health of the channel
     log: EmbeddingLog
     calibration_set: CalibrationSet
     batch: np.ndarray  # (B, W) float32 raw windows in g
@@ -105,27 +106,21 @@ class Pipeline:
 
 
 def build_pipeline(cfg: AgentConfig, model: ModelRuntime) -> Pipeline:
-    """Fresh window-path state for `model` (drift monitoring off when the bundle lacks stats)."""
+    """Fresh window-path state for `model`."""
     manifest, spec = model.manifest, model.spec
     names = manifest.class_names
+    d = cfg.decisions
     decisions = DecisionMachine(
         manifest.class_names,
         manifest.normal_class,
-        cfg.decisions.k,
-        cfg.decisions.n,
+        d.k,
+        d.n,
         cfg.inference.uncertain_below or manifest.thresholds.uncertain_below,
+        k_exit=d.k_exit,
+        min_dwell_s=d.min_dwell_s,
+        hold_fraction=d.hold_fraction,
+        uncertain_after_s=d.uncertain_after_s,
     )
-    threshold = cfg.decisions.drift_threshold or manifest.thresholds.drift_score
-    try:
-        drift: DriftMonitor | None = DriftMonitor(
-            manifest.reference_stats,
-            manifest.normal_class,
-            cfg.decisions.drift_window,
-            threshold,
-        )
-    except ValueError as exc:
-        logger.warning("drift monitoring off: %s", exc)
-        drift = None
     batch = cfg.inference.batch_windows
     chunk = max(getattr(cfg.source, "chunk_samples", 0), getattr(cfg.source, "blocksize", 0))
     capacity = max(64, 2 * batch, chunk // spec.hop + 2)  # one chunk never overruns
@@ -133,8 +128,8 @@ def build_pipeline(cfg: AgentConfig, model: ModelRuntime) -> Pipeline:
         spec=spec,
         buffer=WindowBuffer.from_spec(spec, capacity_windows=capacity),
         decisions=decisions,
-        drift=drift,
-        drift_stride=max(1, math.ceil(spec.window / spec.hop)),
+        limiter=EventLimiter(manifest.normal_class, d.max_events_per_hour),
+        monitor=ConditionMonitor(cfg, manifest, stride=max(1, math.ceil(spec.window / spec.hop))),
         log=EmbeddingLog(cfg.embedding_log_rows, manifest.embedding_dim),
         calibration_set=CalibrationSet(
             cfg.state_dir / CALIBRATION_SET_FILE,

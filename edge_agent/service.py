@@ -11,8 +11,9 @@ calibrated head, or the bundle's factory head), the backend (`BackendError`), th
     on a state change: FaultEvent (through the outbox) + retained state
 
 Per window it also records the embedding in the `EmbeddingLog` (for `calibrate` over a time
-range) and feeds windows decided `normal` to the `DriftMonitor` (every `ceil(window / hop)`-th
-one, so fed windows do not overlap). Every `telemetry_interval_s`: a `Telemetry` message, a
+range) and gives the window to the channel's `ConditionMonitor` (commissioning, drift against
+the device's own baseline, health trend; `edge_agent.monitoring`), whose findings become events.
+Every `telemetry_interval_s`: a `Telemetry` message, a
 status refresh and one structured log line (mean/p99 inference ms, CPU %, RSS).
 
 Commands arrive on the MQTT link's worker thread and are run on the agent thread, between
@@ -44,7 +45,6 @@ from edge_agent.command_handlers import CommandHandlers
 from edge_agent.commands import Command
 from edge_agent.config import AgentConfig, ConfigError, outbox_path
 from edge_agent.decisions import SENSOR_FAULT, Decision
-from edge_agent.drift import DriftReading
 from edge_agent.headstore import HeadStore
 from edge_agent.interval import IntervalStats
 from edge_agent.mqtt import MqttLink
@@ -54,7 +54,7 @@ from edge_agent.preprocess import normalize
 from edge_agent.publishing import Publishing
 from edge_agent.ringbuffer import WindowBuffer
 from edge_agent.runtime import ModelRuntime, Pipeline, build_pipeline, load_runtime
-from edge_agent.sanity import check_window
+from edge_agent.sanity import SanityResult, check_window
 from edge_agent.sources import Chunk, Source, SourceError, make_source
 
 __all__ = ["Agent", "ModelRuntime", "Pipeline", "load_runtime", "log_fields"]  # importers' names
@@ -62,7 +62,6 @@ __all__ = ["Agent", "ModelRuntime", "Pipeline", "load_runtime", "log_fields"]  #
 READ_TIMEOUT_S = 0.2  # longest the loop waits for a chunk before serving commands/timers
 READY_FALLBACK_S = 5.0  # READY=1 even without a window by then (a quiet source)
 FLUSH_TIMEOUT_S = 5.0  # outbox drain at shutdown; well inside systemd's TimeoutStopSec=20
-DRIFT_REPEAT_S = 3600.0  # repeat the drift event this often while drifted
 SOURCE_RETRY_S = (1.0, 60.0)  # first and longest wait before restarting a failed source
 SOURCE_STOP_S = 2.0  # a source that takes longer to stop (driver blocked) is abandoned
 
@@ -92,15 +91,12 @@ class Agent(CommandHandlers, Publishing):
         self._source_down = False
         self._retry_at = 0.0
         self._retry_wait = SOURCE_RETRY_S[0]
-        self._drift_alert_at: float | None = None  # monotonic time of the last drift event
-        self._drift_score: float | None = None
         self._shown_state: str | None = None  # state published outside the DecisionMachine
         self._storage_problem: str | None = None  # as last announced in a `storage` event
         self._last_data_at = time.monotonic()  # when the source last delivered samples
         self._awaiting_data = False  # restarted after a failure, no samples yet
         self.source_abandoned = False  # a source's driver blocked its stop (see _stop_source)
         self._interval = IntervalStats()
-        self._normal_seen = 0  # windows decided normal (every drift_stride-th feeds drift)
         self._rate = 0.0  # windows/s over the last telemetry interval
         self._reset_interval(time.monotonic())
         m = self.model.manifest
@@ -353,7 +349,7 @@ class Agent(CommandHandlers, Publishing):
             if check.ok:
                 decision = pipe.decisions.update(probs[j], sanity_ok=True, t=t_end)
                 codes[j] = pipe.label_codes[decision.label]
-                self._feed_drift(decision, emb[j])
+                self._monitor(decision, pipe.batch[i], emb[j])
                 row = probs[j]
                 j += 1
             else:
@@ -361,55 +357,34 @@ class Agent(CommandHandlers, Publishing):
                     pipe.no_probabilities, sanity_ok=False, sanity_reason=check.reason, t=t_end
                 )
                 row = None
-            if decision.changed:
-                self._state_changed(decision, row, check)
+            self._announce(decision, row, check)
         if ok:
             pipe.log.append(emb, pipe.batch_t[ok], codes)
         self.windows_total += n
 
-    def _feed_drift(self, decision: Decision, emb: np.ndarray) -> None:
-        pipe = self.pipe
-        normal = pipe.decisions.normal_class
-        if pipe.drift is None or decision.state != normal or decision.label != normal:
-            return
-        self._normal_seen += 1
-        if self._normal_seen % pipe.drift_stride:
-            return
-        reading = pipe.drift.update(self.model.head.adapt(emb))
-        if reading is None:
-            return
-        if pipe.drift.baseline is None and self.cfg.decisions.commission_baseline:
-            pipe.drift.set_baseline_from_recent()
-            logger.info("drift baseline commissioned from %d normal windows", reading.n)
-        self._check_drift(reading)
+    def _announce(self, decision: Decision, probs: np.ndarray | None, check: SanityResult) -> None:
+        """Publish a state change, unless this hour's event budget is spent (then it is counted
+        and summarized once there is room again)."""
+        limiter = self.pipe.limiter
+        summary = limiter.summary(decision.t)
+        if summary is not None:
+            state = limiter.current
+            severity = "alarm" if limiter.is_alarm(state) else "info"
+            self._publish(self._event("state_change", severity, state=state, message=summary))
+            self._publish_state(state, None, None, decision.t)
+        if decision.changed and limiter.allow(decision.state, decision.t):
+            self._state_changed(decision, probs, check)
 
-    def _check_drift(self, reading: DriftReading) -> None:
-        self._drift_score = reading.score
-        now = time.monotonic()
-        if reading.drifted or reading.baseline_drifted:
-            due = self._drift_alert_at is None or now - self._drift_alert_at >= DRIFT_REPEAT_S
-            if not due:
-                return
-            self._drift_alert_at = now
-            text = (
-                "normal operation drifted from the training data"
-                if reading.drifted
-                else f"normal operation changed since commissioning (score "
-                f"{reading.baseline_score:.2f} vs this device's baseline)"
+    def _monitor(self, decision: Decision, window: np.ndarray, emb: np.ndarray) -> None:
+        """Commissioning, drift and health of one valid window; their findings as events."""
+        normal = self.pipe.decisions.normal_class
+        decided_normal = decision.state == normal and decision.label == normal
+        for finding in self.pipe.monitor.window(window, emb, decided_normal, decision.t):
+            event = self._event(
+                finding.kind,
+                finding.severity,
+                state=self.pipe.decisions.state,
+                drift_score=None if finding.drift_score is None else max(finding.drift_score, 0),
+                message=finding.message,
             )
-            severity = "warning"
-        elif self._drift_alert_at is not None:
-            self._drift_alert_at = None
-            severity, text = "info", "drift cleared"
-        else:
-            return
-        threshold = self.pipe.drift.threshold if self.pipe.drift else 0.0
-        event = self._event(
-            "drift",
-            severity,
-            state=self.pipe.decisions.state,
-            drift_score=max(reading.score, 0.0),
-            message=f"{text}: score {reading.score:.2f} (threshold {threshold:.2f}, "
-            f"{reading.n} windows)",
-        )
-        self._publish(event)
+            self._publish(event)

@@ -134,3 +134,20 @@ def test_bad_arguments_name_the_problem() -> None:
         monitor.update(np.full(D, np.nan))
     with pytest.raises(ValueError, match="at least 2 embeddings"):
         monitor.set_baseline_from_recent()
+
+
+def test_statistics_from_few_windows_are_shrunk_so_fresh_normal_scores_low():
+    """128-d reference statistics from 51 windows (what a bundle once carried): the sample
+    covariance is singular and its small eigenvalues are noise; fresh windows of the same
+    normal must still read as normal."""
+    rng = np.random.default_rng(5)
+    d = 128
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    few = rng.normal(size=(51, d)) @ mix
+    stats = ClassStats(count=51, mean=few.mean(0).tolist(), cov=np.cov(few.T).tolist())
+    monitor = DriftMonitor({"normal": stats}, "normal", window=100, threshold=2.0)
+    scores = [monitor.update(rng.normal(size=(100, d)) @ mix).score for _ in range(10)]
+    assert max(scores) < 1.0, scores
+    spread = np.sqrt(np.diag(mix.T @ mix))  # per-dimension std of the normal windows
+    shifted = monitor.update(rng.normal(size=(100, d)) @ mix + 4.0 * spread)
+    assert shifted.drifted, shifted

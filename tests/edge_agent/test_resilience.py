@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.edge_agent.bundle_fixture import simulator_source, write_config
 from tests.edge_agent.test_service import BASE, make_agent, running
-from tests.edge_agent.test_storage_faults import flip_flop
+from tests.edge_agent.test_storage_faults import FLAPPING, flip_flop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,9 @@ def committed_ids(log: str) -> list[str]:
 
 def test_kill9_loop_loses_no_committed_event(tmp_path, agent_bundle, mosquitto):
     source = simulator_source(flip_flop(60, period_s=0.5), realtime=True)
-    config = write_config(tmp_path / "dev", agent_bundle, mosquitto.port, source)
+    config = write_config(
+        tmp_path / "dev", agent_bundle, mosquitto.port, source, decisions=FLAPPING
+    )
     subscriber = DurableSubscriber(mosquitto.port)
     command = [sys.executable, "-m", "faultwatch", "agent", "run", "--config", str(config),
                "--log-format", "json"]  # fmt: skip
@@ -125,7 +127,7 @@ def test_broker_restart_and_freeze_lose_no_event(
     broker = persistent_mosquitto
     subscriber = DurableSubscriber(broker.port)
     source = simulator_source(flip_flop(120, period_s=0.5), realtime=True)
-    agent = make_agent(tmp_path, agent_bundle, broker.port, source=source)
+    agent = make_agent(tmp_path, agent_bundle, broker.port, source=source, decisions=FLAPPING)
     try:
         with agent, running(agent):
             assert wait_until(lambda: len(subscriber.received()) >= 2, 15)
@@ -182,7 +184,9 @@ def test_fuzzed_commands_leave_the_agent_answering_and_publishing(
     source = simulator_source(flip_flop(120, period_s=1.0), realtime=True)
     mqtt = {"host": "127.0.0.1", "port": mosquitto.port, "site": "s1", "asset": "a1",
             "device": "dev-test", "commands_per_minute": 6000}  # fmt: skip # no rate limit here
-    agent = make_agent(tmp_path, agent_bundle, mosquitto.port, source=source, mqtt=mqtt)
+    agent = make_agent(
+        tmp_path, agent_bundle, mosquitto.port, source=source, mqtt=mqtt, decisions=FLAPPING
+    )
     fuzz = random_payloads(300, seed=3)
     with agent, running(agent):
         collector.wait_for(BASE + "event", lambda e: True, 15)

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from edge_agent import service
 from edge_agent.bundle import pack
 from edge_agent.config import load_config
-from edge_agent.drift import DriftReading
 from edge_agent.embedding_log import CalibrationSet, EmbeddingLog
 from edge_agent.service import Agent
 from edge_agent.simulator import BearingSimulator, Conditions
@@ -250,25 +249,49 @@ class RecordingLink:
         pass
 
 
-def test_drift_is_fed_normal_windows_only_and_alerts_on_the_edge(tmp_path, agent_bundle):
-    decisions = {"k": 3, "n": 5, "drift_window": 1000, "drift_threshold": 1e9}
-    with make_agent(tmp_path, agent_bundle, 1, decisions=decisions) as agent:
+def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bundle):
+    """The device learns its own normal (12 s here), stores it, then a fault is both a drift
+    (on every window, whatever the head says) and a health alarm; the fleet distance is fed
+    only windows decided normal, every second one (no overlap)."""
+    schedule = [
+        {"at_s": 0.0, "fault": "normal", "severity": SEVERITY},
+        {"at_s": 14.0, "fault": "inner_race", "severity": SEVERITY},
+    ]
+    decisions = {"k": 3, "n": 5, "drift_window": 40}
+    commissioning = {"period_s": 10.0, "min_windows": 20}
+    agent = make_agent(tmp_path, agent_bundle, 1, decisions=decisions, commissioning=commissioning,
+                       source=simulator_source(schedule))  # fmt: skip
+    with agent:
         agent.link = RecordingLink()
         agent.source.start()
-        while agent.windows_total < int(8.0 * SAMPLE_RATE_HZ / HOP):  # only 0-3 s is normal
+        monitor = agent.pipe.monitor
+        assert monitor.commissioning.learning and monitor.commissioning.baseline is None
+        while agent.windows_total < int(13.0 * SAMPLE_RATE_HZ / HOP):
             agent.pipe.buffer.push(agent.source.read(1.0))
             agent._drain(None)
-        normal_windows = (3.0 * SAMPLE_RATE_HZ - WINDOW) / HOP - 3  # after the k=3 to decide
-        fed = agent.pipe.drift.n
-        assert 0.4 * normal_windows <= fed <= 0.5 * normal_windows + 1  # every 2nd: no overlap
-
-        link = agent.link
-        agent._check_drift(DriftReading(score=7.5, baseline_score=None, n=20, drifted=True))
-        agent._check_drift(DriftReading(score=8.0, baseline_score=None, n=20, drifted=True))
-        agent._check_drift(DriftReading(score=0.5, baseline_score=None, n=20, drifted=False))
-        agent._check_drift(DriftReading(score=0.4, baseline_score=None, n=20, drifted=False))
-    drift = [(e.kind, e.severity, e.drift_score) for e in link.events if e.kind == "drift"]
-    assert drift == [("drift", "warning", 7.5), ("drift", "info", 0.5)]  # raised once, cleared
+        normal_windows = (13.0 * SAMPLE_RATE_HZ - WINDOW) / HOP - 3  # after the k=3 to decide
+        assert 0.4 * normal_windows <= monitor.fleet._seen <= 0.5 * normal_windows + 4
+        assert monitor.commissioning.baseline is not None  # 10 s, >= 20 windows
+        assert (tmp_path / "dev" / "state" / "baseline.npz").is_file()
+        assert (tmp_path / "dev" / "state" / "health.json").is_file()
+        assert monitor.status()["iso_zone"] in ("A", "B")
+        quiet = [e for e in agent.link.events if e.kind in ("drift", "health")]
+        assert quiet == [], [e.message for e in quiet]
+        while agent.windows_total < int(20.0 * SAMPLE_RATE_HZ / HOP):
+            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent._drain(None)
+    found = {(e.kind, e.severity) for e in agent.link.events if e.kind in ("drift", "health")}
+    assert ("drift", "warning") in found and ("health", "alarm") in found
+    drift = next(e for e in agent.link.events if e.kind == "drift")
+    assert "since this device was commissioned" in drift.message and drift.drift_score > 2
+    # a restart keeps the baseline; the commission command learns again
+    again = make_agent(tmp_path, agent_bundle, 1, decisions=decisions, commissioning=commissioning,
+                       source=simulator_source(schedule))  # fmt: skip
+    with again:
+        assert again.pipe.monitor.commissioning.baseline is not None
+        assert not again.pipe.monitor.commissioning.learning
+        assert "learning this device's normal" in again.pipe.monitor.commission()
+        assert again.pipe.monitor.commissioning.learning
 
 
 # ---- commands over the broker -----------------------------------------------------------------

@@ -159,6 +159,11 @@ def test_outbox_opens_on_a_full_disk_and_works_once_space_returns(tmp_path):
         outbox.close()
 
 
+# every change announced at once, so a test sees a steady stream of events
+FLAPPING = {"k": 3, "n": 5, "drift_window": 20, "drift_threshold": 1e9, "min_dwell_s": 0.0,
+            "uncertain_after_s": 0.0, "max_events_per_hour": 3600}  # fmt: skip
+
+
 def flip_flop(seconds: float, period_s: float = 0.6) -> list[dict]:
     """A schedule alternating normal and inner race, so events keep coming."""
     steps, at, i = [], 0.0, 0
@@ -200,7 +205,7 @@ def test_agent_keeps_publishing_through_a_broken_state_disk_and_recovers(
     with tmpfs(tmp_path / "state", "2m") as state:
         source = simulator_source(flip_flop(120), realtime=True)
         agent = make_agent(tmp_path, agent_bundle, mosquitto.port, source=source,
-                           state_dir=str(state))  # fmt: skip
+                           state_dir=str(state), decisions=FLAPPING)  # fmt: skip
         with agent, running(agent):
             assert wait_until(lambda: len(collector.on(BASE + "event")) >= 2, 15)
             disk = agent.outbox._db = FlakyDisk(agent.outbox._db)
