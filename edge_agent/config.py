@@ -346,6 +346,61 @@ class HealthConfig(StrictModel):
     foundation: Literal["rigid", "flexible"] = "rigid"
 
 
+class BearingConfig(StrictModel):
+    """The monitored bearing and shaft: physics evidence (envelope analysis) beside the model.
+
+    Give `designation` (a catalogue bearing, e.g. "6205") or the four geometry fields; give the
+    shaft speed as `shaft_rpm`, or a search range to estimate it from the spectrum.
+    """
+
+    designation: str | None = Field(None, description="Catalogue bearing, e.g. 6205, 22210.")
+    n_balls: int | None = Field(None, ge=3, le=200)
+    ball_diameter_mm: float | None = Field(None, gt=0)
+    pitch_diameter_mm: float | None = Field(None, gt=0)
+    contact_angle_deg: float = Field(0.0, ge=0, lt=90)
+    shaft_rpm: float | None = Field(None, gt=0, le=100_000, description="Fixed shaft speed.")
+    shaft_search_rpm: tuple[float, float] = Field(
+        (600.0, 3600.0), description="Range the speed is estimated in when shaft_rpm is unset."
+    )
+    follow_evidence: Literal["uncalibrated", "never"] = Field(
+        "uncalibrated",
+        description="While the device head is still the factory head, a clear defect line "
+        "decides the published diagnosis (basis: evidence); never: the model always decides.",
+    )
+
+    @model_validator(mode="after")
+    def _geometry(self) -> BearingConfig:
+        explicit = (self.n_balls, self.ball_diameter_mm, self.pitch_diameter_mm)
+        given = sum(v is not None for v in explicit)
+        if (self.designation is None) == (given == 0) or 0 < given < 3:
+            raise ValueError(
+                "give bearing.designation or all of bearing.n_balls, bearing.ball_diameter_mm "
+                "and bearing.pitch_diameter_mm (not both)"
+            )
+        if self.designation is not None:
+            from edge_agent.evidence import bearing_geometry
+
+            bearing_geometry(self.designation)  # ValueError listing the known designations
+        lo, hi = self.shaft_search_rpm
+        if not 0 < lo < hi:
+            raise ValueError(f"bearing.shaft_search_rpm must be (low, high) > 0, got {lo}, {hi}")
+        return self
+
+    def geometry(self) -> Any:
+        """The BearingGeometry (ValueError naming the known designations for an unknown one)."""
+        from edge_agent.evidence import bearing_geometry
+        from edge_agent.simulator import BearingGeometry
+
+        if self.designation is not None:
+            return bearing_geometry(self.designation)
+        return BearingGeometry(
+            n_balls=self.n_balls,  # type: ignore[arg-type]
+            ball_diameter_mm=self.ball_diameter_mm,  # type: ignore[arg-type]
+            pitch_diameter_mm=self.pitch_diameter_mm,  # type: ignore[arg-type]
+            contact_angle_deg=self.contact_angle_deg,
+        )
+
+
 class AgentConfig(StrictModel):
     """Everything a gateway agent needs; one firmware_configs/*.toml file."""
 
@@ -372,6 +427,7 @@ class AgentConfig(StrictModel):
     outbox: OutboxConfig = OutboxConfig()
     commissioning: CommissioningConfig = CommissioningConfig()
     health: HealthConfig = HealthConfig()
+    bearing: BearingConfig | None = Field(None, description="Off without it: no evidence.")
 
 
 def format_errors(exc: ValidationError) -> list[str]:

@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -100,6 +100,14 @@ class FaultEvent(WireModel):
     head_version: str | None = Field(None, description="Changes with every on-site calibration.")
     window_stats: WindowStats | None = None
     drift_score: float | None = Field(None, ge=0, description="Distance to the training data.")
+    evidence: dict[str, Any] | None = Field(
+        None,
+        description="Envelope-spectrum evidence: shaft_hz, band_hz, strongest class and per "
+        "defect line (bpfo, bpfi, bsf, ftf) its expected Hz, peaks, levels and score in dB.",
+    )
+    basis: Literal["model", "evidence", "both"] | None = Field(
+        None, description="Who decided the state: the model, the physics evidence, or both."
+    )
     message: str = Field("", description="One human-readable line.")
 
 

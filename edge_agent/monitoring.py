@@ -28,6 +28,7 @@ from edge_agent.bundle import Manifest
 from edge_agent.commissioning import Commissioning
 from edge_agent.config import AgentConfig
 from edge_agent.drift import DriftMonitor, DriftReading
+from edge_agent.evidence_stream import EvidenceStream
 from edge_agent.headstore import atomic_write
 from edge_agent.health import HealthParams, HealthReading, HealthTrend, Indicators
 from edge_agent.health import condition_indicators as indicators_of
@@ -81,6 +82,12 @@ class ConditionMonitor:
         )
         self.health_path = Path(cfg.state_dir) / HEALTH_FILE
         self.trend = self._load_trend()
+        self.hop = spec.hop
+        self.evidence = (
+            None if cfg.bearing is None else EvidenceStream(cfg.bearing, spec.sample_rate_hz)
+        )
+        self._fed_evidence = False
+        self._confirmed: str | None = None  # fault state the evidence confirmed (once each)
         self.indicators: Indicators | None = None  # of the latest non-overlapping window
         self.health: HealthReading | None = None
         self.device_drift: DriftReading | None = None
@@ -91,11 +98,16 @@ class ConditionMonitor:
     # ---- per window --------------------------------------------------------------------------
 
     def window(
-        self, raw_g: np.ndarray, emb: np.ndarray, decided_normal: bool, t: float
+        self, raw_g: np.ndarray, emb: np.ndarray, state: str, decided_normal: bool, t: float
     ) -> list[Finding]:
-        """One sensor-valid window: raw (W,) g, raw embedding (D,), whether the head's debounced
-        state and this window's label are the normal class, and its end time (s)."""
+        """One sensor-valid window: raw (W,) g, raw embedding (D,), the debounced state, whether
+        that state and this window's label are the normal class, and its end time (s)."""
         findings: list[Finding] = []
+        if self.evidence is not None:
+            new = raw_g if not self._fed_evidence else raw_g[-self.hop :]
+            self._fed_evidence = True
+            if self.evidence.feed(new, t) is not None:
+                findings += self._evidence_finding(state, decided_normal, t)
         reading = self.commissioning.feed(emb, t)
         if reading is not None:
             self.device_drift = reading
@@ -158,6 +170,46 @@ class ConditionMonitor:
             return []
         del self._alerted[source]
         return [Finding("drift", "info", f"drift cleared ({figures})", reading.score)]
+
+    def _evidence_finding(self, state: str, decided_normal: bool, t: float) -> list[Finding]:
+        """What a clear defect line says about the state: a line while the model says normal
+        (warning), one that points elsewhere than the model's fault (warning), or one that
+        confirms it (info, once per fault episode)."""
+        assert self.evidence is not None
+        clear, latest = self.evidence.clear_class, self.evidence.latest
+        if self._confirmed is not None and self._confirmed != state:
+            self._confirmed = None
+        last = self._alerted.get("evidence")
+        if clear is not None and latest is not None:
+            line = next(ln for ln in latest.lines.values() if ln.fault_class == clear)
+            figures = (
+                f"{line.name.upper()} line {line.score_db:.0f} dB over its background near "
+                f"{line.expected_hz:.1f} Hz"
+            )
+            if clear == state:
+                if self._confirmed == state:
+                    return []
+                self._confirmed = state
+                return [
+                    Finding("evidence", "info", f"envelope spectrum confirms {state}: {figures}")
+                ]
+            if last is not None and t - last < REPEAT_S:
+                return []
+            self._alerted["evidence"] = t
+            said = "normal" if decided_normal else state
+            text = f"envelope spectrum points to {clear} ({figures}) while the model says {said}"
+            return [Finding("evidence", "warning", text)]
+        if clear is None and last is not None:
+            del self._alerted["evidence"]
+            return [
+                Finding("evidence", "info", "the defect line is gone from the envelope spectrum")
+            ]
+        return []
+
+    def evidence_dict(self) -> dict | None:
+        """The latest envelope evidence for an event, or None."""
+        latest = None if self.evidence is None else self.evidence.latest
+        return None if latest is None else latest.to_dict()
 
     def _health_finding(self, raw_g: np.ndarray) -> list[Finding]:
         try:

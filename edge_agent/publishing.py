@@ -41,6 +41,7 @@ class Publishing:
     _source_down: bool
     _shown_state: str | None
     _storage_problem: str | None
+    _basis: str | None
     _interval: IntervalStats
     _rate: float
 
@@ -75,6 +76,8 @@ class Publishing:
         else:
             kind, severity = "state_change", "info" if state == normal else "alarm"
         why = f" ({decision.sanity_reason})" if decision.sanity_reason else ""
+        if self._basis == "evidence" and state not in (SENSOR_FAULT, UNCERTAIN):
+            why = " (decided by the envelope spectrum: this device's head is not calibrated yet)"
         sure = f", confidence {decision.confidence:.2f}" if decision.confidence is not None else ""
         s = check.stats
         names = self.pipe.decisions.class_names
@@ -86,6 +89,8 @@ class Publishing:
             state=state,
             class_name=decision.class_name,
             probabilities={} if probs is None else dict(zip(names, probs.tolist(), strict=True)),
+            evidence=self.pipe.monitor.evidence_dict() if state != SENSOR_FAULT else None,
+            basis=self._basis if state not in (SENSOR_FAULT, UNCERTAIN) else None,
             confidence=decision.confidence,
             window_stats=WindowStats(
                 rms_g=s["rms"],

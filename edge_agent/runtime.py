@@ -47,6 +47,13 @@ class ModelRuntime:
     def spec(self) -> PreprocessSpec:
         return self.manifest.preprocessing.spec()
 
+    @property
+    def factory_head(self) -> bool:
+        """The head's classifier is still the factory's (no operator labels refit it here)."""
+        return np.array_equal(self.head.w2, self.factory.w2) and np.array_equal(
+            self.head.b2, self.factory.b2
+        )
+
 
 def load_runtime(
     cfg: AgentConfig,

@@ -64,6 +64,7 @@ READY_FALLBACK_S = 5.0  # READY=1 even without a window by then (a quiet source)
 FLUSH_TIMEOUT_S = 5.0  # outbox drain at shutdown; well inside systemd's TimeoutStopSec=20
 SOURCE_RETRY_S = (1.0, 60.0)  # first and longest wait before restarting a failed source
 SOURCE_STOP_S = 2.0  # a source that takes longer to stop (driver blocked) is abandoned
+EVIDENCE_CONFIDENCE = 0.9  # what a clear defect line (10 dB, 3 readings in a row) stands for
 
 
 class Agent(CommandHandlers, Publishing):
@@ -93,6 +94,7 @@ class Agent(CommandHandlers, Publishing):
         self._retry_wait = SOURCE_RETRY_S[0]
         self._shown_state: str | None = None  # state published outside the DecisionMachine
         self._storage_problem: str | None = None  # as last announced in a `storage` event
+        self._basis: str | None = None  # who decided the latest window (model/evidence/both)
         self._last_data_at = time.monotonic()  # when the source last delivered samples
         self._awaiting_data = False  # restarted after a failure, no samples yet
         self.source_abandoned = False  # a source's driver blocked its stop (see _stop_source)
@@ -347,7 +349,8 @@ class Agent(CommandHandlers, Publishing):
             self._interval.add_window(check.stats)
             t_end = float(pipe.batch_t[i])
             if check.ok:
-                decision = pipe.decisions.update(probs[j], sanity_ok=True, t=t_end)
+                steered = self._steer(probs[j])
+                decision = pipe.decisions.update(steered, sanity_ok=True, t=t_end)
                 codes[j] = pipe.label_codes[decision.label]
                 self._monitor(decision, pipe.batch[i], emb[j])
                 row = probs[j]
@@ -361,6 +364,21 @@ class Agent(CommandHandlers, Publishing):
         if ok:
             pipe.log.append(emb, pipe.batch_t[ok], codes)
         self.windows_total += n
+
+    def _steer(self, probs: np.ndarray) -> np.ndarray:
+        """The probabilities the decisions see: the model's, or, where a clear defect line
+        disagrees with an uncalibrated head, EVIDENCE_CONFIDENCE on the line's class."""
+        evidence = self.pipe.monitor.evidence
+        if evidence is None:
+            self._basis = None
+            return probs
+        names = self.pipe.decisions.class_names
+        self._basis, override = evidence.basis(names[int(probs.argmax())], self.model.factory_head)
+        if override is None or override not in names:
+            return probs
+        steered = np.full_like(probs, (1.0 - EVIDENCE_CONFIDENCE) / (len(probs) - 1))
+        steered[names.index(override)] = EVIDENCE_CONFIDENCE
+        return steered
 
     def _announce(self, decision: Decision, probs: np.ndarray | None, check: SanityResult) -> None:
         """Publish a state change, unless this hour's event budget is spent (then it is counted
@@ -379,12 +397,14 @@ class Agent(CommandHandlers, Publishing):
         """Commissioning, drift and health of one valid window; their findings as events."""
         normal = self.pipe.decisions.normal_class
         decided_normal = decision.state == normal and decision.label == normal
-        for finding in self.pipe.monitor.window(window, emb, decided_normal, decision.t):
+        findings = self.pipe.monitor.window(window, emb, decision.state, decided_normal, decision.t)
+        for finding in findings:
             event = self._event(
                 finding.kind,
                 finding.severity,
                 state=self.pipe.decisions.state,
                 drift_score=None if finding.drift_score is None else max(finding.drift_score, 0),
+                evidence=self.pipe.monitor.evidence_dict() if finding.kind == "evidence" else None,
                 message=finding.message,
             )
             self._publish(event)
