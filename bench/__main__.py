@@ -10,6 +10,7 @@ BENCHES = {
     "throughput": "bench.throughput",
     "latency": "bench.latency",
     "agent": "bench.agent",
+    "device": "bench.device",
 }
 
 

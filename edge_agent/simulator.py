@@ -376,3 +376,48 @@ def simulate(
         raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
     sim = BearingSimulator(conditions, sample_rate_hz=sample_rate_hz, seed=seed)
     return sim.read(round(duration_s * sample_rate_hz))
+
+
+def run_to_failure_severity(life_fraction: float, final: float = 0.5, growth: float = 6.0) -> float:
+    """Defect severity over a life: 0 in the first half, then exponential growth to `final`."""
+    if life_fraction < 0.5:
+        return 0.0
+    u = (life_fraction - 0.5) / 0.5
+    return final * math.expm1(growth * u) / math.expm1(growth)
+
+
+def simulate_run_to_failure(
+    seed: int,
+    fault: Fault,
+    steps: int = 800,
+    *,
+    snapshot: int = 1024,
+    sample_rate_hz: int = 12_000,
+    final_severity: float = 0.5,
+    growth: float = 6.0,
+) -> np.ndarray:
+    """A bearing's life as one short snapshot per time step: float32 (steps, snapshot) in g.
+
+    Healthy for the first half, then `fault` with severity `run_to_failure_severity(step /
+    steps)`; speed (1797 rpm +- 1 %), load (0.5 +- 0.05) and the sensor noise floor vary a little
+    from step to step. Snapshots, not a continuous multi-hour stream: what a trend sees.
+    """
+    if steps < 1 or snapshot < 1:
+        raise ValueError(
+            f"simulate_run_to_failure needs steps >= 1 and snapshot >= 1, got {steps=}, {snapshot=}"
+        )
+    rng = np.random.default_rng(seed + 1000)
+    sim = BearingSimulator(Conditions(severity=0.0), sample_rate_hz, seed=seed)
+    out = np.empty((steps, snapshot), dtype=np.float32)
+    for step in range(steps):
+        sim.set_conditions(
+            Conditions(
+                rpm=1797.0 * (1 + 0.01 * rng.standard_normal()),
+                load=float(np.clip(0.5 + 0.05 * rng.standard_normal(), 0, 1)),
+                fault=fault if step >= steps // 2 else "normal",
+                severity=run_to_failure_severity(step / steps, final_severity, growth),
+                noise_floor_g=0.002 * (1 + 0.2 * rng.random()),
+            )
+        )
+        out[step] = sim.read(snapshot)
+    return out

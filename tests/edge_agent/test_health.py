@@ -26,7 +26,8 @@ from edge_agent.health import (
     condition_indicators,
     iso_zone,
 )
-from edge_agent.simulator import BearingSimulator, Conditions
+from edge_agent.simulator import BearingSimulator, Conditions, simulate_run_to_failure
+from edge_agent.simulator import run_to_failure_severity as severity_at
 
 FS = 12_000
 N = 1024  # the agent's window: 85 ms at 12 kHz
@@ -218,33 +219,10 @@ def test_params_name_the_bad_field(kwargs, match):
 LIFE_STEPS = 800  # snapshots over a life; commissioning takes the first 200 (25 %)
 
 
-def severity_at(life_fraction: float, final: float = 0.5, growth: float = 6.0) -> float:
-    """0 in the healthy first half, then exponential growth from 0 to `final` at end of life."""
-    if life_fraction < 0.5:
-        return 0.0
-    u = (life_fraction - 0.5) / 0.5
-    return final * math.expm1(growth * u) / math.expm1(growth)
-
-
 @cache
 def simulate_life(seed: int, fault: str, steps: int = LIFE_STEPS) -> tuple[Indicators, ...]:
-    """One 1024-sample snapshot per step; speed, load and sensor noise vary a little."""
-    rng = np.random.default_rng(seed + 1000)
-    sim = BearingSimulator(Conditions(severity=0.0), FS, seed=seed)
-    out = []
-    for step in range(steps):
-        severity = severity_at(step / steps)
-        sim.set_conditions(
-            Conditions(
-                rpm=1797.0 * (1 + 0.01 * rng.standard_normal()),
-                load=float(np.clip(0.5 + 0.05 * rng.standard_normal(), 0, 1)),
-                fault=fault if step >= steps // 2 else "normal",
-                severity=severity,
-                noise_floor_g=0.002 * (1 + 0.2 * rng.random()),
-            )
-        )
-        out.append(condition_indicators(sim.read(N), FS))
-    return tuple(out)
+    """Indicators of each snapshot of `simulate_run_to_failure` (cached: tests share lives)."""
+    return tuple(condition_indicators(x, FS) for x in simulate_run_to_failure(seed, fault, steps))
 
 
 def run(trend: HealthTrend, stream) -> list:
