@@ -70,6 +70,12 @@ class Thresholds(StrictModel):
     drift_score: float = Field(
         3.0, gt=0, description="Drift score above this raises a drift event."
     )
+    unknown_above: float | None = Field(
+        None,
+        gt=0,
+        description="Open-set score above this -> `unknown` (unlike every trained class); "
+        "None: no open-set decision (bundles from before it existed).",
+    )
 
 
 class Quantization(StrictModel):

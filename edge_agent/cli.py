@@ -463,6 +463,27 @@ def renormalize(
 
 
 @app.command()
+def commission(config: ConfigOption) -> None:
+    """Learn this device's normal again at the agent's next start (after a repair or a bearing
+    change); a running agent does it at once on the `commission` MQTT command."""
+    from edge_agent.commissioning import BASELINE_FILE
+    from edge_agent.monitoring import HEALTH_FILE
+
+    cfg = _load(config)
+    removed = []
+    for name in (BASELINE_FILE, HEALTH_FILE):
+        path = cfg.state_dir / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    what = f"removed {', '.join(removed)}" if removed else "no baseline stored yet"
+    typer.echo(
+        f"{what}; the agent learns this device's normal for {cfg.commissioning.period_s:.0f} s "
+        "from its next start: keep the machine in normal operation then"
+    )
+
+
+@app.command()
 def heads(config: ConfigOption) -> None:
     """List the device's head versions (the current one is marked *)."""
     cfg = _load(config)

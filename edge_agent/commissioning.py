@@ -9,6 +9,11 @@ period is over and at least `min_windows` were seen, the baseline is stored in
 `state_dir/baseline.npz` (atomic; raw encoder space, so head calibrations do not invalidate it;
 a new bundle model version does) and a `DriftMonitor` scores the recent windows against it,
 whatever class the head gives them.
+
+The open-set scores of the same windows set this device's own `unknown_above`: windows of a
+machine the model never saw sit farther from the training classes than the training windows
+did, so the bundle's threshold alone would call the device's own normal "unknown". The device's
+threshold is `UNKNOWN_MARGIN` x the `UNKNOWN_QUANTILE` of its commissioning scores.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from edge_agent.headstore import atomic_write
 logger = logging.getLogger(__name__)
 
 BASELINE_FILE = "baseline.npz"
+UNKNOWN_QUANTILE = 0.995
+UNKNOWN_MARGIN = 1.2
 DEVICE = "device-baseline"  # the monitor's one "class"
 
 
@@ -40,6 +47,7 @@ class Baseline:
     count: int
     model_version: str
     created: float  # unix time
+    unknown_above: float | None = None  # this device's open-set threshold
 
     def stats(self) -> ClassStats:
         return ClassStats(count=self.count, mean=self.mean.tolist(), cov=self.cov.tolist())
@@ -107,13 +115,18 @@ class Commissioning:
 
     # ---- windows -----------------------------------------------------------------------------
 
-    def feed(self, emb: np.ndarray, t: float) -> DriftReading | None:
-        """One valid window's raw embedding (D,) at window-end time t (s)."""
+    def feed(
+        self, emb: np.ndarray, t: float, unknown_score: float | None = None
+    ) -> DriftReading | None:
+        """One valid window's raw embedding (D,) at window-end time t (s), and its open-set
+        score when the bundle has one."""
         self._seen += 1
         if self._seen % self.stride:
             return None
         x = np.asarray(emb, dtype=np.float64)
         if self.learning:
+            if unknown_score is not None:
+                self._scores.append(float(unknown_score))
             self._learn(x, t)
         if self.monitor is None:
             return None
@@ -128,7 +141,12 @@ class Commissioning:
         if t - self.started_at >= self.period_s and self._n >= self.min_windows:
             mean = self._sum / self._n
             cov = (self._outer - self._n * np.outer(mean, mean)) / (self._n - 1)
-            self._use(Baseline(mean, cov, self._n, self.model_version, time.time()))
+            unknown_above = (
+                UNKNOWN_MARGIN * float(np.quantile(self._scores, UNKNOWN_QUANTILE))
+                if len(self._scores) >= self.min_windows
+                else None
+            )
+            self._use(Baseline(mean, cov, self._n, self.model_version, time.time(), unknown_above))
             self._save()
             logger.info("commissioning done: baseline of %d windows stored in %s", self._n,
                         self.path)  # fmt: skip
@@ -138,6 +156,7 @@ class Commissioning:
     # ---- internals ---------------------------------------------------------------------------
 
     def _reset_sums(self) -> None:
+        self._scores: list[float] = []
         self._n = 0
         self._sum = np.zeros(self.dim)
         self._outer = np.zeros((self.dim, self.dim))
@@ -152,7 +171,8 @@ class Commissioning:
         b = self.baseline
         buffer = io.BytesIO()
         np.savez(buffer, mean=b.mean, cov=b.cov, count=b.count, created=b.created,
-                 model_version=np.array(b.model_version))  # fmt: skip
+                 model_version=np.array(b.model_version),
+                 unknown_above=np.nan if b.unknown_above is None else b.unknown_above)  # fmt: skip
         try:
             atomic_write(self.path, buffer.getvalue())
         except OSError as exc:  # a full disk: the baseline still works until the next restart
@@ -164,9 +184,11 @@ class Commissioning:
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 version = str(data["model_version"])
+                unknown = float(data["unknown_above"]) if "unknown_above" in data else np.nan
                 baseline = Baseline(
-                    data["mean"], data["cov"], int(data["count"]), version, float(data["created"])
-                )
+                    data["mean"], data["cov"], int(data["count"]), version, float(data["created"]),
+                    None if np.isnan(unknown) else unknown,
+                )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("commissioning: ignoring unreadable %s (%s)", self.path, exc)
             return

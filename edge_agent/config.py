@@ -244,6 +244,13 @@ class InferenceConfig(StrictModel):
     uncertain_below: float | None = Field(
         None, gt=0, lt=1, description="Override the bundle's threshold; None = bundle's."
     )
+    unknown_above: float | None = Field(
+        None,
+        gt=0,
+        description="Fixed open-set score above which a window is `unknown`. None: the larger "
+        "of the bundle's and this device's own, learned at commissioning (no open-set decision "
+        "before commissioning, or when the bundle has no threshold).",
+    )
 
     @model_validator(mode="after")
     def _combination(self) -> InferenceConfig:

@@ -205,11 +205,18 @@ class DecisionMachine:
         sanity_ok: bool,
         sanity_reason: str | None = None,
         t: float,
+        novel: bool = False,
     ) -> Decision:
-        """Add one window: probabilities (C,) from the head, its sanity verdict and time (s)."""
+        """Add one window: probabilities (C,) from the head, its sanity verdict and time (s).
+
+        novel: the open-set score says the window is unlike every trained class; it is labeled
+        `unknown`, which becomes the state only when it persists, like `uncertain`.
+        """
         class_name, confidence = self._top_class(probabilities, strict=sanity_ok)
         if not sanity_ok:
             label = top = SENSOR_FAULT
+        elif novel:
+            label = top = UNKNOWN
         else:
             assert class_name is not None and confidence is not None  # strict check passed
             label = UNCERTAIN if confidence < self.uncertain_below else class_name
@@ -292,7 +299,7 @@ class DecisionMachine:
             return False
         if self._since is not None and t - self._since < self.min_dwell_s:
             return False
-        history = self._unsure if label == UNCERTAIN else self._tops
+        history = self._unsure if label in (UNCERTAIN, UNKNOWN) else self._tops
         assert self._first_t is not None  # set by _add
         if t - self._first_t < history.span_s or history.share(label) < self.hold_fraction:
             return False

@@ -39,6 +39,7 @@ from edge_agent.sources.replay import ReplaySource
 logger = logging.getLogger(__name__)
 
 UNCERTAIN_CODE = -1  # label code of a window the head was not sure about
+UNKNOWN_CODE = -2  # label code of a window unlike every trained class (open set)
 CALIBRATION_SET_FILE = "calibration_set.npz"
 MAX_CALIBRATION_ROWS = 50_000  # oldest rows go first beyond this
 

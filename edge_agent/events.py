@@ -105,6 +105,9 @@ class FaultEvent(WireModel):
         description="Envelope-spectrum evidence: shaft_hz, band_hz, strongest class and per "
         "defect line (bpfo, bpfi, bsf, ftf) its expected Hz, peaks, levels and score in dB.",
     )
+    unknown_score: float | None = Field(
+        None, ge=0, description="Open-set score: distance to the nearest trained class."
+    )
     basis: Literal["model", "evidence", "both"] | None = Field(
         None, description="Who decided the state: the model, the physics evidence, or both."
     )

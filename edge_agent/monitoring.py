@@ -97,8 +97,22 @@ class ConditionMonitor:
 
     # ---- per window --------------------------------------------------------------------------
 
+    def unknown_threshold(self, bundle_threshold: float | None) -> float | None:
+        """The open-set threshold in force: None (no open-set decision) until this device is
+        commissioned, then the larger of the bundle's and the device's own."""
+        baseline = self.commissioning.baseline
+        if bundle_threshold is None or baseline is None or baseline.unknown_above is None:
+            return None
+        return max(bundle_threshold, baseline.unknown_above)
+
     def window(
-        self, raw_g: np.ndarray, emb: np.ndarray, state: str, decided_normal: bool, t: float
+        self,
+        raw_g: np.ndarray,
+        emb: np.ndarray,
+        state: str,
+        decided_normal: bool,
+        t: float,
+        unknown_score: float | None = None,
     ) -> list[Finding]:
         """One sensor-valid window: raw (W,) g, raw embedding (D,), the debounced state, whether
         that state and this window's label are the normal class, and its end time (s)."""
@@ -108,7 +122,7 @@ class ConditionMonitor:
             self._fed_evidence = True
             if self.evidence.feed(new, t) is not None:
                 findings += self._evidence_finding(state, decided_normal, t)
-        reading = self.commissioning.feed(emb, t)
+        reading = self.commissioning.feed(emb, t, unknown_score)
         if reading is not None:
             self.device_drift = reading
             findings += self._drift_finding("device", reading, t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,8 @@ class Publishing:
     _shown_state: str | None
     _storage_problem: str | None
     _basis: str | None
+    _unknown_score: float | None
+    _unknown_threshold: Callable[[], float | None]
     _interval: IntervalStats
     _rate: float
 
@@ -69,15 +72,19 @@ class Publishing:
         if previous == UNKNOWN and self._shown_state is not None:
             previous = self._shown_state  # what subscribers saw last (e.g. a source failure)
         self._shown_state = None
+        why = f" ({decision.sanity_reason})" if decision.sanity_reason else ""
         if state == SENSOR_FAULT:
             kind, severity = "sensor_fault", "warning"
         elif state == UNCERTAIN:
             kind, severity = "uncertain", "warning"
+        elif state == UNKNOWN:  # the open set: unlike every class the bundle was trained on
+            kind, severity = "state_change", "warning"
+            threshold = self._unknown_threshold()
+            why = f" (unlike every trained class: unknown score above {threshold:.2f})"
         else:
             kind, severity = "state_change", "info" if state == normal else "alarm"
-        why = f" ({decision.sanity_reason})" if decision.sanity_reason else ""
-        if self._basis == "evidence" and state not in (SENSOR_FAULT, UNCERTAIN):
-            why = " (decided by the envelope spectrum: this device's head is not calibrated yet)"
+            if self._basis == "evidence":
+                why = " (decided by the envelope spectrum: the head is not calibrated here yet)"
         sure = f", confidence {decision.confidence:.2f}" if decision.confidence is not None else ""
         s = check.stats
         names = self.pipe.decisions.class_names
@@ -91,6 +98,7 @@ class Publishing:
             probabilities={} if probs is None else dict(zip(names, probs.tolist(), strict=True)),
             evidence=self.pipe.monitor.evidence_dict() if state != SENSOR_FAULT else None,
             basis=self._basis if state not in (SENSOR_FAULT, UNCERTAIN) else None,
+            unknown_score=self._unknown_score if state != SENSOR_FAULT else None,
             confidence=decision.confidence,
             window_stats=WindowStats(
                 rms_g=s["rms"],

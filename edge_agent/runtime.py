@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.agent_log import logger
 from edge_agent.backends import Backend, load_backend
 from edge_agent.bundle import Manifest, load_bundle
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
-from edge_agent.decisions import UNCERTAIN, DecisionMachine
+from edge_agent.decisions import UNCERTAIN, UNKNOWN, DecisionMachine
 from edge_agent.embedding_log import (
     CALIBRATION_SET_FILE,
     UNCERTAIN_CODE,
+    UNKNOWN_CODE,
     CalibrationSet,
     EmbeddingLog,
 )
@@ -28,6 +30,7 @@ from edge_agent.event_limit import EventLimiter
 from edge_agent.head import Head
 from edge_agent.headstore import HeadStore
 from edge_agent.monitoring import ConditionMonitor
+from edge_agent.openset import OpenSetScorer
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.ringbuffer import WindowBuffer
 
@@ -102,6 +105,8 @@ class Pipeline:
     spec: PreprocessSpec
     buffer: WindowBuffer
     decisions: DecisionMachine
+    openset: OpenSetScorer | None  # unknown score of a window (None: no open-set decision)
+    unknown_above: float | None
     limiter: EventLimiter  # state-change events per hour (a storm becomes one summary)
     monitor: ConditionMonitor  # commissioning, drift and health of the channel
     log: EmbeddingLog
@@ -117,6 +122,13 @@ def build_pipeline(cfg: AgentConfig, model: ModelRuntime) -> Pipeline:
     manifest, spec = model.manifest, model.spec
     names = manifest.class_names
     d = cfg.decisions
+    unknown_above = cfg.inference.unknown_above or manifest.thresholds.unknown_above
+    openset = None
+    if unknown_above is not None:
+        try:
+            openset = OpenSetScorer(manifest.reference_stats)
+        except ValueError as exc:
+            logger.warning("open-set decisions off: %s", exc)
     decisions = DecisionMachine(
         manifest.class_names,
         manifest.normal_class,
@@ -135,6 +147,8 @@ def build_pipeline(cfg: AgentConfig, model: ModelRuntime) -> Pipeline:
         spec=spec,
         buffer=WindowBuffer.from_spec(spec, capacity_windows=capacity),
         decisions=decisions,
+        openset=openset,
+        unknown_above=unknown_above if openset is not None else None,
         limiter=EventLimiter(manifest.normal_class, d.max_events_per_hour),
         monitor=ConditionMonitor(cfg, manifest, stride=max(1, math.ceil(spec.window / spec.hop))),
         log=EmbeddingLog(cfg.embedding_log_rows, manifest.embedding_dim),
@@ -147,5 +161,9 @@ def build_pipeline(cfg: AgentConfig, model: ModelRuntime) -> Pipeline:
         batch=np.zeros((batch, spec.window), dtype=np.float32),
         batch_t=np.zeros(batch),
         no_probabilities=np.zeros(len(manifest.class_names)),
-        label_codes={UNCERTAIN: UNCERTAIN_CODE, **{c: i for i, c in enumerate(names)}},
+        label_codes={
+            UNCERTAIN: UNCERTAIN_CODE,
+            UNKNOWN: UNKNOWN_CODE,
+            **{c: i for i, c in enumerate(names)},
+        },
     )

@@ -95,6 +95,7 @@ class Agent(CommandHandlers, Publishing):
         self._shown_state: str | None = None  # state published outside the DecisionMachine
         self._storage_problem: str | None = None  # as last announced in a `storage` event
         self._basis: str | None = None  # who decided the latest window (model/evidence/both)
+        self._unknown_score: float | None = None  # open-set score of the latest window
         self._last_data_at = time.monotonic()  # when the source last delivered samples
         self._awaiting_data = False  # restarted after a failure, no samples yet
         self.source_abandoned = False  # a source's driver blocked its stop (see _stop_source)
@@ -334,7 +335,7 @@ class Agent(CommandHandlers, Publishing):
             for i in range(n)
         ]
         ok = [i for i, c in enumerate(checks) if c.ok]
-        emb = probs = None
+        emb = probs = unknown = None
         codes = np.empty(len(ok), dtype=np.int16)  # label code of each embedded window
         if ok:
             x = normalize(
@@ -344,13 +345,18 @@ class Agent(CommandHandlers, Publishing):
             emb = model.backend.embed(x)
             self._interval.add_inference((time.perf_counter() - start) * 1000 / len(ok))
             probs = model.head.probabilities(emb)
+            if pipe.openset is not None:
+                unknown = pipe.openset.score(model.head.adapt(emb))
         j = 0
         for i, check in enumerate(checks):
             self._interval.add_window(check.stats)
             t_end = float(pipe.batch_t[i])
             if check.ok:
                 steered = self._steer(probs[j])
-                decision = pipe.decisions.update(steered, sanity_ok=True, t=t_end)
+                threshold = self._unknown_threshold()
+                novel = unknown is not None and threshold is not None and unknown[j] > threshold
+                self._unknown_score = None if unknown is None else float(unknown[j])
+                decision = pipe.decisions.update(steered, sanity_ok=True, t=t_end, novel=novel)
                 codes[j] = pipe.label_codes[decision.label]
                 self._monitor(decision, pipe.batch[i], emb[j])
                 row = probs[j]
@@ -364,6 +370,17 @@ class Agent(CommandHandlers, Publishing):
         if ok:
             pipe.log.append(emb, pipe.batch_t[ok], codes)
         self.windows_total += n
+
+    def _unknown_threshold(self) -> float | None:
+        """The config's fixed threshold, else the commissioned one (see monitoring)."""
+        if self.pipe.openset is None:
+            return None
+        fixed = self.cfg.inference.unknown_above
+        return (
+            fixed
+            if fixed is not None
+            else self.pipe.monitor.unknown_threshold(self.pipe.unknown_above)
+        )
 
     def _steer(self, probs: np.ndarray) -> np.ndarray:
         """The probabilities the decisions see: the model's, or, where a clear defect line
@@ -397,7 +414,9 @@ class Agent(CommandHandlers, Publishing):
         """Commissioning, drift and health of one valid window; their findings as events."""
         normal = self.pipe.decisions.normal_class
         decided_normal = decision.state == normal and decision.label == normal
-        findings = self.pipe.monitor.window(window, emb, decision.state, decided_normal, decision.t)
+        findings = self.pipe.monitor.window(
+            window, emb, decision.state, decided_normal, decision.t, self._unknown_score
+        )
         for finding in findings:
             event = self._event(
                 finding.kind,

@@ -65,6 +65,7 @@ class Checkpoint(BaseModel):
     provenance: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     reference_stats: dict[str, Any] = {}
+    open_set: dict[str, Any] = {}
 
 
 @dataclass
@@ -226,7 +227,10 @@ def export_bundle(
     name = _check_name("--name", options.name or f"faultwatch-{run.checkpoint.encoder.name}")
     version = _check_name("--version", options.version or default_version())
     try:
-        thresholds = Thresholds(uncertain_below=options.uncertain_below)
+        thresholds = Thresholds(
+            uncertain_below=options.uncertain_below,
+            unknown_above=run.checkpoint.open_set.get("unknown_above"),
+        )
     except ValidationError as exc:
         raise ExportError(
             f"--uncertain-below {options.uncertain_below}: {_field_errors(exc)}"

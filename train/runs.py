@@ -76,6 +76,24 @@ def reference_stats(
     return stats
 
 
+def open_set(
+    model: Classifier, split: Split, stats: dict[str, dict[str, Any]], quantile: float = 0.99
+) -> dict[str, Any]:
+    """The bundle's open-set threshold: the `quantile` of the unknown score (edge_agent.openset)
+    on validation windows of the known classes (labeled windows when there is no validation
+    part). Empty when fewer than two classes have statistics."""
+    from edge_agent.bundle import ClassStats
+    from edge_agent.openset import OpenSetScorer, threshold_for
+
+    try:
+        scorer = OpenSetScorer({k: ClassStats(**v) for k, v in stats.items()})
+    except ValueError:
+        return {}
+    x = split.val.x if len(split.val.x) >= 10 else split.labeled.x
+    scores = scorer.score(model.embed(x))
+    return {"unknown_above": threshold_for(scores, quantile), "quantile": quantile, "n": len(x)}
+
+
 def calibration_windows(split: Split, seed: int) -> np.ndarray:
     """Representative windows for INT8 calibration: labeled plus pool windows over all records."""
     pool = split.pool.windows(limit=CALIBRATION_WINDOWS)
@@ -95,6 +113,7 @@ def save_run(
     """Write finetuned.pt, calibration.npz, heldout.npz, split.json and metrics.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     head = model.head.cpu().to_numpy(model.temperature)
+    stats = reference_stats(model, split)
     checkpoint = run_dir / FINETUNED
     torch.save(
         {
@@ -113,7 +132,8 @@ def save_run(
             "config": cfg.model_dump(mode="json"),
             "provenance": provenance,
             "metrics": metrics,
-            "reference_stats": reference_stats(model, split),
+            "reference_stats": stats,
+            "open_set": open_set(model, split, stats),
             "task_heads": task_heads(model),
         },
         checkpoint,

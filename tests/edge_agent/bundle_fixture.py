@@ -50,6 +50,8 @@ def simulated_windows(fault: str, seconds: float, run_seed: int) -> np.ndarray:
 
 
 def _train_checkpoint() -> dict[str, Any]:
+    from edge_agent.bundle import ClassStats
+    from edge_agent.openset import OpenSetScorer, threshold_for
     from tests.tiny_model import class_stats, embed, train_tiny
 
     rng = np.random.default_rng(0)
@@ -66,6 +68,8 @@ def _train_checkpoint() -> dict[str, Any]:
     accuracy = float((numpy_head.logits(emb).argmax(1) == y).mean())
     assert accuracy > 0.95, f"bundle fixture model too weak: {accuracy:.2f}"
     stats = class_stats(emb, y, CLASS_NAMES)
+    scorer = OpenSetScorer({k: ClassStats(**v) for k, v in stats.items()})
+    unknown_above = threshold_for(scorer.score(emb), 0.99)
     return {
         "checkpoint": {
             "kind": "finetuned",
@@ -86,6 +90,7 @@ def _train_checkpoint() -> dict[str, Any]:
             "provenance": {"data": "simulator (agent tests)", "seed": SEED},
             "metrics": {"train_accuracy": accuracy},
             "reference_stats": stats,
+            "open_set": {"unknown_above": unknown_above, "quantile": 0.99},
         },
         "calibration": x[rng.choice(len(x), 96, replace=False)],
         "heldout": (x[::3], y[::3]),

@@ -41,7 +41,10 @@ def agent_bundle(request, tmp_path_factory) -> Path:
     return agent_bundle_folder(request, tmp_path_factory)
 
 
-COMMANDS = ["run", "check-config", "verify-bundle", "calibrate", "renormalize", "heads", "rollback"]
+COMMANDS = [
+    "run", "check-config", "verify-bundle", "calibrate", "renormalize", "heads", "rollback",
+    "commission",
+]  # fmt: skip
 runner = CliRunner()
 
 
@@ -387,3 +390,15 @@ def test_recordings_carry_their_rate_and_are_resampled(tmp_path, agent_bundle):
     assert "3 windows from 1 file(s)" in few.output, few.output
     clash = runner.invoke(app, [*args, "--rate-hz", "12000"])
     assert clash.exit_code == 1 and "48000 Hz" in clash.stderr
+
+
+def test_commission_forgets_the_baseline_so_the_next_start_learns_again(tmp_path, agent_bundle):
+    config = replay_config(tmp_path, agent_bundle)
+    state = tmp_path / "dev" / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "baseline.npz").write_bytes(b"old")
+    (state / "health.json").write_text("{}")
+    result = runner.invoke(app, ["commission", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "removed baseline.npz, health.json" in result.output and "600 s" in result.output
+    assert not (state / "baseline.npz").exists() and not (state / "health.json").exists()

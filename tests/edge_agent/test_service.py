@@ -365,6 +365,10 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
                 == 1 + (2 * SAMPLE_RATE_HZ - WINDOW) // HOP
             )
             assert by_file["data"]["head_version"] == 4
+            again = send(collector, "commission", {"id": "m1"})
+            assert again["ok"] and "learning this device's normal" in again["message"]
+            status = send(collector, "status", {"id": "s4"})["data"]
+            assert status["condition"]["learning"] is True
             missing = send(
                 collector, "calibrate", {"id": "f2", "label": "normal", "files": ["/no/such.wav"]}
             )

@@ -75,6 +75,7 @@ def train_fixture_model(seed: int = 0, steps: int = 40) -> dict:
         "provenance": {"data": "synthetic sines (tests)", "split": "by seed", "seed": seed},
         "metrics": {"test_accuracy": accuracy},
         "reference_stats": stats,
+        "open_set": {"unknown_above": 2.5, "quantile": 0.99},
     }
     calib_idx = rng.choice(len(train_x), 128, replace=False)
     return {

@@ -25,6 +25,7 @@ def test_bundle_verifies_and_describes_the_model(exported, run_dir):
     assert manifest.preprocessing.normalization == "zscore"
     assert manifest.embedding_dim == 32
     assert manifest.thresholds.uncertain_below == 0.7
+    assert manifest.thresholds.unknown_above == 2.5  # the run's open-set threshold, carried
     assert [(e.format, e.file) for e in manifest.encoders] == [
         ("fp32.onnx", "encoder.fp32.onnx"),
         ("int8.onnx", "encoder.int8.onnx"),

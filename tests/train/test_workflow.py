@@ -63,6 +63,7 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
         assert (run_dir / name).is_file(), name
     state = torch.load(run_dir / "finetuned.pt", weights_only=False)
     assert state["class_names"] == ["normal", "inner_race", "outer_race", "ball"]
+    assert state["open_set"]["unknown_above"] > 0 and state["open_set"]["quantile"] == 0.99
     assert state["preprocess"]["window"] == 512 and state["head"]["w1"].shape == (16, 64)
     assert state["encoder"] == {
         "name": "cnn",
