@@ -189,6 +189,7 @@ class DecisionMachine:
         """Back to "unknown" with no window history (e.g. after a new head is installed)."""
         self._labels.clear()
         self._counts.clear()
+        self._prompt: str | None = None  # this window's label, when evidence decided it
         self._tops.clear()
         self._unsure.clear()
         self._state, self._since = UNKNOWN, None
@@ -206,11 +207,14 @@ class DecisionMachine:
         sanity_reason: str | None = None,
         t: float,
         novel: bool = False,
+        prompt: bool = False,
     ) -> Decision:
         """Add one window: probabilities (C,) from the head, its sanity verdict and time (s).
 
         novel: the open-set score says the window is unlike every trained class; it is labeled
         `unknown`, which becomes the state only when it persists, like `uncertain`.
+        prompt: this window's class comes from independent physical evidence (a clear defect
+        line overruling an uncalibrated head): it may take over after k of n, without the dwell.
         """
         class_name, confidence = self._top_class(probabilities, strict=sanity_ok)
         if not sanity_ok:
@@ -221,6 +225,7 @@ class DecisionMachine:
             assert class_name is not None and confidence is not None  # strict check passed
             label = UNCERTAIN if confidence < self.uncertain_below else class_name
             top = class_name
+        self._prompt = label if prompt and sanity_ok and not novel else None
         self._add(label, top, float(t))
 
         previous = self._state
@@ -274,7 +279,7 @@ class DecisionMachine:
 
     def _may_enter(self, label: str, t: float) -> bool:
         """Whether `label`, already k of the last n, may replace the current state now."""
-        if label == SENSOR_FAULT:
+        if label in (SENSOR_FAULT, self._prompt):
             return True
         in_sensor_fault = self._state == SENSOR_FAULT
         if in_sensor_fault and self._counts[label] < self.k_exit:

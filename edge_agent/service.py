@@ -356,7 +356,9 @@ class Agent(CommandHandlers, Publishing):
                 threshold = self._unknown_threshold()
                 novel = unknown is not None and threshold is not None and unknown[j] > threshold
                 self._unknown_score = None if unknown is None else float(unknown[j])
-                decision = pipe.decisions.update(steered, sanity_ok=True, t=t_end, novel=novel)
+                decision = pipe.decisions.update(
+                    steered, sanity_ok=True, t=t_end, novel=novel, prompt=self._basis == "evidence"
+                )
                 codes[j] = pipe.label_codes[decision.label]
                 self._monitor(decision, pipe.batch[i], emb[j])
                 row = probs[j]
@@ -383,14 +385,18 @@ class Agent(CommandHandlers, Publishing):
         )
 
     def _steer(self, probs: np.ndarray) -> np.ndarray:
-        """The probabilities the decisions see: the model's, or, where a clear defect line
-        disagrees with an uncalibrated head, EVIDENCE_CONFIDENCE on the line's class."""
+        """The probabilities the decisions see: the model's; EVIDENCE_CONFIDENCE on the line's
+        class where a clear defect line disagrees with an uncalibrated head (the evidence
+        decides) or agrees with an unsure model (the evidence confirms)."""
         evidence = self.pipe.monitor.evidence
         if evidence is None:
             self._basis = None
             return probs
         names = self.pipe.decisions.class_names
-        self._basis, override = evidence.basis(names[int(probs.argmax())], self.model.factory_head)
+        top = int(probs.argmax())
+        self._basis, override = evidence.basis(names[top], self.model.factory_head)
+        if self._basis == "both" and probs[top] < EVIDENCE_CONFIDENCE:
+            override = names[top]
         if override is None or override not in names:
             return probs
         steered = np.full_like(probs, (1.0 - EVIDENCE_CONFIDENCE) / (len(probs) - 1))

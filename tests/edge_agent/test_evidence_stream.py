@@ -109,3 +109,26 @@ def test_an_uncalibrated_head_that_misses_the_fault_is_overruled_by_a_clear_line
     assert ("outer_race", "evidence") in states
     fault = next(e for e in agent.link.events if e.state == "outer_race")
     assert "decided by the envelope spectrum" in fault.message
+
+
+def test_a_clear_line_corrects_a_wrong_fault_class_at_once(tmp_path, agent_bundle):
+    """An uncalibrated head calls an outer-race defect inner race: the line moves the state to
+    outer race within seconds, not after the 60 s dwell a sideways change otherwise needs."""
+    from dataclasses import replace
+
+    schedule = [{"at_s": 0.0, "fault": "outer_race", "severity": SEVERITY}]
+    path = write_config(tmp_path / "dev", agent_bundle, 1, simulator_source(schedule),
+                        bearing=BEARING)  # fmt: skip
+    with Agent(load_config(path)) as agent:
+        wrong = replace(agent.model.head, b2=np.array([0.0, 50.0, 0.0], np.float32))
+        agent.model.head = agent.model.factory = wrong  # says inner_race, confidently
+        agent.link = RecordingLink()
+        agent.source.start()
+        while agent.windows_total < int(10.0 * SAMPLE_RATE_HZ / HOP):
+            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent._drain(None)
+    changes = [e for e in agent.link.events if e.kind == "state_change"]
+    assert [(e.state, e.basis) for e in changes][:2] == [
+        ("inner_race", "model"),
+        ("outer_race", "evidence"),
+    ]
