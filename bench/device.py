@@ -324,40 +324,16 @@ def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
 # ---- 3. zero labels, bearing configured ------------------------------------------------------
 
 
-class Recorder:
-    """Stands in for the MQTT link: keeps what the agent publishes."""
-
-    connected = False
-    pending = 0
-
-    def __init__(self) -> None:
-        self.events: list = []
-        self.states: list = []
-
-    def publish_event(self, event):
-        from edge_agent.spool import Pending
-
-        self.events.append(event)
-        item = Pending("event", b"", 1, event.severity, event.event_id, seq=len(self.events))
-        item.committed.set()
-        return item
-
-    def publish_state(self, state) -> None:
-        self.states.append(state)
-
-    def close(self, flush_timeout_s: float = 0.0) -> None:
-        pass
-
-
 def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[str, Any]:
     """Drive the real Agent on its source (as tests/edge_agent/test_evidence_stream.py does):
     share of windows ending after SETTLE_S whose state is `right`, and the state changes."""
     from edge_agent.config import AgentConfig
+    from edge_agent.memory_link import MemoryLink
     from edge_agent.service import Agent
 
     states: list[str] = []
     with Agent(AgentConfig.model_validate(config)) as agent:
-        agent.link = Recorder()
+        agent.link = MemoryLink()
         spec = agent.pipe.spec
         limit = np.inf if max_seconds is None else max_seconds * spec.sample_rate_hz
         agent.source.start()

@@ -7,6 +7,7 @@ import pytest
 
 from edge_agent.config import BearingConfig, load_config
 from edge_agent.evidence_stream import PERSIST, EvidenceStream
+from edge_agent.memory_link import MemoryLink
 from edge_agent.service import Agent
 from edge_agent.simulator import BearingSimulator, Conditions
 from tests.edge_agent.bundle_fixture import (
@@ -18,7 +19,6 @@ from tests.edge_agent.bundle_fixture import (
     simulator_source,
     write_config,
 )
-from tests.edge_agent.test_service import RecordingLink
 
 BEARING = {"designation": "6205", "shaft_rpm": 1797.0}
 
@@ -71,7 +71,7 @@ def test_fault_events_carry_the_evidence_and_who_decided(tmp_path, agent_bundle)
     path = write_config(tmp_path / "dev", agent_bundle, 1, simulator_source(schedule),
                         bearing=BEARING)  # fmt: skip
     with Agent(load_config(path)) as agent:
-        agent.link = RecordingLink()
+        agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(12.0 * SAMPLE_RATE_HZ / HOP):
             agent.pipe.buffer.push(agent.source.read(1.0))
@@ -99,7 +99,7 @@ def test_an_uncalibrated_head_that_misses_the_fault_is_overruled_by_a_clear_line
     with Agent(load_config(path)) as agent:
         blind = replace(agent.model.head, b2=np.array([50.0, 0.0, 0.0], np.float32))
         agent.model.head = agent.model.factory = blind  # a factory head that says "normal"
-        agent.link = RecordingLink()
+        agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(8.0 * SAMPLE_RATE_HZ / HOP):
             agent.pipe.buffer.push(agent.source.read(1.0))
@@ -122,7 +122,7 @@ def test_a_clear_line_corrects_a_wrong_fault_class_at_once(tmp_path, agent_bundl
     with Agent(load_config(path)) as agent:
         wrong = replace(agent.model.head, b2=np.array([0.0, 50.0, 0.0], np.float32))
         agent.model.head = agent.model.factory = wrong  # says inner_race, confidently
-        agent.link = RecordingLink()
+        agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(10.0 * SAMPLE_RATE_HZ / HOP):
             agent.pipe.buffer.push(agent.source.read(1.0))

@@ -8,6 +8,7 @@ import pytest
 
 from edge_agent.bundle import ClassStats
 from edge_agent.config import load_config
+from edge_agent.memory_link import MemoryLink
 from edge_agent.openset import OpenSetScorer, auroc, threshold_for
 from edge_agent.service import Agent
 from tests.edge_agent.bundle_fixture import (
@@ -17,7 +18,7 @@ from tests.edge_agent.bundle_fixture import (
     simulator_source,
     write_config,
 )
-from tests.edge_agent.test_service import NO_DRIFT, RecordingLink
+from tests.edge_agent.test_service import NO_DRIFT
 
 D = 32
 
@@ -73,9 +74,7 @@ def test_bad_statistics_and_inputs_name_the_problem():
         threshold_for(np.array([1.0, np.nan]))
 
 
-def test_the_agent_reports_unknown_for_a_condition_it_was_never_trained_on(
-    tmp_path, agent_bundle
-):
+def test_the_agent_reports_unknown_for_a_condition_it_was_never_trained_on(tmp_path, agent_bundle):
     """The fixture bundle was trained at 1797 rpm; after commissioning, the machine runs at
     3600 rpm, unlike anything the model saw: `unknown`, not the nearest class."""
     schedule = [
@@ -89,7 +88,7 @@ def test_the_agent_reports_unknown_for_a_condition_it_was_never_trained_on(
     with Agent(load_config(path)) as agent:
         assert agent.pipe.openset is not None and agent.pipe.unknown_above > 0
         assert agent._unknown_threshold() is None  # not before this device is commissioned
-        agent.link = RecordingLink()
+        agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(22.0 * SAMPLE_RATE_HZ / HOP):
             agent.pipe.buffer.push(agent.source.read(1.0))

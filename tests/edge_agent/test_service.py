@@ -21,10 +21,10 @@ from edge_agent import service
 from edge_agent.bundle import pack
 from edge_agent.config import load_config
 from edge_agent.embedding_log import CalibrationSet, EmbeddingLog
+from edge_agent.memory_link import MemoryLink
 from edge_agent.service import Agent
 from edge_agent.simulator import BearingSimulator, Conditions
 from edge_agent.sources import SourceError
-from edge_agent.spool import Pending
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     EMBEDDING_DIM,
@@ -226,29 +226,6 @@ def test_a_failing_source_is_reported_and_restarted(
     assert made[0].starts == 3  # first start, a failed retry, the successful one
 
 
-class RecordingLink:
-    """Stands in for MqttLink where only what the agent publishes matters."""
-
-    connected = False
-    pending = 0
-
-    def __init__(self) -> None:
-        self.events: list = []
-        self.states: list = []
-
-    def publish_event(self, event) -> Pending:
-        self.events.append(event)
-        item = Pending("event", b"", 1, event.severity, event.event_id, seq=len(self.events))
-        item.committed.set()
-        return item
-
-    def publish_state(self, state) -> None:
-        self.states.append(state)
-
-    def close(self, flush_timeout_s: float = 0.0) -> None:
-        pass
-
-
 def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bundle):
     """The device learns its own normal (12 s here), stores it, then a fault is both a drift
     (on every window, whatever the head says) and a health alarm; the fleet distance is fed
@@ -262,7 +239,7 @@ def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bun
     agent = make_agent(tmp_path, agent_bundle, 1, decisions=decisions, commissioning=commissioning,
                        source=simulator_source(schedule))  # fmt: skip
     with agent:
-        agent.link = RecordingLink()
+        agent.link = MemoryLink()
         agent.source.start()
         monitor = agent.pipe.monitor
         assert monitor.commissioning.learning and monitor.commissioning.baseline is None
