@@ -21,15 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# Debian packages the tests use: a real mosquitto broker and PortAudio (needs root).
+# Debian packages the tests use: a real mosquitto broker and PortAudio. Installed as root or with
+# passwordless sudo; otherwise `make test` stops here with the one command to run.
+SYSTEM_PACKAGES := mosquitto libportaudio2 alsa-utils
 system-deps:
-	@if [ -x /usr/sbin/mosquitto ] && ldconfig -p | grep -q libportaudio.so.2; then echo "system deps present"; \
-	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto libportaudio2 alsa-utils; fi
+	@if [ -x /usr/sbin/mosquitto ] && ldconfig -p | grep -q libportaudio.so.2; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else echo "the broker and audio tests need $(SYSTEM_PACKAGES); run once: sudo make system-deps" >&2; exit 1; fi
 
 demo: install
 	$(BIN)/python -m faultwatch.demo
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 bench: install
