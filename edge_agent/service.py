@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent_log import log_fields, logger
+from edge_agent.agent_log import log_fields, logger, utc
 from edge_agent.command_handlers import CommandHandlers
 from edge_agent.commands import Command
 from edge_agent.config import AgentConfig, ConfigError, outbox_path
@@ -427,6 +427,7 @@ class Agent(CommandHandlers, Publishing):
             event = self._event(
                 finding.kind,
                 finding.severity,
+                window_end_utc=utc(decision.t),
                 state=self.pipe.decisions.state,
                 drift_score=None if finding.drift_score is None else max(finding.drift_score, 0),
                 evidence=self.pipe.monitor.evidence_dict() if finding.kind == "evidence" else None,

@@ -144,10 +144,20 @@ backend = "onnx"
 precision = "int8"
 threads = 1
 
-[decisions]
+[decisions]                  # the replay compresses hours into 30 s phases: shorter dwell
 k = 3
 n = 5
 drift_window = 60
+min_dwell_s = 10.0
+uncertain_after_s = 10.0
+
+[commissioning]              # learn this gateway's normal from the first 20 s of the replay
+period_s = 20.0
+min_windows = 50
+
+[bearing]                    # physics evidence beside the model: SKF 6205 at 1500 rpm
+designation = "6205"
+shaft_rpm = 1500.0
 
 [mqtt]
 host = "127.0.0.1"
