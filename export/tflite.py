@@ -30,6 +30,25 @@ INSTALL_HINT = "tflite-int8 needs litert-torch: pip install 'faultwatch[tflite]'
 RUNTIME_HINT = "running tflite-int8 needs ai-edge-litert: pip install 'faultwatch[tflite]'"
 
 
+class _DropHarmless(logging.Filter):
+    """Drop a library logger's records that contain one of `fragments` (known, harmless)."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+# Importing torchao logs "Failed to load .../_C_*.so" for optional CUDA/other-ABI kernels that
+# CPU PT2E quantization never uses, and torch warns that torchao registers an Enum as a pytree
+# constant. Both read like breakage on our CLI; everything else from these loggers still shows.
+logging.getLogger("torchao").addFilter(_DropHarmless("Failed to load "))
+logging.getLogger("torch.utils._pytree").addFilter(_DropHarmless("is an Enum subclass"))
+
+
 def export_tflite_int8(
     encoder: torch.nn.Module, path: Path, calibration: np.ndarray
 ) -> Quantization:
@@ -38,6 +57,7 @@ def export_tflite_int8(
     calibration: (N, 1, W) float32 normalized windows, fed one at a time (batch 1).
     """
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # no progress chatter on our CLI
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # converter's C++ INFO lines; warnings stay
     try:
         import litert_torch
         from litert_torch.quantize.pt2e_quantizer import (
