@@ -72,14 +72,14 @@ def plot_confusion(path: Path, confusion: list[list[int]], class_names: list[str
 
 def metrics_table(results: dict[str, dict[str, Any]]) -> str:
     rows = [
-        "| method | accuracy | macro-F1 | uncertain rate | accuracy when confident |",
-        "|---|---|---|---|---|",
+        "| method | accuracy | macro-F1 | uncertain rate | accuracy when confident | ECE |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in results.items():
-        conf = m.get("confident_accuracy")
+        conf, ece = m.get("confident_accuracy"), m.get("ece")
         rows.append(
             f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['uncertain_rate']:.3f} | "
-            f"{'-' if conf is None else f'{conf:.3f}'} |"
+            f"{'-' if conf is None else f'{conf:.3f}'} | {'-' if ece is None else f'{ece:.3f}'} |"
         )
     return "\n".join(rows)
 
@@ -118,6 +118,9 @@ def write_report(
         "## Test metrics",
         "",
         metrics_table(results),
+        "",
+        "ECE: expected calibration error over 15 equal-width confidence bins (0 = a window's "
+        "confidence is its chance of being right); confident = not uncertain.",
         "",
         "## Split",
         "",

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_agent.confidence import expected_calibration_error
 from train.config import TrainConfig
 from train.heads import to_numpy_head
 from train.loop import Classifier, encoder_spec
@@ -23,9 +24,11 @@ CALIBRATION_WINDOWS = 512
 
 
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
-    """Test metrics; with multi-head fine-tuning also per task ("tasks")."""
+    """Test metrics, with calibration ("ece", edge_agent.confidence) beside the uncertain rate
+    and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
     probs = model.probabilities(split.test.x)
     metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
+    metrics["ece"] = expected_calibration_error(probs, split.test.y)
     if model.task_head is not None and model.task_targets is not None:
         metrics["tasks"] = task_metrics(
             model.task_probabilities(split.test.x),

@@ -97,6 +97,7 @@ def test_numpy_head_in_checkpoint_reproduces_torch_probabilities(run_dir):
     probs = head.probabilities(embed(load_encoder(run_dir / "finetuned.pt"), x))
     metrics = json.loads((run_dir / "metrics.json").read_text())["test"]["SimCLR + fine-tune"]
     assert abs(float((probs.argmax(1) == y).mean()) - metrics["accuracy"]) < 1e-6
+    assert 0 <= metrics["ece"] <= 1 and "confident_accuracy" in metrics  # evaluate()'s calibration
 
 
 def test_evaluate_command_reads_the_run(run_dir):
