@@ -29,6 +29,7 @@ from train.workflow import frozen_embedding_metrics, run_baselines
 
 console = Console()
 RESULTS = Path("bench/results/fewlabel.json")
+TARGET_ECE = 0.05  # expected calibration error on test windows (issue 8)
 
 # task name -> (data, labels per class); "sim" is the reference scenario (200 labels = 50 x 4)
 TASKS: dict[str, tuple[str, int]] = {
@@ -69,9 +70,17 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
             "macro_f1": m["macro_f1"],
             "accuracy": m["accuracy"],
             "uncertain_rate": m["uncertain_rate"],
+            "confident_accuracy": m["confident_accuracy"],
+            "ece": m.get("ece"),  # methods scored through evaluate(); None for the others
         }
         for name, m in results.items()
     }
+
+
+def mean_known(values: list[float | None]) -> float | None:
+    """Mean over the seeds that have a value (a seed with no confident window has none)."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -85,6 +94,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
                 "macro_f1_mean": float(f1.mean()),
                 "macro_f1_std": float(f1.std()),
                 "accuracy_mean": float(acc.mean()),
+                **{
+                    f"{key}_mean": mean_known([s[method].get(key) for s in seeds])
+                    for key in ("ece", "uncertain_rate", "confident_accuracy")
+                },
                 "seeds": len(seeds),
             }
     return out
@@ -108,6 +121,40 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
             task, *cells, f">= {TARGETS[task]:.2f}" if task in TARGETS else "+10 pts vs supervised"
         )
     console.print(table)
+    print_calibration(summary)
+
+
+def print_calibration(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """ECE, uncertain rate and accuracy of confident windows, mean over seeds, for the methods
+    scored through `evaluate` (those with probabilities from a trained head)."""
+    methods = sorted(
+        {m for t in summary.values() for m, r in t.items() if r.get("ece_mean") is not None},
+        key=lambda m: (m != "SimCLR + fine-tune", m),
+    )
+    if not methods:
+        return
+    table = Table(title="calibration: ECE / uncertain / accuracy when confident")
+    table.add_column("task")
+    for m in methods:
+        table.add_column(m)
+    for task, res in summary.items():
+        cells = []
+        for m in methods:
+            r = res.get(m, {})
+            if r.get("ece_mean") is None:
+                cells.append("-")
+                continue
+            conf = r["confident_accuracy_mean"]
+            cells.append(
+                f"{r['ece_mean']:.3f} / {r['uncertain_rate_mean']:.0%} / "
+                + ("-" if conf is None else f"{conf:.3f}")
+            )
+        table.add_row(task, *cells)
+    console.print(table)
+    console.print(
+        f"ECE over 15 equal-width confidence bins on test windows, mean over seeds (target <= "
+        f"{TARGET_ECE:.2f}); confident = top probability >= the uncertain threshold."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
