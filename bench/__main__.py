@@ -11,6 +11,7 @@ BENCHES = {
     "latency": "bench.latency",
     "agent": "bench.agent",
     "device": "bench.device",
+    "openset": "bench.openset",
 }
 
 
