@@ -1,9 +1,11 @@
-"""`python -m bench fewlabel`: supervised only vs pseudo-labeling vs SimCLR + fine-tune (and kNN /
-prototype on frozen embeddings), mean ± std over seeds, on the simulator's reference scenario and
-real CWRU tasks. Prints a table and writes bench/results/fewlabel.json (updated after every run).
+"""`python -m bench fewlabel`: SimCLR + fine-tune vs supervised only vs pseudo-labeling (and kNN /
+prototype on frozen embeddings, and a zero-label envelope analysis), macro-F1 mean ± std and the
+worst seed, with each method's rank per task, on the simulator's reference scenario and real
+CWRU tasks: in distribution, and transfer (unseen bearing, cross-load both ways, leave one load
+out). Prints a table and writes bench/results/fewlabel.json (updated after every task).
 
-The CWRU tasks share one unlabeled pool (train blocks of every record), so the encoder is
-pretrained once per seed and fine-tuned for each task.
+Tasks that share an unlabeled pool (every CWRU task but the unseen bearing, whose pool leaves
+the 0.014" records out) share one encoder, pretrained once per seed and fine-tuned per task.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,21 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from train.config import TrainConfig, load_config
+from edge_agent.evidence import (
+    EvidenceError,
+    bearing_geometry,
+    estimate_shaft_hz,
+    evidence,
+    select_band,
+)
+from edge_agent.preprocess import frame
+from edge_agent.simulator import SKF_6205, BearingGeometry
+from train.config import DATA_DESCRIPTIONS, TrainConfig, load_config
 from train.cwru import default_data_root
-from train.data import build_split
+from train.data import LOCATION_CLASSES, build_split, pool_name, raw_test_records
 from train.loop import finetune, pretrain
+from train.metrics import classification_metrics
+from train.records import Record
 from train.runs import evaluate
 from train.workflow import frozen_embedding_metrics, run_baselines
 
@@ -38,13 +52,91 @@ TASKS: dict[str, tuple[str, int]] = {
     "cwru 4-class, 50/class": ("cwru-4class", 50),
     "cwru 10-class, 5/class": ("cwru-10class", 5),
     "cwru cross-load 0->3, 50/class": ("cwru-crossload", 50),
+    "cwru cross-load 3->0, 50/class": ("cwru-crossload-3to0", 50),
+    **{f"cwru leave load {k} out, 50/class": (f"cwru-lolo-{k}", 50) for k in range(4)},
+    'cwru unseen bearing (0.014" held out), 50/class': ("cwru-unseen-bearing", 50),
 }
 TARGETS = {
     "cwru 4-class, 5/class": 0.95,
     "cwru 4-class, 50/class": 0.99,
     "cwru 10-class, 5/class": 0.90,
     "cwru cross-load 0->3, 50/class": 0.98,
+    "cwru cross-load 3->0, 50/class": 0.98,
+    'cwru unseen bearing (0.014" held out), 50/class': 0.90,
 }
+TARGET_TEXT = {"sim-reference (200 labels)": "+10 pts vs supervised"}
+# --tasks accepts these group names, a data name (`cwru-lolo-2`) or a task name
+GROUPS: dict[str, list[str]] = {
+    "sim": [t for t, (d, _) in TASKS.items() if d == "sim-reference"],
+    "cwru": [t for t, (d, _) in TASKS.items() if d.startswith("cwru")],
+    "transfer": [
+        t
+        for t, (d, _) in TASKS.items()
+        if d.startswith(("cwru-crossload", "cwru-lolo", "cwru-unseen"))
+    ],
+    "lolo": [t for t, (d, _) in TASKS.items() if d.startswith("cwru-lolo")],
+}
+
+# -- zero-label envelope analysis ---------------------------------------------------------------
+
+ENVELOPE = "envelope analysis (0 labels)"
+ENVELOPE_WINDOW = 4096  # samples; 341 ms at 12 kHz: the right line first in >= 95 % of windows
+BAND_SECONDS = 2.0  # the demodulation band is chosen once per record, on its first 2 s
+RPM_RANGE = (600.0, 3600.0)  # where shaft speed is searched when a record does not carry it
+
+
+def machine_geometry(data: str) -> BearingGeometry:
+    """The monitored bearing: CWRU's drive end is a 6205-2RS; the simulator's default is too."""
+    return bearing_geometry("6205") if data.startswith("cwru") else SKF_6205
+
+
+def shaft_hz_of(record: Record) -> float:
+    """The record's measured speed (meta rpm), else estimated from its first seconds."""
+    rpm = record.meta.get("rpm")
+    if isinstance(rpm, (int, float)) and math.isfinite(rpm) and rpm > 0:
+        return float(rpm) / 60
+    fs = record.sample_rate_hz
+    head = record.signal[: int(BAND_SECONDS * fs)]
+    return estimate_shaft_hz(head, fs, RPM_RANGE[0] / 60, RPM_RANGE[1] / 60)
+
+
+def envelope_labels(record: Record, geometry: BearingGeometry, hop: int) -> list[str]:
+    """Location class of each ENVELOPE_WINDOW-sample window of `record` (hop apart): the class
+    of the strongest clear defect line (edge_agent.evidence), "normal" when no line is clear."""
+    fs, x = record.sample_rate_hz, record.signal
+    if x.shape[0] < ENVELOPE_WINDOW:
+        return []
+    shaft_hz = shaft_hz_of(record)
+    band = select_band(x[: int(BAND_SECONDS * fs)], fs)
+    out = []
+    for w in frame(x, ENVELOPE_WINDOW, hop):
+        try:
+            out.append(evidence(w, fs, shaft_hz, geometry, band).strongest or "normal")
+        except EvidenceError:  # a flat or broken window shows no line
+            out.append("normal")
+    return out
+
+
+def envelope_baseline(records: list[Record], geometry: BearingGeometry, hop: int) -> dict:
+    """Macro-F1 of zero-label envelope analysis over location classes (normal / inner / outer /
+    ball), on the test records' raw signal. Labels of size classes ("inner_race_014") count
+    as their location: a 10-class task is scored on location only."""
+    truth: list[int] = []
+    pred: list[int] = []
+    index = {name: i for i, name in enumerate(LOCATION_CLASSES)}
+    for r in records:
+        location = next(c for c in LOCATION_CLASSES if r.label == c or r.label.startswith(c + "_"))
+        labels = envelope_labels(r, geometry, hop)
+        truth += [index[location]] * len(labels)
+        pred += [index[label] for label in labels]
+    if not truth:
+        raise ValueError(f"no test record holds a {ENVELOPE_WINDOW}-sample window")
+    probs = np.eye(len(LOCATION_CLASSES))[pred]
+    m = classification_metrics(probs, np.array(truth), LOCATION_CLASSES)
+    return {**m, "uncertain_rate": None, "scored_on": "location", "windows": len(truth)}
+
+
+# -- tasks, summary, table ----------------------------------------------------------------------
 
 
 def task_config(base: TrainConfig, data: str, labels: int, seed: int) -> TrainConfig:
@@ -65,6 +157,9 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
         results.update(
             {k: m for k, (_, m) in run_baselines(cfg, split, show_progress=False).items()}
         )
+    results[ENVELOPE] = envelope_baseline(
+        raw_test_records(cfg), machine_geometry(cfg.data), cfg.hop
+    )
     return {
         name: {
             "macro_f1": m["macro_f1"],
@@ -72,9 +167,15 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
             "uncertain_rate": m["uncertain_rate"],
             "confident_accuracy": m["confident_accuracy"],
             "ece": m.get("ece"),  # methods scored through evaluate(); None for the others
+            **({"scored_on": m["scored_on"]} if "scored_on" in m else {}),
         }
         for name, m in results.items()
     }
+
+
+def ranks(means: dict[str, float]) -> dict[str, int]:
+    """1 = best mean macro-F1; equal means (to 1e-6) share a rank (1, 1, 3, ...)."""
+    return {m: 1 + sum(round(v, 6) > round(means[m], 6) for v in means.values()) for m in means}
 
 
 def mean_known(values: list[float | None]) -> float | None:
@@ -93,6 +194,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
             out[task][method] = {
                 "macro_f1_mean": float(f1.mean()),
                 "macro_f1_std": float(f1.std()),
+                "macro_f1_worst": float(f1.min()),
                 "accuracy_mean": float(acc.mean()),
                 **{
                     f"{key}_mean": mean_known([s[method].get(key) for s in seeds])
@@ -100,13 +202,20 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
                 },
                 "seeds": len(seeds),
             }
+        rank = ranks({m: r["macro_f1_mean"] for m, r in out[task].items()})
+        for method, r in out[task].items():
+            r["rank"] = rank[method]
     return out
 
 
 def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
-    table = Table(title="few-label benchmark: macro-F1 on test windows (mean ± std over seeds)")
+    table = Table(
+        title="few-label benchmark: macro-F1 on test windows, mean ± std over seeds, "
+        "(worst seed), #rank on the task"
+    )
     methods = sorted(
-        {m for t in summary.values() for m in t}, key=lambda m: (m != "SimCLR + fine-tune", m)
+        {m for t in summary.values() for m in t},
+        key=lambda m: (m != "SimCLR + fine-tune", m == ENVELOPE, m),
     )
     table.add_column("task")
     for m in methods:
@@ -114,14 +223,43 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     table.add_column("target")
     for task, res in summary.items():
         cells = [
-            f"{res[m]['macro_f1_mean']:.3f} ± {res[m]['macro_f1_std']:.3f}" if m in res else "-"
+            f"{res[m]['macro_f1_mean']:.3f} ± {res[m]['macro_f1_std']:.3f} "
+            f"({res[m]['macro_f1_worst']:.3f}) #{res[m]['rank']}"
+            if m in res
+            else "-"
             for m in methods
         ]
-        table.add_row(
-            task, *cells, f">= {TARGETS[task]:.2f}" if task in TARGETS else "+10 pts vs supervised"
-        )
+        target = f">= {TARGETS[task]:.2f}" if task in TARGETS else TARGET_TEXT.get(task, "-")
+        table.add_row(task, *cells, target)
     console.print(table)
     print_calibration(summary)
+    console.print(
+        f"{ENVELOPE}: no labels, the bearing's geometry and the record's shaft speed; "
+        "scored on fault location (on 10-class tasks too)."
+    )
+
+
+def select_tasks(spec: str) -> list[str]:
+    """'all', or a comma list of group names, data names and task names -> task names."""
+    if spec == "all":
+        return list(TASKS)
+    chosen: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        found = GROUPS.get(item) or [t for t, (d, _) in TASKS.items() if item in (t, d)]
+        if not found:
+            raise ValueError(
+                f"unknown task {item!r}; valid: {', '.join(GROUPS)}, a data name "
+                f"({', '.join(dict.fromkeys(d for d, _ in TASKS.values()))}) or a task name"
+            )
+        chosen += [t for t in found if t not in chosen]
+    return chosen
+
+
+def pretrain_group(base: TrainConfig, task: str) -> str:
+    """Tasks with one key share a pretrained encoder: same unlabeled pool, and no labels in
+    pretraining (SupCon pretrains on the task's labels, so then each task pretrains alone)."""
+    data = TASKS[task][0]
+    return f"task {data}" if base.loss == "supcon" else pool_name(data)
 
 
 def print_calibration(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -160,37 +298,56 @@ def print_calibration(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fewlabel", description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tasks", default="all", help="comma list of: sim, cwru (default all)")
+    parser.add_argument(
+        "--tasks",
+        default="all",
+        help=f"comma list of groups ({', '.join(GROUPS)}), data names (cwru-lolo-2) or task "
+        "names (default all)",
+    )
     parser.add_argument("--config", type=Path, help="TOML training config (budget, model)")
     parser.add_argument("--set", action="append", default=[], help="override field=value")
-    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip supervised only and pseudo-labeling (the envelope row is cheap and stays)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = load_config(args.config, args.set)
-    groups = {
-        "sim": [t for t in TASKS if TASKS[t][0] == "sim-reference"],
-        "cwru": [t for t in TASKS if TASKS[t][0].startswith("cwru")],
-    }
-    wanted = list(groups) if args.tasks == "all" else args.tasks.split(",")
-    if "cwru" in wanted and not (default_data_root() / "cwru").is_dir() and base.data_root is None:
-        console.print(
-            f"[yellow]skipping CWRU tasks: {default_data_root() / 'cwru'} not found[/yellow]"
-        )
-        wanted.remove("cwru")
+    try:
+        tasks = select_tasks(args.tasks)
+    except ValueError as err:
+        parser.error(str(err))
+    cwru_dir = (base.data_root or default_data_root()) / "cwru"
+    if not cwru_dir.is_dir() and any(TASKS[t][0].startswith("cwru") for t in tasks):
+        console.print(f"[yellow]skipping CWRU tasks: {cwru_dir} not found[/yellow]")
+        tasks = [t for t in tasks if not TASKS[t][0].startswith("cwru")]
+    groups: dict[str, list[str]] = {}
+    for task in tasks:
+        groups.setdefault(pretrain_group(base, task), []).append(task)
     runs: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
+    described = {
+        t: {
+            "data": TASKS[t][0],
+            "labels_per_class": TASKS[t][1],
+            "split": DATA_DESCRIPTIONS[TASKS[t][0]],
+            "target_macro_f1": TARGETS.get(t),
+            "pretrain_group": pretrain_group(base, t),
+        }
+        for t in tasks
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
-        for group in wanted:
-            tasks = groups[group]
+        for group, members in groups.items():
             t0 = time.perf_counter()
-            first = TASKS[tasks[0]]
+            first = TASKS[members[0]]
             pre_cfg = task_config(base, first[0], first[1], seed)
             pre = pretrain(pre_cfg, build_split(pre_cfg), show_progress=False)
             timings[f"pretrain {group} seed {seed}"] = time.perf_counter() - t0
             timings[f"pretrain views/s {group}"] = pre.views_per_second
-            for task in tasks:
+            for task in members:
                 data, labels = TASKS[task]
                 t1 = time.perf_counter()
                 runs.setdefault(task, []).append(
@@ -203,12 +360,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{task} seed {seed}: "
                     + ", ".join(f"{m} {r['macro_f1']:.3f}" for m, r in runs[task][-1].items())
                 )
-                summary = summarize(runs)
                 args.out.write_text(
                     json.dumps(
                         {
                             "config": base.model_dump(mode="json"),
-                            "summary": summary,
+                            "tasks": described,
+                            "summary": summarize(runs),
                             "runs": runs,
                             "seconds": timings,
                         },

@@ -18,14 +18,58 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PHYSICAL_AUGMENTATIONS = ("time_mask", "gain", "noise", "shift", "frequency_mask", "speed_change")
-DataName = Literal["sim-reference", "cwru-4class", "cwru-10class", "cwru-crossload", "recordings"]
+DataName = Literal[
+    "sim-reference",
+    "cwru-4class",
+    "cwru-10class",
+    "cwru-crossload",
+    "cwru-crossload-3to0",
+    "cwru-lolo-0",
+    "cwru-lolo-1",
+    "cwru-lolo-2",
+    "cwru-lolo-3",
+    "cwru-unseen-bearing",
+    "recordings",
+]
+# What each `data` value builds. CWRU splits are by record and by time block inside a record,
+# never by random windows. CWRU has ONE normal record (load 0 hp); unless said otherwise its
+# train / val / test time blocks serve as the normal class on the labeled and the test side.
+DATA_DESCRIPTIONS: dict[str, str] = {
+    "sim-reference": "Simulator reference scenario: labels from lab records (1500 rpm), "
+    "unlabeled production pool (1200-1800 rpm, drifting sensors), test on other production "
+    "records.",
+    "cwru-4class": "CWRU 12k drive end, fault location (normal / inner / outer / ball): every "
+    "record's time blocks on every side (in-distribution: the same bearings are tested).",
+    "cwru-10class": "As cwru-4class, with location x fault size (0.007 / 0.014 / 0.021 in) "
+    "as classes.",
+    "cwru-crossload": "Cross-load 0 -> 3: labels from load-0 records, unlabeled pool from the "
+    "train blocks of every load, test on load-3 records. The normal record (load 0) is "
+    "labeled only; load 3 has no normal record, so the test holds faults only.",
+    "cwru-crossload-3to0": "Cross-load 3 -> 0: labels from load-3 records, unlabeled pool "
+    "from every load, test on load-0 records. The normal record has no load-3 copy: its "
+    "train block gives the normal labels and its test block the normal test windows.",
+    **{
+        f"cwru-lolo-{k}": f"Leave load {k} hp out: labels from the other loads' records, "
+        f"unlabeled pool from every load, test on load-{k} records. The one normal record "
+        "(load 0) is on both sides, by time block."
+        for k in range(4)
+    },
+    "cwru-unseen-bearing": "Fault location on bearings never seen: labels AND the unlabeled "
+    "pool from the 0.007 and 0.021 in records of every load, test on the 0.014 in records "
+    "only (physically different bearings, absent from the pool too). The normal record is "
+    "split by time block, as in cwru-4class.",
+    "recordings": "A plant's own recordings (manifest): labeled ones split by time block, "
+    "unlabeled ones join the pool.",
+}
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # data and split
-    data: DataName = Field("sim-reference", description="Which data set and split to build.")
+    data: DataName = Field(
+        "sim-reference", description="Which data set and split to build (DATA_DESCRIPTIONS)."
+    )
     data_root: Path | None = Field(
         None, description="Folder holding cwru/ (default ../shared/datasets)."
     )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from train.config import TrainConfig
+from train.config import DATA_DESCRIPTIONS, TrainConfig
 from train.records import Record
 from train.splits import (
     Segment,
@@ -18,6 +20,7 @@ from train.splits import (
     WindowSet,
     pick_labeled,
     split_records,
+    time_blocks,
     windows_of,
 )
 
@@ -59,6 +62,20 @@ def _resampled(records: list[Record], rate: int) -> list[Record]:
     ]
 
 
+def _sim_test_records(cfg: TrainConfig) -> list[Record]:
+    """The reference scenario's labeled production test records (a quarter normal)."""
+    from train.scenarios import production_records
+
+    seconds = cfg.sim_seconds_per_record
+    per_record = 1 + int((seconds * cfg.sample_rate_hz - cfg.window) // cfg.hop)
+    n_pool = max(1, math.ceil(cfg.unlabeled_windows / per_record))
+    n_test = max(8, n_pool // 4)
+    records = production_records(
+        n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25, plant_seed=cfg.seed
+    )
+    return _resampled(records, cfg.sample_rate_hz)
+
+
 def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     """Lab (1500 rpm) labels, a production pool (1200-1800 rpm, ~90% normal, drift) without
     labels, and a labeled production test set from other records: split by record."""
@@ -83,13 +100,7 @@ def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
         production_records(n_pool, seconds, seed=cfg.seed + 1000, plant_seed=plant),
         cfg.sample_rate_hz,
     )
-    n_test = max(8, n_pool // 4)
-    test_recs = _resampled(
-        production_records(
-            n_test, seconds, seed=cfg.seed + 2000, normal_fraction=0.25, plant_seed=plant
-        ),
-        cfg.sample_rate_hz,
-    )
+    test_recs = _sim_test_records(cfg)
 
     def segments(records: list[Record]) -> list[Segment]:
         return [Segment(r.record_id, r.signal, index[r.label], 0) for r in records]
@@ -122,30 +133,133 @@ def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     return Split(names, labeled, val, test, pool, description)
 
 
-def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
-    """CWRU 12k drive end, time-block split inside every record.
+def _load(r: Record) -> int:
+    return int(r.meta.get("load_hp", -1))
 
-    cwru-4class: location labels; cwru-10class: location x size; cwru-crossload: labels from
-    load 0 only, unlabeled pool from all loads, test on load 3.
+
+def _size_mils(r: Record) -> int:
+    """Fault diameter in thousandths of an inch (0 for the normal record)."""
+    return round(float(r.meta.get("fault_size_in", 0.0)) * 1000)
+
+
+def _normal(r: Record) -> bool:
+    return r.label == "normal"
+
+
+def _every(r: Record) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class CwruTask:
+    """Which records give labels, test windows and the unlabeled pool (by time block each).
+
+    pool_name names the pool, so tasks that share one can share a pretrained encoder.
     """
+
+    labeled: Callable[[Record], bool] = _every
+    test: Callable[[Record], bool] = _every
+    pool: Callable[[Record], bool] = _every
+    pool_name: str = "every record"
+    ten_class: bool = False
+
+
+def _lolo(k: int) -> CwruTask:
+    return CwruTask(
+        labeled=lambda r: _load(r) != k or _normal(r),
+        test=lambda r: _load(r) == k or _normal(r),
+    )
+
+
+# data name -> task; what each means is in train.config.DATA_DESCRIPTIONS
+CWRU_TASKS: dict[str, CwruTask] = {
+    "cwru-4class": CwruTask(),
+    "cwru-10class": CwruTask(ten_class=True),
+    "cwru-crossload": CwruTask(labeled=lambda r: _load(r) == 0, test=lambda r: _load(r) == 3),
+    "cwru-crossload-3to0": CwruTask(
+        labeled=lambda r: _load(r) == 3 or _normal(r), test=lambda r: _load(r) == 0
+    ),
+    **{f"cwru-lolo-{k}": _lolo(k) for k in range(4)},
+    "cwru-unseen-bearing": CwruTask(
+        labeled=lambda r: _size_mils(r) != 14,
+        test=lambda r: _size_mils(r) == 14 or _normal(r),
+        pool=lambda r: _size_mils(r) != 14,
+        pool_name="no 0.014 in record",
+    ),
+}
+
+
+def pool_name(data: str) -> str:
+    """Name of the unlabeled pool `data` trains on: tasks with one name share one pool."""
+    return f"cwru: {CWRU_TASKS[data].pool_name}" if data in CWRU_TASKS else data
+
+
+def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
+    """CWRU 12k drive end, time-block split inside every record; which records give labels,
+    test windows and the pool is `CWRU_TASKS[cfg.data]` (described in DATA_DESCRIPTIONS)."""
     from train.cwru import default_data_root, load_cwru, size_label
 
-    root = cfg.data_root or default_data_root()
-    records = load_cwru(root, sample_rate_hz=cfg.sample_rate_hz)
-    if cfg.data == "cwru-10class":
+    if cfg.data not in CWRU_TASKS:
+        raise ValueError(f"data {cfg.data!r} is not a CWRU task; valid: {', '.join(CWRU_TASKS)}")
+    task = CWRU_TASKS[cfg.data]
+    records = load_cwru(cfg.data_root or default_data_root(), sample_rate_hz=cfg.sample_rate_hz)
+    if task.ten_class:
         names = ["normal"] + [f"{loc}_{s:03d}" for loc in LOCATION_CLASSES[1:] for s in (7, 14, 21)]
-        return split_records(records, names, cfg, rng, label_of=size_label)
-    if cfg.data == "cwru-crossload":
-        return split_records(
-            records,
-            LOCATION_CLASSES,
-            cfg,
-            rng,
-            label_of=lambda r: r.label,
-            labeled_filter=lambda r: int(r.meta.get("load_hp", -1)) == 0,
-            test_filter=lambda r: int(r.meta.get("load_hp", -1)) == 3,
-        )
-    return split_records(records, LOCATION_CLASSES, cfg, rng, label_of=lambda r: r.label)
+        label_of: Callable[[Record], str] = size_label
+    else:
+        names, label_of = LOCATION_CLASSES, lambda r: r.label
+    split = split_records(
+        records,
+        names,
+        cfg,
+        rng,
+        label_of=label_of,
+        labeled_filter=task.labeled,
+        test_filter=task.test,
+        pool_filter=task.pool,
+    )
+    split.description["task"] = DATA_DESCRIPTIONS[cfg.data]
+    return split
+
+
+def raw_test_records(cfg: TrainConfig) -> list[Record]:
+    """The raw signal (g) behind the test windows of `cfg.data`'s split, one Record per test
+    stretch (a CWRU record's test block, a whole simulated test record), meta kept (rpm), plus
+    meta["test_block"] = [first, end) sample of the stretch in its record. For methods that
+    need the signal rather than normalized windows (envelope analysis)."""
+    if cfg.data == "sim-reference":
+        return [
+            Record(
+                r.record_id,
+                r.signal,
+                r.sample_rate_hz,
+                r.label,
+                {**r.meta, "test_block": [0, r.signal.shape[0]]},
+            )
+            for r in _sim_test_records(cfg)
+        ]
+    if cfg.data == "recordings":
+        from train.recordings import load_manifest
+
+        records = [
+            r
+            for r in _resampled(load_manifest(cfg.manifest), cfg.sample_rate_hz)  # type: ignore[arg-type]
+            if r.label
+        ]
+        keep: Callable[[Record], bool] = _every
+    else:
+        from train.cwru import default_data_root, load_cwru
+
+        records = load_cwru(cfg.data_root or default_data_root(), sample_rate_hz=cfg.sample_rate_hz)
+        keep = CWRU_TASKS[cfg.data].test
+    out = []
+    for r in records:
+        block = time_blocks(r, 0, cfg.window).get("test")
+        if keep(r) and block is not None:
+            lo, hi = block.start, block.start + block.signal.shape[0]
+            meta = {**r.meta, "test_block": [lo, hi]}
+            out.append(Record(r.record_id, block.signal, r.sample_rate_hz, r.label, meta))
+    return out
 
 
 def recordings_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:

@@ -173,8 +173,14 @@ def split_records(
     label_of: Callable[[Record], str],
     labeled_filter: Callable[[Record], bool] = lambda r: True,
     test_filter: Callable[[Record], bool] = lambda r: True,
+    pool_filter: Callable[[Record], bool] = lambda r: True,
 ) -> Split:
-    """Time-block split inside every record (the CWRU and recordings path)."""
+    """Time-block split inside every record (the CWRU and recordings path).
+
+    Labeled and validation windows come from the train / val blocks of records passing
+    `labeled_filter`, test windows from the test blocks of records passing `test_filter`, and
+    the unlabeled pool from the train blocks of records passing `pool_filter`.
+    """
     index = {name: i for i, name in enumerate(class_names)}
     blocks = {r.record_id: (r, time_blocks(r, index[label_of(r)], cfg.window)) for r in records}
     train_lab = [b["train"] for r, b in blocks.values() if labeled_filter(r) and "train" in b]
@@ -195,9 +201,9 @@ def split_records(
     )
     pool_segments = [
         Segment(s.record_id, s.signal, s.label, s.start)
-        for _, b in blocks.values()
+        for r, b in blocks.values()
         for s in [b.get("train")]
-        if s is not None
+        if s is not None and pool_filter(r)
     ]
     pool = SegmentPool(pool_segments, cfg.window, cfg.hop, cfg.normalization)
     description = {
@@ -215,6 +221,9 @@ def split_records(
             }
             for rid, (r, b) in blocks.items()
         },
+        "labeled_records": [rid for rid, (r, _) in blocks.items() if labeled_filter(r)],
+        "test_records": [rid for rid, (r, _) in blocks.items() if test_filter(r)],
+        "pool_records": [s.record_id for s in pool_segments],
         "labeled_windows": picked,
     }
     return Split(class_names, labeled, val, test, pool, description)

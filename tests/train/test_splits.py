@@ -155,3 +155,141 @@ def test_pool_batches_come_ahead_on_cuda_and_plain_on_cpu():
     )
     first = [next(batches) for _ in range(3)]
     assert all(b.is_cuda for b in first) and [int(b[0, 0, 0]) for b in first] == [0, 1, 2]
+
+
+# -- generalization splits on a CWRU-like folder (synthetic, and the real one when present) ----
+
+CWRU_FAULTS = [(loc, size) for loc in ("IR", "B", "OR") for size in (7, 14, 21)]
+
+
+def _write_cwru_like(root, length: int = 3000) -> None:
+    """Every CWRU file name (3 locations x 3 sizes x 4 loads + the load-0 normal), short noise."""
+    (root / "cwru" / "normal").mkdir(parents=True)
+    (root / "cwru" / "12k_DE").mkdir()
+    rng = np.random.default_rng(0)
+    files = [("normal", 0, 0, 97, root / "cwru" / "normal" / "Normal_0_97.npz")]
+    number = 100
+    for loc, size in CWRU_FAULTS:
+        for load in range(4):
+            number += 1
+            tag = f"{loc}{size:03d}{'at6' if loc == 'OR' else ''}_{load}_{number}.npz"
+            files.append((loc, size, load, number, root / "cwru" / "12k_DE" / tag))
+    for loc, size, load, number, path in files:
+        np.savez(
+            path,
+            DE=rng.normal(size=length).astype(np.float32),
+            FE=rng.normal(size=length).astype(np.float32),
+            fs=12_000,
+            rpm=1797.0 - 20 * load,
+            fault_location=loc,
+            fault_size_in=size / 1000,
+            load_hp=load,
+            file_number=number,
+        )
+
+
+@pytest.fixture(params=["synthetic", "real"])
+def cwru_root(request, tmp_path):
+    if request.param == "real":
+        from train.cwru import default_data_root
+
+        root = default_data_root()
+        if not (root / "cwru" / "12k_DE").is_dir():
+            pytest.skip(f"real CWRU records not found under {root / 'cwru'}")
+        return root, 2048
+    _write_cwru_like(tmp_path)
+    return tmp_path, W
+
+
+def _cwru_split(root, window: int, data: str, labels: int = 3):
+    cfg = load_config(
+        None, None, data=data, data_root=root, labels_per_class=labels, window=window, hop=window
+    )
+    return cfg, build_split(cfg)
+
+
+def _size(record_id: str) -> str:
+    """'cwru-IR014-2-171' -> '014'; the normal record -> ''."""
+    name = record_id.split("-")[1]
+    return "" if name == "Normal" else name[-3:]
+
+
+def _load(record_id: str) -> int:
+    return int(record_id.split("-")[2])
+
+
+def test_unseen_bearing_holds_out_the_014_records_everywhere_but_test(cwru_root):
+    root, window = cwru_root
+    _, split = _cwru_split(root, window, "cwru-unseen-bearing")
+    desc = split.description
+    seen = (
+        set(desc["labeled_records"])
+        | {item["record"] for item in desc["labeled_windows"]}
+        | set(split.val.record_ids)
+        | {s.record_id for s in split.pool.segments}
+        | set(desc["pool_records"])
+    )
+    assert seen and not [rid for rid in seen if _size(rid) == "014"]
+    assert {_size(rid) for rid in seen} == {"", "007", "021"}
+    assert {_load(rid) for rid in seen} == {0, 1, 2, 3}  # every load gives labels
+    normal = split.class_names.index("normal")
+    test = zip(split.test.record_ids, split.test.y, strict=True)
+    fault_test = {rid for rid, y in test if y != normal}
+    assert {_size(rid) for rid in fault_test} == {"014"}
+    assert len(fault_test) == 12  # every 0.014 in record, 3 locations x 4 loads
+    assert (split.test.y == normal).any()  # the normal record's test block
+    assert np.bincount(split.labeled.y, minlength=4).tolist() == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "labels_from", "tested"), [("cwru-crossload", 0, 3), ("cwru-crossload-3to0", 3, 0)]
+)
+def test_crossload_puts_each_load_on_its_side(cwru_root, data, labels_from, tested):
+    root, window = cwru_root
+    _, split = _cwru_split(root, window, data)
+    labeled = [item["record"] for item in split.description["labeled_windows"]]
+    assert {_load(rid) for rid in labeled if _size(rid)} == {labels_from}
+    assert {_load(rid) for rid in split.test.record_ids} == {tested}
+    fault_test = {rid for rid in split.test.record_ids if _size(rid)}
+    assert len(fault_test) == 9  # every fault record at that load
+    normal_labeled = any(not _size(rid) for rid in labeled)
+    assert normal_labeled  # the one normal record (load 0) gives the normal labels
+    assert len({s.record_id for s in split.pool.segments}) == 37  # pool: every load
+
+
+def test_leave_one_load_out_tests_each_load_once(cwru_root):
+    root, window = cwru_root
+    tested: list[str] = []
+    for k in range(4):
+        _, split = _cwru_split(root, window, f"cwru-lolo-{k}")
+        labeled = {item["record"] for item in split.description["labeled_windows"]}
+        assert k not in {_load(rid) for rid in labeled if _size(rid)}
+        assert {_load(rid) for rid in labeled if _size(rid)} == {0, 1, 2, 3} - {k}
+        fault_test = {rid for rid in split.test.record_ids if _size(rid)}
+        assert {_load(rid) for rid in fault_test} == {k}
+        assert "normal" in {split.class_names[y] for y in split.test.y}  # by time block
+        tested += sorted(fault_test)
+    assert len(tested) == len(set(tested)) == 36  # every fault record tested exactly once
+
+
+def test_raw_test_records_are_the_test_blocks_of_the_split(cwru_root):
+    from train.data import raw_test_records
+
+    root, window = cwru_root
+    cfg, split = _cwru_split(root, window, "cwru-unseen-bearing")
+    raw = raw_test_records(cfg)
+    assert {r.record_id for r in raw} == set(split.test.record_ids)
+    for r in raw:
+        assert r.meta["test_block"] == split.description["records"][r.record_id]["test"]
+        assert r.signal.shape[0] == r.meta["test_block"][1] - r.meta["test_block"][0]
+        assert r.meta["rpm"] > 0
+
+
+def test_every_data_name_is_described_and_every_cwru_task_is_a_data_name():
+    from typing import get_args
+
+    from train.config import DATA_DESCRIPTIONS, DataName
+    from train.data import CWRU_TASKS
+
+    assert set(DATA_DESCRIPTIONS) == set(get_args(DataName))
+    assert set(CWRU_TASKS) <= set(get_args(DataName))

@@ -1,0 +1,95 @@
+"""`python -m bench fewlabel`: the zero-label envelope row, ranks, worst seeds, task selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import fewlabel
+from edge_agent.simulator import SKF_6205
+from train.records import Record
+from train.scenarios import lab_records
+
+
+@pytest.fixture(scope="module")
+def lab() -> list[Record]:
+    """One short simulated lab record per class (1500 rpm, clear faults), rpm in meta."""
+    return lab_records(1, 1.5, seed=0)
+
+
+def test_envelope_names_the_fault_of_a_clear_record_and_normal_when_no_line(lab):
+    for record in lab:
+        labels = fewlabel.envelope_labels(record, SKF_6205, hop=2048)
+        assert len(labels) == 1 + (record.signal.shape[0] - fewlabel.ENVELOPE_WINDOW) // 2048
+        majority = max(set(labels), key=labels.count)
+        assert majority == record.label, (record.label, labels)
+
+
+def test_envelope_estimates_speed_when_the_record_does_not_carry_it(lab):
+    inner = next(r for r in lab if r.label == "inner_race")
+    blind = Record(inner.record_id, inner.signal, inner.sample_rate_hz, inner.label, {})
+    assert fewlabel.shaft_hz_of(blind) == pytest.approx(inner.meta["rpm"] / 60, rel=0.01)
+    assert fewlabel.envelope_labels(blind, SKF_6205, 2048) == fewlabel.envelope_labels(
+        inner, SKF_6205, 2048
+    )
+
+
+def test_envelope_baseline_scores_location_macro_f1_on_size_labels_too(lab):
+    result = fewlabel.envelope_baseline(lab, SKF_6205, hop=2048)
+    assert result["scored_on"] == "location" and result["uncertain_rate"] is None
+    assert result["macro_f1"] >= 0.8
+    sized = [
+        Record(r.record_id, r.signal, r.sample_rate_hz, r.label + ("_014" * (r.label != "normal")))
+        for r in lab
+    ]
+    assert fewlabel.envelope_baseline(sized, SKF_6205, 2048)["macro_f1"] == pytest.approx(
+        fewlabel.envelope_baseline(
+            [Record(r.record_id, r.signal, r.sample_rate_hz, r.label) for r in lab], SKF_6205, 2048
+        )["macro_f1"]
+    )
+    with pytest.raises(ValueError, match="4096-sample window"):
+        fewlabel.envelope_baseline(
+            [Record("short", np.ones(100, np.float32), 12_000, "normal")], SKF_6205, 2048
+        )
+
+
+def test_summary_gives_worst_seed_and_rank_with_ties_shared():
+    def seed(a: float, b: float, c: float) -> dict:
+        return {
+            m: {"macro_f1": v, "accuracy": v, "uncertain_rate": 0.0}
+            for m, v in (("A", a), ("B", b), ("C", c))
+        }
+
+    summary = fewlabel.summarize({"t": [seed(0.9, 1.0, 0.5), seed(0.7, 0.6, 0.5)]})["t"]
+    assert summary["A"]["macro_f1_worst"] == pytest.approx(0.7)
+    assert summary["B"]["macro_f1_worst"] == pytest.approx(0.6)
+    assert [summary[m]["rank"] for m in "ABC"] == [1, 1, 3]  # A and B both average 0.8
+
+
+def test_task_selection_by_group_data_or_name():
+    assert fewlabel.select_tasks("all") == list(fewlabel.TASKS)
+    chosen = fewlabel.select_tasks("cwru-unseen-bearing,cwru-crossload-3to0,lolo")
+    assert [fewlabel.TASKS[t][0] for t in chosen] == [
+        "cwru-unseen-bearing",
+        "cwru-crossload-3to0",
+        *(f"cwru-lolo-{k}" for k in range(4)),
+    ]
+    with pytest.raises(ValueError, match=r"unknown task 'cwru-lol'.*valid: sim, cwru"):
+        fewlabel.select_tasks("cwru-lol")
+
+
+def test_unseen_bearing_pretrains_on_its_own_pool_and_targets_are_registered():
+    base = fewlabel.load_config(None, None)
+    groups = {fewlabel.pretrain_group(base, t) for t in fewlabel.GROUPS["cwru"]}
+    assert len(groups) == 2  # every record; every record but the 0.014 in ones
+    unseen = 'cwru unseen bearing (0.014" held out), 50/class'
+    assert fewlabel.pretrain_group(base, unseen) != fewlabel.pretrain_group(
+        base, "cwru cross-load 3->0, 50/class"
+    )
+    assert fewlabel.TARGETS[unseen] == 0.90
+    assert fewlabel.TARGETS["cwru cross-load 3->0, 50/class"] == 0.98
+    assert fewlabel.TARGETS["cwru cross-load 0->3, 50/class"] == 0.98
+    supcon = base.model_copy(update={"loss": "supcon"})
+    assert len({fewlabel.pretrain_group(supcon, t) for t in fewlabel.GROUPS["cwru"]}) == len(
+        {fewlabel.TASKS[t][0] for t in fewlabel.GROUPS["cwru"]}
+    )
