@@ -30,7 +30,10 @@ SetOpt = Annotated[
 ]
 DataOpt = Annotated[
     str | None,
-    typer.Option(help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | recordings"),
+    typer.Option(
+        help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | cwru-crossload-3to0 "
+        "| cwru-lolo-0..3 | cwru-unseen-bearing | recordings"
+    ),
 ]
 EpochsOpt = Annotated[int | None, typer.Option(help="Pretraining epochs.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
