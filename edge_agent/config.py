@@ -150,6 +150,10 @@ class SoundDeviceSourceConfig(StrictModel):
         64, ge=2, description="Blocks buffered between callback and agent before samples drop."
     )
     resample: bool = Field(False, description="Resample to the bundle's rate on the device.")
+    tacho_channel: int | None = Field(
+        None, ge=0, description="Channel with tachometer pulses: the shaft speed of the evidence."
+    )
+    tacho_pulses_per_rev: int = Field(1, ge=1, le=1000, description="Pulses per revolution.")
 
     @model_validator(mode="after")
     def _channel(self) -> SoundDeviceSourceConfig:
@@ -157,6 +161,13 @@ class SoundDeviceSourceConfig(StrictModel):
             raise ValueError(
                 f"channel ({self.channel}) must be less than channels ({self.channels}); "
                 "channels are numbered from 0"
+            )
+        if self.tacho_channel is not None and (
+            self.tacho_channel >= self.channels or self.tacho_channel == self.channel
+        ):
+            raise ValueError(
+                f"tacho_channel ({self.tacho_channel}) must be another channel than channel "
+                f"({self.channel}) and less than channels ({self.channels})"
             )
         return self
 
@@ -356,8 +367,9 @@ class HealthConfig(StrictModel):
 class BearingConfig(StrictModel):
     """The monitored bearing and shaft: physics evidence (envelope analysis) beside the model.
 
-    Give `designation` (a catalogue bearing, e.g. "6205") or the four geometry fields; give the
-    shaft speed as `shaft_rpm`, or a search range to estimate it from the spectrum.
+    Give `designation` (a catalogue bearing, e.g. "6205") or the four geometry fields. The shaft
+    speed: `shaft_rpm` when set, else the source's tachometer channel when it has one
+    (`source.tacho_channel`), else estimated from the spectrum within `shaft_search_rpm`.
     """
 
     designation: str | None = Field(None, description="Catalogue bearing, e.g. 6205, 22210.")

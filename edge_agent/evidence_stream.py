@@ -47,6 +47,7 @@ class EvidenceStream:
         self._next_at = -np.inf
         self._recent: deque[str | None] = deque(maxlen=PERSIST)
         self.latest: EnvelopeEvidence | None = None
+        self.measured_shaft_hz: float | None = None  # from a tachometer channel, when there is one
 
     @property
     def clear_class(self) -> str | None:
@@ -94,5 +95,7 @@ class EvidenceStream:
     def _shaft_hz(self, signal: np.ndarray) -> float:
         if self.cfg.shaft_rpm is not None:
             return self.cfg.shaft_rpm / 60.0
+        if self.measured_shaft_hz is not None:
+            return self.measured_shaft_hz
         lo, hi = self.cfg.shaft_search_rpm
         return estimate_shaft_hz(signal, self.fs, lo / 60.0, hi / 60.0)

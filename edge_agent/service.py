@@ -193,6 +193,8 @@ class Agent(CommandHandlers, Publishing):
                     self._check_no_data()
                     continue
                 self._last_data_at = time.monotonic()
+                if chunk.shaft_hz is not None and self.pipe.monitor.evidence is not None:
+                    self.pipe.monitor.evidence.measured_shaft_hz = chunk.shaft_hz
                 if self._awaiting_data:
                     self._awaiting_data = False
                     self._retry_wait = SOURCE_RETRY_S[0]

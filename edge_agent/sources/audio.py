@@ -17,6 +17,7 @@ import numpy as np
 from edge_agent.config import SensorConfig, SoundDeviceSourceConfig
 from edge_agent.preprocess import adc_to_g
 from edge_agent.sources.base import Chunk, SourceBase, SourceError, StreamResampler
+from edge_agent.sources.tacho import TachoCounter
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,14 @@ class AudioSource(SourceBase):
         self.sample_rate_hz = target_rate_hz if self._resampler else rate
         self.overflows = 0
         self.dropped_total = 0
-        self._queue: queue.Queue[tuple[np.ndarray, float, int]] = queue.Queue(cfg.queue_blocks)
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None, float, int]] = queue.Queue(
+            cfg.queue_blocks
+        )
+        self._tacho = (
+            None
+            if cfg.tacho_channel is None
+            else TachoCounter(cfg.sample_rate_hz, cfg.tacho_pulses_per_rev)
+        )
         self._lost = 0  # samples lost since the last queued block (callback thread only)
         self._stream: Any = None
         self._carry_dropped = 0
@@ -150,7 +158,8 @@ class AudioSource(SourceBase):
         if status.input_overflow:
             self.overflows += 1
             lost = frames  # PortAudio does not say how much was lost; count one block
-        item = (indata[:, self.cfg.channel].copy(), time.time(), self._lost + lost)
+        tacho = None if self.cfg.tacho_channel is None else indata[:, self.cfg.tacho_channel].copy()
+        item = (indata[:, self.cfg.channel].copy(), tacho, time.time(), self._lost + lost)
         try:
             self._queue.put_nowait(item)
             self._lost = 0
@@ -161,7 +170,7 @@ class AudioSource(SourceBase):
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                raw, t_callback, lost = self._queue.get(
+                raw, tacho, t_callback, lost = self._queue.get(
                     timeout=max(deadline - time.monotonic(), 0.0)
                 )
             except queue.Empty:
@@ -172,6 +181,8 @@ class AudioSource(SourceBase):
                         "PortAudio error); restart the agent"
                     ) from None
                 return None
+            if self._tacho is not None and tacho is not None:
+                self._tacho.feed(tacho)
             chunk = self._convert(raw, t_callback, lost)
             if chunk is not None:
                 return chunk
@@ -202,7 +213,8 @@ class AudioSource(SourceBase):
         if len(out) == 0:
             return None
         dropped, self._carry_dropped = self._carry_dropped, 0
-        return Chunk(out, t_first, dropped)
+        shaft_hz = None if self._tacho is None else self._tacho.shaft_hz
+        return Chunk(out, t_first, dropped, shaft_hz)
 
     def stop(self) -> None:
         stream, self._stream = self._stream, None

@@ -26,12 +26,14 @@ class Chunk:
 
     samples: float32 (n,) acceleration in g. t_first: time (s, epoch-based stream clock) of the
     first sample. dropped: samples lost just before this chunk (input overflow, slow consumer);
-    > 0 means there is a gap between the previous chunk and this one.
+    > 0 means there is a gap between the previous chunk and this one. shaft_hz: the shaft speed
+    measured by the source's tachometer channel, when it has one and it is turning.
     """
 
     samples: np.ndarray
     t_first: float
     dropped: int = 0
+    shaft_hz: float | None = None
 
 
 @runtime_checkable
