@@ -3,9 +3,10 @@
 A bundle's reference statistics describe the training fleet; a gateway on another machine sits
 outside that cloud from day one, so drift against it says "foreign machine", not "degrading
 machine". Commissioning learns the device's own baseline instead: for `period_s` after install
-(or after the operator's `commission` command) every sensor-valid window's raw encoder embedding
-(every `stride`-th, so windows do not overlap) goes into a running mean and covariance. Once the
-period is over and at least `min_windows` were seen, the baseline is stored in
+(or after the operator's `commission` command) the raw encoder embedding of every
+non-overlapping sensor-valid window (the caller strides) goes into a running mean and
+covariance. Once the period is over and at least `min_windows` were seen, the baseline is
+stored in
 `state_dir/baseline.npz` (atomic; raw encoder space, so head calibrations do not invalidate it;
 a new bundle model version does) and a `DriftMonitor` scores the recent windows against it,
 whatever class the head gives them.
@@ -68,24 +69,22 @@ class Commissioning:
         *,
         period_s: float = 600.0,
         min_windows: int = 100,
-        stride: int = 1,
         drift_window: int = 200,
         threshold: float = 2.0,
     ) -> None:
-        if period_s <= 0 or min_windows < 2 or stride < 1 or drift_window < 2:
+        if period_s <= 0 or min_windows < 2 or drift_window < 2:
             raise ValueError(
-                "Commissioning needs period_s > 0, min_windows >= 2, stride >= 1, "
-                f"drift_window >= 2; got {period_s=}, {min_windows=}, {stride=}, {drift_window=}"
+                "Commissioning needs period_s > 0, min_windows >= 2, drift_window >= 2; got "
+                f"{period_s=}, {min_windows=}, {drift_window=}"
             )
         self.path = Path(folder) / BASELINE_FILE
         self.model_version, self.dim = model_version, int(dim)
-        self.period_s, self.min_windows, self.stride = float(period_s), int(min_windows), stride
+        self.period_s, self.min_windows = float(period_s), int(min_windows)
         self.drift_window, self.threshold = int(drift_window), float(threshold)
         self.baseline: Baseline | None = None
         self.monitor: DriftMonitor | None = None
         self.started_at: float | None = None  # window time the learning period began
         self._learning = False
-        self._seen = 0
         self._reset_sums()
         self._load()
 
@@ -118,11 +117,8 @@ class Commissioning:
     def feed(
         self, emb: np.ndarray, t: float, unknown_score: float | None = None
     ) -> DriftReading | None:
-        """One valid window's raw embedding (D,) at window-end time t (s), and its open-set
-        score when the bundle has one."""
-        self._seen += 1
-        if self._seen % self.stride:
-            return None
+        """One non-overlapping valid window's raw embedding (D,) at window-end time t (s), and
+        its open-set score when the bundle has one."""
         x = np.asarray(emb, dtype=np.float64)
         if self.learning:
             if unknown_score is not None:

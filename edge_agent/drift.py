@@ -182,13 +182,21 @@ class DriftMonitor:
             )
         if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
             raise ValueError("reference statistics contain NaN or inf")
-        cov = (cov + cov.T) / 2.0
-        scale = float(np.trace(cov)) / d
-        floor = 1e-9 * max(scale, float(np.mean(mean**2)), 1e-12)
-        # few samples behind a D x D covariance: lean on the identity (D / (D + count))
-        weight = max(self.shrinkage, d / (d + count)) if math.isfinite(count) else self.shrinkage
-        shrunk = (1.0 - weight) * cov + weight * max(scale, floor) * np.eye(d)
-        eigvals, eigvecs = np.linalg.eigh(shrunk)
-        eigvals = np.maximum(eigvals, floor)  # guards rounding and a non-PSD input
-        whitener = (eigvecs / np.sqrt(eigvals)).T  # (D, D)
+        floor = 1e-9 * max(float(np.trace(cov)) / d, float(np.mean(mean**2)), 1e-12)
+        whitener = shrunk_whitener(cov, count, self.shrinkage, floor)
         return _Gaussian(mean=mean, whitener=whitener, count=count)
+
+
+def shrunk_whitener(cov: np.ndarray, count: float, shrinkage: float, floor: float) -> np.ndarray:
+    """W (D, D) with ||W x||^2 = x^T S_s^-1 x, S_s = (1 - a) S + a (tr(S) / D) I.
+
+    a = max(shrinkage, D / (D + count)): a covariance from few samples leans on the identity
+    (count inf: `shrinkage`). Eigenvalues are floored at `floor` (rounding, a non-PSD input).
+    """
+    d = cov.shape[0]
+    cov = (cov + cov.T) / 2.0
+    scale = float(np.trace(cov)) / d
+    weight = max(shrinkage, d / (d + count)) if math.isfinite(count) else shrinkage
+    shrunk = (1.0 - weight) * cov + weight * max(scale, floor) * np.eye(d)
+    eigvals, eigvecs = np.linalg.eigh(shrunk)
+    return (eigvecs / np.sqrt(np.maximum(eigvals, floor))).T

@@ -61,7 +61,7 @@ class ConditionMonitor:
         threshold = cfg.decisions.drift_threshold or manifest.thresholds.drift_score
         self.commissioning = Commissioning(
             cfg.state_dir, manifest.model_version, manifest.embedding_dim,
-            period_s=c.period_s, min_windows=c.min_windows, stride=stride,
+            period_s=c.period_s, min_windows=c.min_windows,
             drift_window=cfg.decisions.drift_window, threshold=threshold,
         )  # fmt: skip
         if self.commissioning.baseline is None and c.automatic:
@@ -122,13 +122,13 @@ class ConditionMonitor:
             self._fed_evidence = True
             if self.evidence.feed(new, t) is not None:
                 findings += self._evidence_finding(state, decided_normal, t)
+        self._valid += 1
+        if self._valid % self.stride:  # the rest looks at non-overlapping windows only
+            return findings
         reading = self.commissioning.feed(emb, t, unknown_score)
         if reading is not None:
             self.device_drift = reading
             findings += self._drift_finding("device", reading, t)
-        self._valid += 1
-        if self._valid % self.stride:
-            return findings
         if decided_normal and self.fleet is not None:
             fleet = self.fleet.update(emb)
             if fleet is not None:

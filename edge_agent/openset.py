@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_agent.bundle import ClassStats
+from edge_agent.drift import shrunk_whitener
 
 MIN_SHRINKAGE = 0.05
 
@@ -43,12 +44,8 @@ class OpenSetScorer:
         if covs.shape != (len(usable), d, d) or not np.isfinite(covs).all():
             raise ValueError("class statistics need (D,) means and finite (D, D) covariances")
         pooled = np.einsum("k,kij->ij", counts - 1, covs) / max(counts.sum() - len(counts), 1.0)
-        pooled = (pooled + pooled.T) / 2.0
-        weight = max(MIN_SHRINKAGE, d / (d + counts.sum()))
-        scale = max(float(np.trace(pooled)) / d, 1e-12)
-        shrunk = (1.0 - weight) * pooled + weight * scale * np.eye(d)
-        eigvals, eigvecs = np.linalg.eigh(shrunk)
-        self._whitener = (eigvecs / np.sqrt(np.maximum(eigvals, 1e-9 * scale))).T  # (D, D)
+        floor = 1e-9 * max(float(np.trace(pooled)) / d, 1e-12)
+        self._whitener = shrunk_whitener(pooled, float(counts.sum()), MIN_SHRINKAGE, floor)
         self._means = means @ self._whitener.T  # (K, D) whitened
         self.dim = d
 

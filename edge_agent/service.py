@@ -337,7 +337,8 @@ class Agent(CommandHandlers, Publishing):
             for i in range(n)
         ]
         ok = [i for i, c in enumerate(checks) if c.ok]
-        emb = probs = unknown = None
+        emb = probs = None
+        novel = unknown = np.zeros(0)
         codes = np.empty(len(ok), dtype=np.int16)  # label code of each embedded window
         if ok:
             x = normalize(
@@ -349,17 +350,22 @@ class Agent(CommandHandlers, Publishing):
             probs = model.head.probabilities(emb)
             if pipe.openset is not None:
                 unknown = pipe.openset.score(model.head.adapt(emb))
+                threshold = self._unknown_threshold()
+                novel = unknown > threshold if threshold is not None else np.zeros(len(ok), bool)
+        factory_head = model.factory_head  # once per batch: the head changes between batches
         j = 0
         for i, check in enumerate(checks):
             self._interval.add_window(check.stats)
             t_end = float(pipe.batch_t[i])
             if check.ok:
-                steered = self._steer(probs[j])
-                threshold = self._unknown_threshold()
-                novel = unknown is not None and threshold is not None and unknown[j] > threshold
-                self._unknown_score = None if unknown is None else float(unknown[j])
+                steered = self._steer(probs[j], factory_head)
+                self._unknown_score = float(unknown[j]) if len(unknown) else None
                 decision = pipe.decisions.update(
-                    steered, sanity_ok=True, t=t_end, novel=novel, prompt=self._basis == "evidence"
+                    steered,
+                    sanity_ok=True,
+                    t=t_end,
+                    novel=bool(len(novel) and novel[j]),
+                    prompt=self._basis == "evidence",
                 )
                 codes[j] = pipe.label_codes[decision.label]
                 self._monitor(decision, pipe.batch[i], emb[j])
@@ -386,7 +392,7 @@ class Agent(CommandHandlers, Publishing):
             else self.pipe.monitor.unknown_threshold(self.pipe.unknown_above)
         )
 
-    def _steer(self, probs: np.ndarray) -> np.ndarray:
+    def _steer(self, probs: np.ndarray, factory_head: bool) -> np.ndarray:
         """The probabilities the decisions see: the model's; EVIDENCE_CONFIDENCE on the line's
         class where a clear defect line disagrees with an uncalibrated head (the evidence
         decides) or agrees with an unsure model (the evidence confirms)."""
@@ -396,7 +402,7 @@ class Agent(CommandHandlers, Publishing):
             return probs
         names = self.pipe.decisions.class_names
         top = int(probs.argmax())
-        self._basis, override = evidence.basis(names[top], self.model.factory_head)
+        self._basis, override = evidence.basis(names[top], factory_head)
         if self._basis == "both" and probs[top] < EVIDENCE_CONFIDENCE:
             override = names[top]
         if override is None or override not in names:
