@@ -229,7 +229,7 @@ class Publishing:
             cpu_percent=stats["cpu_percent"],
             max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             rms_g=telemetry.rms_g,
-            **{k: "n/a" if v is None else v for k, v in self.pipe.monitor.status().items()},
+            **{k: "n/a" if v is None else v for k, v in condition.items()},
             dropped_samples=buffer.dropped_samples,
             overruns=buffer.overruns,
             outbox_pending=telemetry.outbox_pending,
