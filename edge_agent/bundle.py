@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.head import Head
+from edge_agent.physics import PhysicsHead
 from edge_agent.preprocess import NORMALIZATIONS, PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -102,6 +103,19 @@ class ClassStats(StrictModel):
     cov: list[list[float]]
 
 
+class PhysicsView(StrictModel):
+    """The physics head fused with the model's (edge_agent.physics); absent: model only."""
+
+    features: Literal["envelope-lines-v1"]
+    band_hz: tuple[float, float]
+    weights: list[list[float]] = Field(description="(classes, features) of the linear head.")
+    bias: list[float]
+    temperature: float = Field(gt=0)
+
+    def head(self) -> PhysicsHead:
+        return PhysicsHead.from_dict(self.model_dump())
+
+
 class Manifest(StrictModel):
     schema_version: int
     model_name: str
@@ -119,11 +133,22 @@ class Manifest(StrictModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     parity: dict[str, Any] = Field(default_factory=dict)
+    physics: PhysicsView | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.normal_class not in self.class_names:
             raise ValueError(f"normal_class {self.normal_class!r} is not in class_names")
+        if self.physics is not None:
+            try:
+                head = self.physics.head()
+            except ValueError as exc:
+                raise ValueError(f"physics: {exc}") from exc
+            if head.num_classes != len(self.class_names):
+                raise ValueError(
+                    f"physics: the head has {head.num_classes} classes, class_names "
+                    f"{len(self.class_names)}"
+                )
         listed = {e.file for e in self.encoders} | {self.head_file}
         missing = sorted(listed - set(self.files))
         if missing:

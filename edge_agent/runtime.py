@@ -31,6 +31,7 @@ from edge_agent.head import Head
 from edge_agent.headstore import HeadStore
 from edge_agent.monitoring import ConditionMonitor
 from edge_agent.openset import OpenSetScorer
+from edge_agent.physics import PhysicsHead
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.ringbuffer import WindowBuffer
 
@@ -45,6 +46,7 @@ class ModelRuntime:
     backend: Backend
     head: Head
     head_version: int
+    physics: PhysicsHead | None = None  # fused with the device head's output (edge_agent.physics)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -95,7 +97,8 @@ def load_runtime(
     )
     store.init_from_factory(factory, manifest.model_version)
     version, head = store.current()
-    return ModelRuntime(folder, manifest, factory, backend, head, version)
+    physics = manifest.physics.head() if manifest.physics else None
+    return ModelRuntime(folder, manifest, factory, backend, head, version, physics)
 
 
 @dataclass

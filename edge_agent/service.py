@@ -50,6 +50,7 @@ from edge_agent.interval import IntervalStats
 from edge_agent.mqtt import MqttLink
 from edge_agent.notify import notify, watchdog_interval_s
 from edge_agent.outbox import Outbox
+from edge_agent.physics import line_view
 from edge_agent.preprocess import normalize
 from edge_agent.publishing import Publishing
 from edge_agent.ringbuffer import WindowBuffer
@@ -103,6 +104,12 @@ class Agent(CommandHandlers, Publishing):
         self._rate = 0.0  # windows/s over the last telemetry interval
         self._reset_interval(time.monotonic())
         m = self.model.manifest
+        if m.physics is not None and cfg.bearing is None:
+            logger.warning(
+                "the bundle carries a physics view (defect lines at the shaft speed) that this "
+                "config cannot use: add a [bearing] section (designation, and shaft_rpm or a "
+                "tachometer channel) to fuse it; the model alone decides meanwhile"
+            )
         log_fields(
             logging.INFO,
             "agent_ready",
@@ -115,6 +122,7 @@ class Agent(CommandHandlers, Publishing):
             window=m.preprocessing.window,
             hop=m.preprocessing.hop,
             source=cfg.source.type,
+            physics="none" if m.physics is None else "on" if cfg.bearing is not None else "off",
         )
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -341,13 +349,14 @@ class Agent(CommandHandlers, Publishing):
         novel = unknown = np.zeros(0)
         codes = np.empty(len(ok), dtype=np.int16)  # label code of each embedded window
         if ok:
-            x = normalize(
-                pipe.batch[:n] if len(ok) == n else pipe.batch[ok], pipe.spec.normalization
-            )
+            x_raw = pipe.batch[:n] if len(ok) == n else pipe.batch[ok]
+            x = normalize(x_raw, pipe.spec.normalization)
             start = time.perf_counter()
             emb = model.backend.embed(x)
             self._interval.add_inference((time.perf_counter() - start) * 1000 / len(ok))
             probs = model.head.probabilities(emb)
+            if model.physics is not None:
+                probs = self._fuse_physics(probs, x_raw)
             if pipe.openset is not None:
                 unknown = pipe.openset.score(model.head.adapt(emb))
                 threshold = self._unknown_threshold()
@@ -380,6 +389,26 @@ class Agent(CommandHandlers, Publishing):
         if ok:
             pipe.log.append(emb, pipe.batch_t[ok], codes)
         self.windows_total += n
+
+    def _fuse_physics(self, probs: np.ndarray, windows_g: np.ndarray) -> np.ndarray:
+        """The device head's probabilities fused with the bundle's physics view, when the shaft
+        speed is known (config, tachometer or the evidence stream's estimate); else unchanged."""
+        physics, bearing, shaft_hz = self.model.physics, self.cfg.bearing, self._shaft_hz()
+        if physics is None or bearing is None or shaft_hz is None:
+            return probs
+        fs = self.pipe.spec.sample_rate_hz
+        view = line_view(windows_g, fs, shaft_hz, bearing.geometry(), physics.band_hz)
+        return physics.fuse(probs, view)
+
+    def _shaft_hz(self) -> float | None:
+        bearing, evidence = self.cfg.bearing, self.pipe.monitor.evidence
+        if bearing is not None and bearing.shaft_rpm is not None:
+            return bearing.shaft_rpm / 60.0
+        if evidence is None:
+            return None
+        if evidence.measured_shaft_hz is not None:
+            return evidence.measured_shaft_hz
+        return evidence.latest.shaft_hz if evidence.latest is not None else None
 
     def _unknown_threshold(self) -> float | None:
         """The config's fixed threshold, else the commissioned one (see monitoring)."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edge_agent.bundle import Manifest, Preprocessing, Thresholds, pack, sha256_file, verify
 from edge_agent.bundle import write_manifest as write_bundle_manifest
 from edge_agent.head import HEAD_KEYS, Head
+from edge_agent.physics import PhysicsHead, line_view
 from export.formats import (
     ExportError,
     ExportFormat,
@@ -66,6 +67,7 @@ class Checkpoint(BaseModel):
     metrics: dict[str, Any] = {}
     reference_stats: dict[str, Any] = {}
     open_set: dict[str, Any] = {}
+    physics: dict[str, Any] | None = None
 
 
 @dataclass
@@ -81,6 +83,8 @@ class RunInputs:
     heldout_x: np.ndarray
     heldout_y: np.ndarray
     calibration: np.ndarray | None
+    physics: PhysicsHead | None = None
+    heldout_shaft_hz: np.ndarray | None = None  # (N,) speed of each held-out window, NaN unknown
 
 
 def _field_errors(exc: ValidationError) -> str:
@@ -171,9 +175,60 @@ def load_run(path: Path) -> RunInputs:
     calibration = None
     if (folder / "calibration.npz").is_file():
         calibration, _ = _load_windows(folder / "calibration.npz", window, with_labels=False)
+    try:
+        physics = PhysicsHead.from_dict(ckpt.physics) if ckpt.physics else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{ckpt_path}: invalid physics head: {exc}") from exc
+    if physics is not None and physics.num_classes != len(ckpt.class_names):
+        raise ExportError(
+            f"{ckpt_path}: physics head has {physics.num_classes} classes, the model "
+            f"{len(ckpt.class_names)}"
+        )
+    speeds = _load_speeds(folder / "heldout.npz", len(heldout_x)) if physics else None
     return RunInputs(
-        ckpt_path, ckpt, encoder, head, preprocessing, dim, heldout_x, heldout_y, calibration
+        ckpt_path,
+        ckpt,
+        encoder,
+        head,
+        preprocessing,
+        dim,
+        heldout_x,
+        heldout_y,
+        calibration,
+        physics,
+        speeds,
     )
+
+
+def _load_speeds(path: Path, n: int) -> np.ndarray | None:
+    """The held-out windows' shaft speeds (Hz), or None when the run did not record them."""
+    with np.load(path, allow_pickle=False) as data:
+        if "shaft_hz" not in data:
+            return None
+        speeds = np.asarray(data["shaft_hz"], dtype=np.float64)
+    if speeds.shape != (n,):
+        raise ExportError(f"{path}: shaft_hz has shape {speeds.shape}, expected ({n},)")
+    return speeds
+
+
+def heldout_physics_logits(run: RunInputs) -> np.ndarray | None:
+    """(N, C) physics logits of the held-out windows (0 where the speed is unknown), or None
+    without a physics head. They do not depend on the encoder: every format gets the same."""
+    if run.physics is None or run.heldout_shaft_hz is None:
+        return None
+    known = np.isfinite(run.heldout_shaft_hz)
+    out = np.zeros((len(known), run.physics.num_classes))
+    if known.any():
+        bearing = str(run.checkpoint.config.get("bearing", "6205"))
+        view = line_view(
+            run.heldout_x[known],
+            run.preprocessing.sample_rate_hz,
+            run.heldout_shaft_hz[known],
+            bearing,
+            run.physics.band_hz,
+        )
+        out[known] = run.physics.logits(view)
+    return out
 
 
 @dataclass
@@ -270,7 +325,9 @@ def export_bundle(
 
         reference = embed_torch(run.encoder, run.heldout_x)
         candidates = {f.name: f.embed(done[f.name].exported.path, run.heldout_x) for f in exported}
-        result.report = compare(reference, candidates, run.head, run.heldout_y)
+        result.report = compare(
+            reference, candidates, run.head, run.heldout_y, heldout_physics_logits(run)
+        )
         result.failures = gate(
             result.report, options.min_agreement, options.max_accuracy_drop_points
         )
@@ -398,6 +455,7 @@ def _manifest_fields(
         "provenance": provenance,
         "metrics": {**_jsonable(ckpt.metrics), "heldout_accuracy": heldout},
         "parity": parity,
+        "physics": run.physics.to_dict() if run.physics else None,
     }
 
 

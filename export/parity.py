@@ -1,7 +1,8 @@
 """Parity of exported encoders with the FP32 torch encoder, on held-out windows, and its gate.
 
 Every model's embeddings go through the checkpoint's numpy head (the same head the device runs)
-to class decisions. Per model: top-1 agreement with the FP32 decisions, accuracy, accuracy drop
+to class decisions, fused with the physics view when the bundle carries one, as on the device.
+Per model: top-1 agreement with the FP32 decisions, accuracy, accuracy drop
 in percentage points, the mean cosine similarity of embeddings and the embedding error relative
 to the spread of the FP32 embeddings (cosine stays near 1 when embeddings share a large common
 offset; the relative error does not).
@@ -64,27 +65,40 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
+def decisions(head: Head, emb: np.ndarray, physics_logits: np.ndarray | None) -> np.ndarray:
+    """Class index per window: the head's, or with a physics view (edge_agent.physics) the
+    fused one (the fused temperature does not move an argmax)."""
+    z = head.logits(emb)
+    if physics_logits is None:
+        return z.argmax(axis=1)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    return (log_p + physics_logits).argmax(axis=1)
+
+
 def compare(
     reference: np.ndarray,
     candidates: dict[str, np.ndarray],
     head: Head,
     labels: np.ndarray,
+    physics_logits: np.ndarray | None = None,
 ) -> ParityReport:
     """Compare candidate embeddings (format -> (N, D)) with the FP32 reference (N, D).
 
-    labels: (N,) int class indices into the head's outputs.
+    labels: (N,) int class indices into the head's outputs. physics_logits: (N, C) of the
+    bundle's physics head, when it has one: decisions are then the fused ones, as on the device.
     """
     labels = np.asarray(labels)
     if reference.shape[0] != labels.shape[0]:
         raise ValueError(f"{reference.shape[0]} embeddings but {labels.shape[0]} labels")
     spread = float(np.linalg.norm(reference - reference.mean(axis=0)))
-    ref_pred = head.logits(reference).argmax(axis=1)
+    ref_pred = decisions(head, reference, physics_logits)
     ref_acc = float((ref_pred == labels).mean())
     models = []
     for name, emb in candidates.items():
         if emb.shape != reference.shape:
             raise ValueError(f"{name}: embeddings {emb.shape}, reference {reference.shape}")
-        pred = head.logits(emb).argmax(axis=1)
+        pred = decisions(head, emb, physics_logits)
         acc = float((pred == labels).mean())
         models.append(
             ModelParity(

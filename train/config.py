@@ -136,6 +136,21 @@ class TrainConfig(BaseModel):
     )
     multi_head_weight: float = Field(0.5, ge=0, description="Weight of the task heads' loss.")
     propagate_cap_per_class: int = Field(200, ge=0, description="Most propagated labels per class.")
+    physics: bool = Field(
+        True,
+        description="Fuse the physics view (edge_agent.physics: defect-line levels of the "
+        "envelope spectrum at the record's shaft speed) with the model, where it proves "
+        "reliable on the labeled data (train.physics).",
+    )
+    physics_min_accuracy: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="The physics head's cross-validated and validation accuracy must reach this.",
+    )
+    bearing: str = Field(
+        "6205", description="Catalogue designation of the bearing the records come from."
+    )
     # baselines
     supervised_epochs: int = Field(100, ge=1)
     pseudo_threshold: float = Field(0.9, gt=0, lt=1)
@@ -160,6 +175,9 @@ class TrainConfig(BaseModel):
             )
         if self.hop > self.window:
             raise ValueError(f"hop ({self.hop}) must be <= window ({self.window})")
+        from edge_agent.evidence import bearing_geometry
+
+        bearing_geometry(self.bearing)  # ValueError listing the known designations
         if self.data == "recordings" and self.manifest is None:
             raise ValueError("data = 'recordings' needs manifest = <path to CSV or TOML manifest>")
         return self

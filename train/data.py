@@ -103,7 +103,7 @@ def sim_reference_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     test_recs = _sim_test_records(cfg)
 
     def segments(records: list[Record]) -> list[Segment]:
-        return [Segment(r.record_id, r.signal, index[r.label], 0) for r in records]
+        return [Segment(r.record_id, r.signal, index[r.label], 0, r.shaft_hz) for r in records]
 
     labeled, picked = pick_labeled(
         segments(lab), cfg.labels_per_class, len(names), cfg.window, cfg.normalization, rng

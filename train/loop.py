@@ -1,6 +1,6 @@
 """The recipe: `pretrain(cfg, split)` (SimCLR on the unlabeled pool) and `finetune(cfg, split,
-encoder)` (frozen probe, then end-to-end at a lower rate, then temperature scaling). Each is a
-visible loop: batch, forward, loss, step, log.
+encoder)` (frozen probe, then end-to-end at a lower rate, then temperature scaling, then the
+physics view where it is reliable). Each is a visible loop: batch, forward, loss, step, log.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from train.heads import (
 )
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
 from train.multitask import TaskTargets, build_task_head, task_loss
+from train.physics import PhysicsFusion, fit_fused_temperature, fit_physics
 from train.splits import Split, WindowSet
 
 logger = logging.getLogger(__name__)
@@ -376,9 +377,17 @@ class Classifier:
     history: list[dict[str, float]] = field(default_factory=list)
     task_head: MultiTaskHead | None = None
     task_targets: TaskTargets | None = None
+    physics: PhysicsFusion | None = None
+    physics_report: dict[str, Any] = field(default_factory=dict)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         return embed(self.encoder, x)
+
+    def predict(self, ws: WindowSet) -> np.ndarray:
+        """Probabilities of `ws`'s windows: the model's, fused with the physics view where the
+        recipe kept one and a window's shaft speed is known."""
+        probs = self.probabilities(ws.x)
+        return probs if self.physics is None else self.physics.fuse(probs, ws)
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -534,7 +543,8 @@ def finetune(
 ) -> Classifier:
     """Frozen-encoder probe at probe_lr; optionally propagate the labels to agreeing pool windows
     and probe again on the wider set; end-to-end at finetune_lr (BN statistics frozen, since a
-    handful of labels cannot re-estimate them); temperature scaling on validation windows."""
+    handful of labels cannot re-estimate them); temperature scaling on validation windows; the
+    physics view fused in where it proves reliable (train.physics)."""
     device = next(encoder.parameters()).device
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
     n_classes = len(split.class_names)
@@ -584,4 +594,9 @@ def finetune(
         show_progress=show_progress,
     )
     calibrate_temperature(model, split.val)
+    fusion, model.physics_report = fit_physics(cfg, split.labeled, split.val, n_classes)
+    if fusion is not None:
+        probs = model.probabilities(split.val.x)
+        model.physics = fit_fused_temperature(fusion, probs, split.val, MIN_TEMPERATURE)
+    logger.info("physics view: %s", model.physics_report["reason"])
     return model

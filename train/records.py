@@ -40,3 +40,11 @@ class Record:
     @property
     def duration_s(self) -> float:
         return self.signal.shape[0] / self.sample_rate_hz
+
+    @property
+    def shaft_hz(self) -> float:
+        """The measured shaft speed (meta rpm / 60), NaN when the record does not carry one."""
+        rpm = self.meta.get("rpm")
+        if isinstance(rpm, (int, float)) and not isinstance(rpm, bool) and 0 < rpm < float("inf"):
+            return float(rpm) / 60.0
+        return float("nan")

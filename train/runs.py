@@ -26,9 +26,18 @@ CALIBRATION_WINDOWS = 512
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
     """Test metrics, with calibration ("ece", edge_agent.confidence) beside the uncertain rate
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
-    probs = model.probabilities(split.test.x)
+    probs = model.predict(split.test)
     metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
     metrics["ece"] = expected_calibration_error(probs, split.test.y)
+    if model.physics_report:
+        metrics["physics"] = model.physics_report
+    if model.physics is not None:
+        alone = classification_metrics(
+            model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below
+        )
+        metrics["without_physics"] = {
+            k: alone[k] for k in ("accuracy", "macro_f1", "uncertain_rate")
+        }
     if model.task_head is not None and model.task_targets is not None:
         metrics["tasks"] = task_metrics(
             model.task_probabilities(split.test.x),
@@ -138,11 +147,16 @@ def save_run(
             "reference_stats": stats,
             "open_set": open_set(model, split, stats),
             "task_heads": task_heads(model),
+            "physics": model.physics.head.to_dict() if model.physics else None,
+            "physics_report": model.physics_report,
         },
         checkpoint,
     )
     np.savez_compressed(run_dir / "calibration.npz", x=calibration_windows(split, cfg.seed))
-    np.savez_compressed(run_dir / "heldout.npz", x=split.test.x, y=split.test.y)
+    heldout = {"x": split.test.x, "y": split.test.y}
+    if split.test.shaft_hz is not None:
+        heldout["shaft_hz"] = split.test.shaft_hz
+    np.savez_compressed(run_dir / "heldout.npz", **heldout)
     (run_dir / "split.json").write_text(
         json.dumps({**split.description, "counts": split_summary(split)}, indent=1)
     )

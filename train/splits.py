@@ -8,6 +8,7 @@ Every split writes a JSON description (which record, which sample ranges) into t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,11 +24,13 @@ TRAIN_END, VAL_END = 0.60, 0.70  # block boundaries as fractions of a record
 
 @dataclass
 class WindowSet:
-    """Model-ready windows: x float32 (N, 1, W) normalized, y int64 (N,) class index or -1."""
+    """Model-ready windows: x float32 (N, 1, W) normalized, y int64 (N,) class index or -1,
+    shaft_hz (N,) the speed each window was recorded at (NaN unknown; None: not tracked)."""
 
     x: np.ndarray
     y: np.ndarray
     record_ids: list[str] = field(default_factory=list)
+    shaft_hz: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -41,10 +44,12 @@ class WindowSet:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty(window)
+        speeds = [p.shaft_hz for p in parts]
         return cls(
             np.concatenate([p.x for p in parts]),
             np.concatenate([p.y for p in parts]),
             [r for p in parts for r in p.record_ids],
+            None if any(v is None for v in speeds) else np.concatenate(speeds),  # type: ignore[arg-type]
         )
 
 
@@ -56,6 +61,7 @@ class Segment:
     signal: np.ndarray
     label: int
     start: int  # first sample's index in the record
+    shaft_hz: float = math.nan  # the record's shaft speed, when it carries one
 
 
 class SegmentPool:
@@ -117,7 +123,12 @@ def windows_of(segment: Segment, window: int, hop: int, normalization: str) -> W
     if segment.signal.shape[0] < window:
         return WindowSet.empty(window)
     x = normalize(frame(segment.signal, window, hop), normalization)  # type: ignore[arg-type]
-    return WindowSet(x, np.full(len(x), segment.label, np.int64), [segment.record_id] * len(x))
+    return WindowSet(
+        x,
+        np.full(len(x), segment.label, np.int64),
+        [segment.record_id] * len(x),
+        np.full(len(x), segment.shaft_hz),
+    )
 
 
 def time_blocks(record: Record, label: int, window: int) -> dict[str, Segment]:
@@ -126,7 +137,7 @@ def time_blocks(record: Record, label: int, window: int) -> dict[str, Segment]:
     a, b = int(n * TRAIN_END), int(n * VAL_END)
     bounds = {"train": (0, a), "val": (a + window, b), "test": (b + window, n)}
     return {
-        name: Segment(record.record_id, record.signal[lo:hi], label, lo)
+        name: Segment(record.record_id, record.signal[lo:hi], label, lo, record.shaft_hz)
         for name, (lo, hi) in bounds.items()
         if hi > lo
     }
@@ -158,7 +169,10 @@ def pick_labeled(
             seg = segments[i]
             chosen.append(
                 windows_of(
-                    Segment(seg.record_id, seg.signal[o : o + window], c, 0), window, window, norm
+                    replace(seg, signal=seg.signal[o : o + window], label=c, start=0),
+                    window,
+                    window,
+                    norm,
                 )
             )
             picked.append({"record": seg.record_id, "start": seg.start + o, "class": c})
@@ -200,7 +214,7 @@ def split_records(
         cfg.window,
     )
     pool_segments = [
-        Segment(s.record_id, s.signal, s.label, s.start)
+        replace(s)
         for r, b in blocks.values()
         for s in [b.get("train")]
         if s is not None and pool_filter(r)
