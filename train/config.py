@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -167,6 +167,14 @@ class TrainConfig(BaseModel):
     run_name: str | None = None
     log_every: int = Field(20, ge=1)
 
+    @field_validator("bearing")
+    @classmethod
+    def _known_bearing(cls, value: str) -> str:
+        from edge_agent.evidence import bearing_geometry
+
+        bearing_geometry(value)  # ValueError listing the known designations
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.aug_k_min > self.aug_k_max:
@@ -175,9 +183,6 @@ class TrainConfig(BaseModel):
             )
         if self.hop > self.window:
             raise ValueError(f"hop ({self.hop}) must be <= window ({self.window})")
-        from edge_agent.evidence import bearing_geometry
-
-        bearing_geometry(self.bearing)  # ValueError listing the known designations
         if self.data == "recordings" and self.manifest is None:
             raise ValueError("data = 'recordings' needs manifest = <path to CSV or TOML manifest>")
         return self
