@@ -66,6 +66,21 @@ def test_summary_gives_worst_seed_and_rank_with_ties_shared():
     assert [summary[m]["rank"] for m in "ABC"] == [1, 1, 3]  # A and B both average 0.8
 
 
+def test_the_model_alone_row_is_not_ranked_and_physics_use_is_counted():
+    def seed(recipe: float, alone: float, used: bool) -> dict:
+        row = {"accuracy": 0.0, "uncertain_rate": 0.0}
+        return {
+            fewlabel.RECIPE: {**row, "macro_f1": recipe, "physics_used": used},
+            fewlabel.MODEL_ALONE: {**row, "macro_f1": alone},
+            "supervised only": {**row, "macro_f1": 0.8},
+        }
+
+    summary = fewlabel.summarize({"t": [seed(1.0, 0.5, True), seed(0.9, 0.9, False)]})["t"]
+    assert summary[fewlabel.RECIPE]["rank"] == 1 and summary["supervised only"]["rank"] == 2
+    assert summary[fewlabel.MODEL_ALONE]["rank"] is None
+    assert summary[fewlabel.RECIPE]["physics_used_seeds"] == 1
+
+
 def test_task_selection_by_group_data_or_name():
     assert fewlabel.select_tasks("all") == list(fewlabel.TASKS)
     chosen = fewlabel.select_tasks("cwru-unseen-bearing,cwru-crossload-3to0,lolo")

@@ -36,7 +36,7 @@ def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[st
             model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below
         )
         metrics["without_physics"] = {
-            k: alone[k] for k in ("accuracy", "macro_f1", "uncertain_rate")
+            k: alone[k] for k in ("accuracy", "macro_f1", "uncertain_rate", "confident_accuracy")
         }
     if model.task_head is not None and model.task_targets is not None:
         metrics["tasks"] = task_metrics(
