@@ -49,8 +49,18 @@ def train(out: Path, quick: bool) -> Path:
     test = result["metrics"]["test"]["SimCLR + fine-tune"]
     console.print(
         f"SimCLR + fine-tune on production test records: accuracy {test['accuracy']:.3f}, "
-        f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}"
+        f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}, "
+        f"ECE {test['ece']:.3f}"
     )
+    physics = test.get("physics", {})
+    alone = test.get("without_physics")
+    if alone:
+        console.print(
+            f"  with the physics view (defect lines at the shaft speed); the model alone: "
+            f"macro-F1 {alone['macro_f1']:.3f}, uncertain {alone['uncertain_rate']:.1%}"
+        )
+    elif physics:
+        console.print(f"  physics view not used: {physics.get('reason')}")
     return Path(result["checkpoint"])
 
 
