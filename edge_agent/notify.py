@@ -22,7 +22,9 @@ def notify(**fields: object) -> bool:
     """Send `KEY=value` lines to systemd, e.g. notify(READY=1, STATUS="running").
 
     Returns True when a datagram was sent; False without $NOTIFY_SOCKET or when sending failed
-    (logged at debug level: a lost notification must never stop the agent).
+    (logged at debug level: a lost notification must never stop the agent). The send never
+    blocks: a receiver that stopped reading (its queue full) loses the datagram instead of
+    freezing the window loop.
     """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address or not fields:
@@ -32,8 +34,8 @@ def notify(**fields: object) -> bool:
     message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, address)
-    except OSError as exc:
+            sock.sendto(message, socket.MSG_DONTWAIT, address)
+    except OSError as exc:  # BlockingIOError included
         logger.debug("sd_notify to %r failed: %s", address, exc)
         return False
     return True

@@ -62,3 +62,18 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process(monkeypatch):
     monkeypatch.delenv("WATCHDOG_PID")
     monkeypatch.setenv("WATCHDOG_USEC", "garbage")
     assert watchdog_interval_s() is None
+
+
+def test_a_receiver_that_stopped_reading_never_blocks_the_agent(tmp_path, monkeypatch):
+    """Its queue fills up (a frozen receiver): later notifications are dropped, at once."""
+    import time
+
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    start = time.monotonic()
+    sent = [notify(WATCHDOG=1) for _ in range(5000)]
+    assert time.monotonic() - start < 10.0
+    assert sent[0] and not sent[-1]  # the first went out; once full, they are dropped
+    receiver.close()

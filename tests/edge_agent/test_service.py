@@ -95,6 +95,18 @@ def test_fault_and_flat_sensor_reach_a_subscriber_and_systemd(
     systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     systemd.bind(str(notify_path))
     systemd.settimeout(0.5)
+    datagrams: list[str] = []
+    reading = threading.Event()
+
+    def read_like_systemd() -> None:  # systemd reads at once; a full queue would drop pings
+        while not reading.is_set():
+            try:
+                datagrams.append(systemd.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=read_like_systemd, daemon=True)
+    reader.start()
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
@@ -130,12 +142,8 @@ def test_fault_and_flat_sensor_reach_a_subscriber_and_systemd(
     assert state["state"] == "sensor_fault" and state["last_event_id"] == got[2]["event_id"]
     assert late.wait_for(BASE + "status", lambda p: True)["status"] == "offline"
 
-    datagrams = []
-    try:
-        while True:
-            datagrams.append(systemd.recv(4096).decode())
-    except TimeoutError:
-        pass
+    reading.set()
+    reader.join(timeout=2)
     systemd.close()
     assert "READY=1" in "\n".join(datagrams)
     assert any(d.startswith("STOPPING=1") for d in datagrams)
