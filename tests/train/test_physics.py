@@ -92,5 +92,5 @@ def test_windows_of_unknown_speed_keep_the_model_probabilities(sim) -> None:
 
 
 def test_an_unknown_bearing_is_a_config_error_naming_it() -> None:
-    with pytest.raises(ConfigError, match="^bearing: .*unknown bearing designation"):
+    with pytest.raises(ConfigError, match=r"^bearing: .*unknown bearing designation"):
         load_config(None, None, bearing="9999")
