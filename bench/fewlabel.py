@@ -94,9 +94,8 @@ def machine_geometry(data: str) -> BearingGeometry:
 
 def shaft_hz_of(record: Record) -> float:
     """The record's measured speed (meta rpm), else estimated from its first seconds."""
-    rpm = record.meta.get("rpm")
-    if isinstance(rpm, (int, float)) and math.isfinite(rpm) and rpm > 0:
-        return float(rpm) / 60
+    if math.isfinite(record.shaft_hz):
+        return record.shaft_hz
     fs = record.sample_rate_hz
     head = record.signal[: int(BAND_SECONDS * fs)]
     return estimate_shaft_hz(head, fs, RPM_RANGE[0] / 60, RPM_RANGE[1] / 60)

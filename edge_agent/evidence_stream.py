@@ -92,6 +92,15 @@ class EvidenceStream:
             return "evidence", clear
         return "model", None
 
+    def known_shaft_hz(self) -> float | None:
+        """The shaft speed as far as it is known now: configured, measured by a tachometer, or
+        the latest reading's estimate; None before the first estimate."""
+        if self.cfg.shaft_rpm is not None:
+            return self.cfg.shaft_rpm / 60.0
+        if self.measured_shaft_hz is not None:
+            return self.measured_shaft_hz
+        return self.latest.shaft_hz if self.latest is not None else None
+
     def _shaft_hz(self, signal: np.ndarray) -> float:
         if self.cfg.shaft_rpm is not None:
             return self.cfg.shaft_rpm / 60.0

@@ -46,15 +46,19 @@ def line_view(
 ) -> np.ndarray:
     """(N, W) or (N, 1, W) windows -> (N, N_FEATURES) float32 line levels in dB.
 
-    shaft_hz: one speed, or one per window. A line the window cannot resolve reads 0 dB (no
-    line); so does every line of a window with no vibration to analyse (flat, NaN), which the
-    sensor checks flag on their own.
+    shaft_hz: one speed, or one per window; a window of unknown speed (NaN) gets a NaN row,
+    which `PhysicsHead.fuse` leaves to the model. A line the window cannot resolve reads 0 dB
+    (no line); so does every line of a window with no vibration to analyse (flat, NaN), which
+    the sensor checks flag on their own.
     """
     x = np.asarray(windows)
     x = x.reshape(x.shape[0], -1)
     speeds = np.broadcast_to(np.asarray(shaft_hz, dtype=np.float64), (x.shape[0],))
     out = np.zeros((x.shape[0], N_FEATURES), np.float32)
     for i in range(x.shape[0]):
+        if not np.isfinite(speeds[i]):
+            out[i] = np.nan
+            continue
         try:
             reading = evidence(x[i], sample_rate_hz, float(speeds[i]), geometry, band)
         except EvidenceError:
@@ -101,9 +105,17 @@ class PhysicsHead:
         return np.asarray(view, np.float64) @ self.weights.T + self.bias
 
     def fuse(self, model_probs: np.ndarray, view: np.ndarray) -> np.ndarray:
-        """Fused probabilities (N, C) from the model head's probabilities and the physics view."""
-        z = np.log(np.clip(np.asarray(model_probs, np.float64), 1e-12, 1.0)) + self.logits(view)
-        return softmax(z / self.temperature)
+        """Fused probabilities (N, C) from the model head's probabilities and the physics view;
+        rows whose view is NaN (speed unknown) keep the model's probabilities."""
+        probs = np.asarray(model_probs, np.float64)
+        known = np.isfinite(view).all(axis=1)
+        if known.all():
+            z = np.log(np.clip(probs, 1e-12, 1.0)) + self.logits(view)
+            return softmax(z / self.temperature)
+        out = probs.copy()
+        if known.any():
+            out[known] = self.fuse(probs[known], view[known])
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -391,24 +391,15 @@ class Agent(CommandHandlers, Publishing):
         self.windows_total += n
 
     def _fuse_physics(self, probs: np.ndarray, windows_g: np.ndarray) -> np.ndarray:
-        """The device head's probabilities fused with the bundle's physics view, when the shaft
-        speed is known (config, tachometer or the evidence stream's estimate); else unchanged."""
-        physics, bearing, shaft_hz = self.model.physics, self.cfg.bearing, self._shaft_hz()
-        if physics is None or bearing is None or shaft_hz is None:
+        """The device head's probabilities fused with the bundle's physics view, when the bearing
+        is configured (the evidence stream exists) and its shaft speed known; else unchanged."""
+        physics, evidence = self.model.physics, self.pipe.monitor.evidence
+        shaft_hz = evidence.known_shaft_hz() if evidence is not None else None
+        if physics is None or evidence is None or shaft_hz is None:
             return probs
         fs = self.pipe.spec.sample_rate_hz
-        view = line_view(windows_g, fs, shaft_hz, bearing.geometry(), physics.band_hz)
+        view = line_view(windows_g, fs, shaft_hz, evidence.geometry, physics.band_hz)
         return physics.fuse(probs, view)
-
-    def _shaft_hz(self) -> float | None:
-        bearing, evidence = self.cfg.bearing, self.pipe.monitor.evidence
-        if bearing is not None and bearing.shaft_rpm is not None:
-            return bearing.shaft_rpm / 60.0
-        if evidence is None:
-            return None
-        if evidence.measured_shaft_hz is not None:
-            return evidence.measured_shaft_hz
-        return evidence.latest.shaft_hz if evidence.latest is not None else None
 
     def _unknown_threshold(self) -> float | None:
         """The config's fixed threshold, else the commissioned one (see monitoring)."""

@@ -216,19 +216,14 @@ def heldout_physics_logits(run: RunInputs) -> np.ndarray | None:
     without a physics head. They do not depend on the encoder: every format gets the same."""
     if run.physics is None or run.heldout_shaft_hz is None:
         return None
-    known = np.isfinite(run.heldout_shaft_hz)
-    out = np.zeros((len(known), run.physics.num_classes))
-    if known.any():
-        bearing = str(run.checkpoint.config.get("bearing", "6205"))
-        view = line_view(
-            run.heldout_x[known],
-            run.preprocessing.sample_rate_hz,
-            run.heldout_shaft_hz[known],
-            bearing,
-            run.physics.band_hz,
-        )
-        out[known] = run.physics.logits(view)
-    return out
+    view = line_view(
+        run.heldout_x,
+        run.preprocessing.sample_rate_hz,
+        run.heldout_shaft_hz,
+        str(run.checkpoint.config.get("bearing", "6205")),
+        run.physics.band_hz,
+    )
+    return np.nan_to_num(run.physics.logits(view), nan=0.0)
 
 
 @dataclass

@@ -383,12 +383,6 @@ class Classifier:
     def embed(self, x: np.ndarray) -> np.ndarray:
         return embed(self.encoder, x)
 
-    def predict(self, ws: WindowSet) -> np.ndarray:
-        """Probabilities of `ws`'s windows: the model's, fused with the physics view where the
-        recipe kept one and a window's shaft speed is known."""
-        probs = self.probabilities(ws.x)
-        return probs if self.physics is None else self.physics.fuse(probs, ws)
-
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.head.eval()

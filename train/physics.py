@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.evidence import bearing_geometry
-from edge_agent.physics import N_FEATURES, PhysicsHead, default_band, line_view
+from edge_agent.physics import PhysicsHead, default_band, line_view
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -41,25 +41,14 @@ class PhysicsFusion:
 
     def fuse(self, model_probs: np.ndarray, ws: WindowSet) -> np.ndarray:
         """Fused probabilities where the speed is known, the model's elsewhere."""
-        view = self.view(ws)
-        known = np.isfinite(view).all(axis=1)
-        out = np.array(model_probs, dtype=np.float64, copy=True)
-        if known.any():
-            out[known] = self.head.fuse(model_probs[known], view[known])
-        return out
+        return self.head.fuse(model_probs, self.view(ws))
 
 
 def window_view(
     ws: WindowSet, sample_rate_hz: int, bearing: str, band: tuple[float, float]
 ) -> np.ndarray:
     """(N, N_FEATURES) line levels of `ws`; NaN rows where a window's shaft speed is unknown."""
-    speeds = _speeds(ws)
-    out = np.full((len(ws), N_FEATURES), np.nan, np.float32)
-    known = np.isfinite(speeds)
-    if known.any():
-        geometry = bearing_geometry(bearing)
-        out[known] = line_view(ws.x[known], sample_rate_hz, speeds[known], geometry, band)
-    return out
+    return line_view(ws.x, sample_rate_hz, _speeds(ws), bearing_geometry(bearing), band)
 
 
 def _speeds(ws: WindowSet) -> np.ndarray:

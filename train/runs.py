@@ -26,14 +26,15 @@ CALIBRATION_WINDOWS = 512
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
     """Test metrics, with calibration ("ece", edge_agent.confidence) beside the uncertain rate
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
-    probs = model.predict(split.test)
+    model_probs = model.probabilities(split.test.x)
+    probs = model_probs if model.physics is None else model.physics.fuse(model_probs, split.test)
     metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
     metrics["ece"] = expected_calibration_error(probs, split.test.y)
     if model.physics_report:
         metrics["physics"] = model.physics_report
     if model.physics is not None:
         alone = classification_metrics(
-            model.probabilities(split.test.x), split.test.y, split.class_names, uncertain_below
+            model_probs, split.test.y, split.class_names, uncertain_below
         )
         metrics["without_physics"] = {
             k: alone[k] for k in ("accuracy", "macro_f1", "uncertain_rate", "confident_accuracy")

@@ -34,6 +34,19 @@ def stream_of(fault: str, seconds: float, **bearing) -> EvidenceStream:
     return stream
 
 
+def test_the_known_speed_is_configured_measured_or_estimated_in_that_order() -> None:
+    configured = EvidenceStream(BearingConfig(**BEARING), SAMPLE_RATE_HZ)
+    configured.measured_shaft_hz = 10.0
+    assert configured.known_shaft_hz() == pytest.approx(1797.0 / 60)
+    free = EvidenceStream(BearingConfig(designation="6205"), SAMPLE_RATE_HZ)
+    assert free.known_shaft_hz() is None  # nothing read yet
+    free.measured_shaft_hz = 29.5  # a tachometer channel
+    assert free.known_shaft_hz() == 29.5
+    estimated = stream_of("inner_race", 3.0, shaft_rpm=None)
+    assert estimated.latest is not None
+    assert estimated.known_shaft_hz() == pytest.approx(1797.0 / 60, rel=0.02)
+
+
 @pytest.mark.parametrize("fault", ["outer_race", "inner_race"])
 def test_a_defect_becomes_a_clear_line_of_its_class(fault):
     stream = stream_of(fault, 2.0 + PERSIST + 0.5)
