@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fewlabel", description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
+    )
+    parser.add_argument(
         "--tasks",
         default="all",
         help=f"comma list of groups ({', '.join(GROUPS)}), data names (cwru-lolo-2) or task "
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in tasks
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for group, members in groups.items():
             t0 = time.perf_counter()
             first = TASKS[members[0]]
