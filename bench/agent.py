@@ -116,7 +116,7 @@ def run_agent(
     workdir: Path,
     protocol: str = "5",
 ) -> dict:
-    from edge_agent.scada import subscribe_events
+    from faultwatch.scada import subscribe_events
 
     config = workdir / f"agent-{'rt' if realtime else 'fast'}.toml"
     shutil.rmtree(workdir / "state", ignore_errors=True)
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/agent.json"))
     args = parser.parse_args(argv)
     bundle = args.bundle or latest_bundle()
-    from edge_agent.broker import start_broker
-    from edge_agent.bundle import read_manifest
+    from edge_agent.contract.bundle import read_manifest
+    from faultwatch.broker import start_broker
 
     manifest = read_manifest(bundle)
     channel_rate = manifest.preprocessing.sample_rate_hz / manifest.preprocessing.hop  # windows/s

@@ -137,7 +137,7 @@ def simulator_source(rate: int, seed: int, chunk: int, schedule: list[dict] | No
 
 
 def simulate(m: Foreign, fault: str, seconds: float, rate: int, run_seed: int) -> np.ndarray:
-    from edge_agent.simulator import BearingSimulator, Conditions
+    from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 
     severity = m.severity if fault != "normal" else 0.0
     conditions = Conditions(m.rpm, m.load, fault, severity, gain=m.gain, noise_floor_g=0.004)
@@ -147,8 +147,8 @@ def simulate(m: Foreign, fault: str, seconds: float, rate: int, run_seed: int) -
 
 def embed_signal(x: np.ndarray, model, sensor) -> np.ndarray:
     """Embeddings (N, D) of the sensor-valid windows of `x`, as the agent computes them."""
-    from edge_agent.preprocess import frame, normalize
-    from edge_agent.sanity import check_window
+    from edge_agent.contract.preprocess import frame, normalize
+    from edge_agent.pipeline.sanity import check_window
 
     spec = model.spec
     windows = frame(x, spec.window, spec.hop)
@@ -175,11 +175,11 @@ def calibration_seed(bundle: Path, seed: int, record_s: float, work: Path) -> di
     import tomli_w
     from typer.testing import CliRunner
 
-    from edge_agent.bundle import read_manifest
+    from edge_agent.calibration.headstore import HeadStore
     from edge_agent.cli import app
     from edge_agent.config import load_config
-    from edge_agent.headstore import HeadStore
-    from edge_agent.runtime import load_runtime
+    from edge_agent.contract.bundle import read_manifest
+    from edge_agent.pipeline.runtime import load_runtime
 
     def config(name: str) -> Path:
         folder = work / f"seed{seed}-{name}"
@@ -231,8 +231,8 @@ def calibration_rows(bundle: Path | None, seeds: int, record_s: float) -> dict[s
     keys = SECTIONS["calibration"]
     if bundle is None:
         return not_measured(keys, "no bundle (run `make demo`, or pass --bundle)")
-    from edge_agent.bundle import read_manifest
-    from edge_agent.simulator import FAULTS as SIMULATED
+    from edge_agent.contract.bundle import read_manifest
+    from edge_agent.physics.bearing_sim import FAULTS as SIMULATED
 
     names = read_manifest(bundle).class_names
     if set(names) - set(SIMULATED):
@@ -287,8 +287,8 @@ def cwru_folder() -> Path:
 
 
 def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
-    from edge_agent.evidence import evidence, select_band
-    from edge_agent.evidence_stream import EVIDENCE_SAMPLES
+    from edge_agent.physics.evidence import evidence, select_band
+    from edge_agent.physics.stream import EVIDENCE_SAMPLES
 
     folder = cwru_folder()
     paths = sorted(p for p in folder.glob("*.npz") if p.name.startswith(CLEAR_LINE_RECORDS))
@@ -327,9 +327,9 @@ def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
 def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[str, Any]:
     """Drive the real Agent on its source (as tests/edge_agent/test_evidence_stream.py does):
     share of windows ending after SETTLE_S whose state is `right`, and the state changes."""
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import AgentConfig
-    from edge_agent.memory_link import MemoryLink
-    from edge_agent.service import Agent
+    from edge_agent.mqtt.memory import MemoryLink
 
     states: list[str] = []
     with Agent(AgentConfig.model_validate(config)) as agent:
@@ -369,7 +369,7 @@ def zero_label_rows(bundle: Path | None, seeds: int, quick: bool) -> dict[str, d
     keys = SECTIONS["zero_label"]
     if bundle is None:
         return not_measured(keys, "no bundle (run `make demo`, or pass --bundle)")
-    from edge_agent.bundle import read_manifest
+    from edge_agent.contract.bundle import read_manifest
 
     manifest = read_manifest(bundle)
     names, spec = manifest.class_names, manifest.preprocessing
@@ -426,8 +426,8 @@ def zero_label_cwru(bundle, names, rate, hop, quick, work) -> dict[str, dict]:
 
 
 def run_to_failure_rows(seeds: int) -> dict[str, dict]:
-    from edge_agent.health import HealthTrend, condition_indicators
-    from edge_agent.simulator import simulate_run_to_failure
+    from edge_agent.calibration.health import HealthTrend, condition_indicators
+    from edge_agent.physics.bearing_sim import simulate_run_to_failure
 
     steps, lives = 800, []
     for seed in range(seeds):
@@ -481,7 +481,7 @@ def borderline(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def borderline_rows(seeds: int) -> dict[str, dict]:
-    from edge_agent.decisions import DecisionMachine
+    from edge_agent.pipeline.decisions import DecisionMachine
 
     size, changes = int(3600 * BORDERLINE_RATE_HZ), []
     for seed in range(seeds):
@@ -527,12 +527,12 @@ def cost_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     if bundle is None:
         return not_measured(SECTIONS["cost"], "no bundle (run `make demo`, or pass --bundle)")
     from edge_agent.backends import load_backend
-    from edge_agent.bundle import load_bundle
-    from edge_agent.evidence import evidence, select_band
-    from edge_agent.evidence_stream import EVIDENCE_SAMPLES
-    from edge_agent.health import condition_indicators
-    from edge_agent.preprocess import frame, normalize
-    from edge_agent.simulator import SKF_6205
+    from edge_agent.calibration.health import condition_indicators
+    from edge_agent.contract.bundle import load_bundle
+    from edge_agent.contract.preprocess import frame, normalize
+    from edge_agent.physics.bearing_sim import SKF_6205
+    from edge_agent.physics.evidence import evidence, select_band
+    from edge_agent.physics.stream import EVIDENCE_SAMPLES
 
     folder, manifest, _ = load_bundle(bundle)
     spec = manifest.preprocessing

@@ -23,15 +23,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.evidence import (
+from edge_agent.contract.preprocess import frame
+from edge_agent.physics.bearing_sim import SKF_6205, BearingGeometry
+from edge_agent.physics.evidence import (
     EvidenceError,
     bearing_geometry,
     estimate_shaft_hz,
     evidence,
     select_band,
 )
-from edge_agent.preprocess import frame
-from edge_agent.simulator import SKF_6205, BearingGeometry
 from train.config import DATA_DESCRIPTIONS, TrainConfig, load_config
 from train.cwru import default_data_root
 from train.data import LOCATION_CLASSES, build_split, pool_name, raw_test_records
@@ -103,7 +103,7 @@ def shaft_hz_of(record: Record) -> float:
 
 def envelope_labels(record: Record, geometry: BearingGeometry, hop: int) -> list[str]:
     """Location class of each ENVELOPE_WINDOW-sample window of `record` (hop apart): the class
-    of the strongest clear defect line (edge_agent.evidence), "normal" when no line is clear."""
+    of the strongest clear defect line (physics.evidence), "normal" when no line is clear."""
     fs, x = record.sample_rate_hz, record.signal
     if x.shape[0] < ENVELOPE_WINDOW:
         return []

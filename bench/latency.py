@@ -184,7 +184,7 @@ def prepare_models(
     """Write every model file into `workdir`; return paths, encoder spec, window and notes."""
     import torch
 
-    from edge_agent.bundle import load_bundle
+    from edge_agent.contract.bundle import load_bundle
     from export.formats import MissingDependency
     from export.onnx import export_onnx
     from export.quantize import quantize_onnx, select_calibration
@@ -396,7 +396,7 @@ def latency(
     """Time the encoder at batch 1 on one thread in every installed runtime."""
     if checkpoint is not None and bundle is not None:
         raise typer.BadParameter("give --checkpoint or --bundle, not both")
-    from edge_agent.bundle import BundleError
+    from edge_agent.contract.bundle import BundleError
     from export.formats import ExportError
 
     try:

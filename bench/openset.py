@@ -2,7 +2,7 @@
 
 For each fault class of the task in turn, that class is left out of training entirely (labels,
 validation windows and the unlabeled pool), the product's recipe is run (SimCLR pretraining,
-fine-tuning), and the open-set score of `edge_agent.openset` (distance to the nearest known
+fine-tuning), and the open-set score of `edge_agent.pipeline.openset` (distance to the nearest known
 class mean, from the run's reference statistics) is computed on every test window. Reported per
 held-out class: AUROC of held-out vs known test windows, and the share of each flagged at the
 run's own threshold (the 99th percentile on known validation windows, as exported in bundles).
@@ -23,8 +23,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.bundle import ClassStats
-from edge_agent.openset import OpenSetScorer, auroc
+from edge_agent.contract.bundle import ClassStats
+from edge_agent.pipeline.openset import OpenSetScorer, auroc
 from train.config import TrainConfig, load_config
 from train.cwru import default_data_root
 from train.data import build_split

@@ -30,8 +30,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_agent.agent.agent import Agent, load_runtime
 from edge_agent.backends import BackendError
-from edge_agent.bundle import BundleError, Manifest, opened_bundle
+from edge_agent.calibration.embedding_log import (
+    CALIBRATION_SET_FILE,
+    CalibrationSet,
+    calibrate_with_set,
+    embed_recordings,
+)
+from edge_agent.calibration.headstore import HeadStore
 from edge_agent.config import (
     AgentConfig,
     ConfigError,
@@ -39,16 +46,9 @@ from edge_agent.config import (
     load_config,
     outbox_path,
 )
-from edge_agent.embedding_log import (
-    CALIBRATION_SET_FILE,
-    CalibrationSet,
-    calibrate_with_set,
-    embed_recordings,
-)
-from edge_agent.headstore import HeadStore
-from edge_agent.mqtt import topics
-from edge_agent.outbox import OutboxError
-from edge_agent.service import Agent, load_runtime
+from edge_agent.contract.bundle import BundleError, Manifest, opened_bundle
+from edge_agent.mqtt.link import topics
+from edge_agent.mqtt.outbox import OutboxError
 from edge_agent.sources import SourceError
 
 logger = logging.getLogger(__name__)
@@ -432,9 +432,9 @@ def renormalize(
     """
     import numpy as np
 
-    from edge_agent.calibration import fit_renormalization
-    from edge_agent.drift import DriftMonitor
-    from edge_agent.headstore import CommitMeta
+    from edge_agent.calibration.drift import DriftMonitor
+    from edge_agent.calibration.headstore import CommitMeta
+    from edge_agent.calibration.refit import fit_renormalization
 
     cfg, store, model = _offline_model(config)
     m = model.manifest
@@ -466,8 +466,8 @@ def renormalize(
 def commission(config: ConfigOption) -> None:
     """Learn this device's normal again at the agent's next start (after a repair or a bearing
     change); a running agent does it at once on the `commission` MQTT command."""
-    from edge_agent.commissioning import BASELINE_FILE
-    from edge_agent.monitoring import HEALTH_FILE
+    from edge_agent.calibration.commissioning import BASELINE_FILE
+    from edge_agent.calibration.monitoring import HEALTH_FILE
 
     cfg = _load(config)
     removed = []

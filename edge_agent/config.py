@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge_agent.backends.base import encoder_format
-from edge_agent.bundle import Manifest, StrictModel
+from edge_agent.contract.bundle import Manifest
+from edge_agent.contract.wire import StrictModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -215,7 +216,7 @@ class SimulatorStep(StrictModel):
 
 
 class SimulatorSourceConfig(StrictModel):
-    """Synthetic bearing vibration (edge_agent.simulator) with a scripted schedule."""
+    """Synthetic bearing vibration (edge_agent.physics.bearing_sim) with a scripted schedule."""
 
     type: Literal["simulator"]
     sample_rate_hz: int = Field(12_000, ge=1000, description="Must equal the bundle's rate.")
@@ -397,7 +398,7 @@ class BearingConfig(StrictModel):
                 "and bearing.pitch_diameter_mm (not both)"
             )
         if self.designation is not None:
-            from edge_agent.evidence import bearing_geometry
+            from edge_agent.physics.evidence import bearing_geometry
 
             bearing_geometry(self.designation)  # ValueError listing the known designations
         lo, hi = self.shaft_search_rpm
@@ -407,8 +408,8 @@ class BearingConfig(StrictModel):
 
     def geometry(self) -> Any:
         """The BearingGeometry (ValueError naming the known designations for an unknown one)."""
-        from edge_agent.evidence import bearing_geometry
-        from edge_agent.simulator import BearingGeometry
+        from edge_agent.physics.bearing_sim import BearingGeometry
+        from edge_agent.physics.evidence import bearing_geometry
 
         if self.designation is not None:
             return bearing_geometry(self.designation)

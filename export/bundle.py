@@ -3,7 +3,7 @@
 A run folder holds `finetuned.pt` (written by `train.loop.finetune`), `calibration.npz` (`x`:
 (N, 1, W) normalized training-pool windows) and `heldout.npz` (`x`: (N, 1, W), `y`: (N,) class
 indices). The bundle is `<out>/<model_name>-<version>/` with the encoder files, `head.npz` and
-`manifest.json` (see `edge_agent.bundle`), plus the same folder packed as `<folder>.tar.gz`.
+`manifest.json` (see `contract.bundle`), plus the same folder packed as `<folder>.tar.gz`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,18 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge_agent.bundle import Manifest, Preprocessing, Thresholds, pack, sha256_file, verify
-from edge_agent.bundle import write_manifest as write_bundle_manifest
-from edge_agent.head import HEAD_KEYS, Head
-from edge_agent.physics import PhysicsHead, line_view
+from edge_agent.contract.bundle import (
+    Manifest,
+    Preprocessing,
+    Thresholds,
+    pack,
+    sha256_file,
+    verify,
+)
+from edge_agent.contract.bundle import write_manifest as write_bundle_manifest
+from edge_agent.contract.wire import error_lines
+from edge_agent.physics.view import PhysicsHead, line_view
+from edge_agent.pipeline.head import HEAD_KEYS, Head
 from export.formats import (
     ExportError,
     ExportFormat,
@@ -88,9 +96,7 @@ class RunInputs:
 
 
 def _field_errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()
-    )
+    return "; ".join(error_lines(exc))
 
 
 def _load_windows(
@@ -362,7 +368,7 @@ def _warn_if_not_normalized(windows: np.ndarray, normalization: str) -> None:
     if normalization == "zscore" and not 0.5 <= std <= 2.0:
         logger.warning(
             "calibration windows have median std %.3g, but zscore-normalized windows have ~1; "
-            "were they normalized with edge_agent.preprocess.normalize?",
+            "were they normalized with edge_agent.contract.preprocess.normalize?",
             std,
         )
 

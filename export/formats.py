@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_agent.bundle import Quantization
+from edge_agent.contract.bundle import Quantization
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
-from edge_agent.head import Head
+from edge_agent.pipeline.head import Head
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def decisions(head: Head, emb: np.ndarray, physics_logits: np.ndarray | None) -> np.ndarray:
-    """Class index per window: the head's, or with a physics view (edge_agent.physics) the
+    """Class index per window: the head's, or with a physics view (edge_agent.physics.view) the
     fused one (the fused temperature does not move an argmax)."""
     z = head.logits(emb)
     if physics_logits is None:

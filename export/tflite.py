@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_agent.bundle import Quantization
+from edge_agent.contract.bundle import Quantization
 from export.formats import ExportError, MissingDependency
 
 logger = logging.getLogger(__name__)

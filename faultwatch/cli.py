@@ -10,7 +10,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train.cli", "pretrain, fine-tune, baselines and evaluation (needs the train extra)"),
     "export": ("export.cli", "ONNX / TFLite INT8 model bundles with a parity gate"),
     "agent": ("edge_agent.cli", "the gateway agent: acquisition, inference, MQTT, calibration"),
-    "scada": ("edge_agent.scada", "a SCADA-side subscriber that prints fault events"),
+    "scada": ("faultwatch.scada", "a SCADA-side subscriber that prints fault events"),
 }
 
 

@@ -92,7 +92,7 @@ def record_stream(
     path: Path, seconds_per_phase: float = 30.0, rate: int = 12_000
 ) -> list[tuple[float, str]]:
     """Write the replay recording (float32 g) and return its timeline of (start_s, what)."""
-    from edge_agent.simulator import BearingSimulator, Conditions
+    from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
     from train.scenarios import machine_seed
 
     healthy = Conditions(rpm=1500.0, load=0.5, fault="normal", severity=0.0)
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]export failed (see above); the demo stops here[/red]")
         return 1
     step("3/5 broker")
-    from edge_agent.broker import start_broker
-    from edge_agent.scada import subscribe_events
+    from faultwatch.broker import start_broker
+    from faultwatch.scada import subscribe_events
 
     broker = start_broker()
     console.print(f"{broker.kind} broker on 127.0.0.1:{broker.port}")

@@ -10,7 +10,7 @@ BLOCK_TORCH = """
 import importlib, pkgutil, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'torch', 'train', 'export'}:
+        if name.split('.')[0] in {'torch', 'train', 'export', 'faultwatch'}:
             raise ImportError(f'edge code imported {name}')
 sys.meta_path.insert(0, Block())
 import edge_agent
@@ -20,7 +20,7 @@ print('ok', len(list(pkgutil.walk_packages(edge_agent.__path__))))
 """
 
 
-def test_edge_agent_imports_without_torch_train_or_export():
+def test_edge_agent_imports_without_torch_train_export_or_plant_tools():
     result = subprocess.run(
         [sys.executable, "-c", BLOCK_TORCH], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

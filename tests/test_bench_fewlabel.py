@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench import fewlabel
-from edge_agent.simulator import SKF_6205
+from edge_agent.physics.bearing_sim import SKF_6205
 from train.records import Record
 from train.scenarios import lab_records
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_agent.head import Head
+from edge_agent.pipeline.head import Head
 from train.encoder import ReferenceCNN
 
 

@@ -211,7 +211,7 @@ def evaluate_cmd(
     import numpy as np
     import torch
 
-    from edge_agent.head import Head
+    from edge_agent.pipeline.head import Head
     from train.loop import load_encoder
     from train.metrics import classification_metrics
 
@@ -251,7 +251,7 @@ def shards(
     pretrain on it with `--set pool_shards=<out>`."""
     _setup_logging(False)
     cfg = _config(config, set_)
-    from edge_agent.preprocess import PreprocessSpec
+    from edge_agent.contract.preprocess import PreprocessSpec
     from train.shards import ShardedWindows, write_manifest_shards
 
     spec = PreprocessSpec(cfg.sample_rate_hz, cfg.window, cfg.hop, cfg.normalization)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_agent.contract.wire import error_lines
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -138,7 +140,7 @@ class TrainConfig(BaseModel):
     propagate_cap_per_class: int = Field(200, ge=0, description="Most propagated labels per class.")
     physics: bool = Field(
         True,
-        description="Fuse the physics view (edge_agent.physics: defect-line levels of the "
+        description="Fuse the physics view (edge_agent.physics.view: defect-line levels of the "
         "envelope spectrum at the record's shaft speed) with the model, where it proves "
         "reliable on the labeled data (train.physics).",
     )
@@ -170,7 +172,7 @@ class TrainConfig(BaseModel):
     @field_validator("bearing")
     @classmethod
     def _known_bearing(cls, value: str) -> str:
-        from edge_agent.evidence import bearing_geometry
+        from edge_agent.physics.evidence import bearing_geometry
 
         bearing_geometry(value)  # ValueError listing the known designations
         return value
@@ -196,9 +198,7 @@ class ConfigError(ValueError):
 
 
 def format_errors(exc: ValidationError) -> str:
-    return "\n".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-    )
+    return "\n".join(error_lines(exc))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

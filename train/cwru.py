@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.preprocess import resample
+from edge_agent.contract.preprocess import resample
 from train.records import Record
 
 logger = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ def build_split(cfg: TrainConfig) -> Split:
 
 
 def _resampled(records: list[Record], rate: int) -> list[Record]:
-    from edge_agent.preprocess import resample
+    from edge_agent.contract.preprocess import resample
 
     return [
         r

@@ -1,5 +1,5 @@
 """Heads on top of the encoder: the SimCLR projection head, the classifier head (with its numpy
-twin in `edge_agent.head`), a multi-task head and temperature scaling."""
+twin in `edge_agent.pipeline.head`), a multi-task head and temperature scaling."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_agent.head import Head
+from edge_agent.pipeline.head import Head
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from edge_agent.head import softmax
+from edge_agent.pipeline.head import softmax
 from train.augment import build_pipeline
 from train.collapse import check_collapse, embedding_stats
 from train.config import TrainConfig

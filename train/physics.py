@@ -1,4 +1,4 @@
-"""The recipe's physics view (edge_agent.physics): fit its head on the labeled windows, decide
+"""The recipe's physics view (edge_agent.physics.view): fit its head on the labeled windows, decide
 whether it earns a place in the model, and fuse it into the model's probabilities.
 
 The view is kept only where it is reliable on the labeled data itself: its own accuracy by
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.evidence import bearing_geometry
-from edge_agent.physics import PhysicsHead, default_band, line_view
+from edge_agent.physics.evidence import bearing_geometry
+from edge_agent.physics.view import PhysicsHead, default_band, line_view
 
 if TYPE_CHECKING:
     from train.config import TrainConfig

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.preprocess import adc_to_g
+from edge_agent.contract.preprocess import adc_to_g
 from train.records import UNLABELED, Record
 
 if sys.version_info >= (3, 11):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_agent.confidence import expected_calibration_error
+from edge_agent.pipeline.confidence import expected_calibration_error
 from train.config import TrainConfig
 from train.heads import to_numpy_head
 from train.loop import Classifier, encoder_spec
@@ -24,7 +24,7 @@ CALIBRATION_WINDOWS = 512
 
 
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
-    """Test metrics, with calibration ("ece", edge_agent.confidence) beside the uncertain rate
+    """Test metrics, with calibration ("ece", pipeline.confidence) beside the uncertain rate
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
     model_probs = model.probabilities(split.test.x)
     probs = model_probs if model.physics is None else model.physics.fuse(model_probs, split.test)
@@ -92,11 +92,11 @@ def reference_stats(
 def open_set(
     model: Classifier, split: Split, stats: dict[str, dict[str, Any]], quantile: float = 0.99
 ) -> dict[str, Any]:
-    """The bundle's open-set threshold: the `quantile` of the unknown score (edge_agent.openset)
+    """The bundle's open-set threshold: the `quantile` of the unknown score (pipeline.openset)
     on validation windows of the known classes (labeled windows when there is no validation
     part). Empty when fewer than two classes have statistics."""
-    from edge_agent.bundle import ClassStats
-    from edge_agent.openset import OpenSetScorer, threshold_for
+    from edge_agent.contract.bundle import ClassStats
+    from edge_agent.pipeline.openset import OpenSetScorer, threshold_for
 
     try:
         scorer = OpenSetScorer({k: ClassStats(**v) for k, v in stats.items()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.simulator import BearingSimulator, Conditions
+from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 from train.records import Record
 
 CLASS_NAMES: tuple[str, ...] = ("normal", "inner_race", "outer_race", "ball")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.preprocess import PreprocessSpec
+from edge_agent.contract.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def write_manifest_shards(
     manifest: Path, folder: Path, spec: PreprocessSpec, shard_size: int = 4096
 ) -> Path:
     """Stream every recording of a manifest (one at a time) into normalized window shards."""
-    from edge_agent.preprocess import prepare, resample
+    from edge_agent.contract.preprocess import prepare, resample
     from train.recordings import iter_manifest
 
     def windows() -> Iterator[np.ndarray]:

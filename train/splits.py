@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.preprocess import frame, normalize
+from edge_agent.contract.preprocess import frame, normalize
 from train.config import TrainConfig
 from train.records import Record
 

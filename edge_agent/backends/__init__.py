@@ -16,7 +16,7 @@ import numpy as np
 from edge_agent.backends.base import Backend, BackendError, encoder_format
 from edge_agent.backends.onnx import OnnxBackend
 from edge_agent.backends.tflite import TfliteBackend
-from edge_agent.bundle import BundleError, Manifest
+from edge_agent.contract.bundle import BundleError, Manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The inference-backend interface: an encoder runtime that turns windows into embeddings.
 
-Only the encoder runs in a backend; the head is numpy (edge_agent.head), applied by the service.
+Only the encoder runs in a backend; the head is numpy (pipeline.head), applied by the agent.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge_agent.bundle import Quantization
+from edge_agent.contract.bundle import Quantization
 
 
 class BackendError(RuntimeError):

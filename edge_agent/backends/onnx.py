@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_agent.backends.base import BackendError, check_model_file, check_windows
-from edge_agent.bundle import Quantization
+from edge_agent.contract.bundle import Quantization
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_agent.config import SensorConfig, SoundDeviceSourceConfig
-from edge_agent.preprocess import adc_to_g
+from edge_agent.contract.preprocess import adc_to_g
 from edge_agent.sources.base import Chunk, SourceBase, SourceError, StreamResampler
 from edge_agent.sources.tacho import TachoCounter
 

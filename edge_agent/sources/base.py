@@ -1,7 +1,7 @@
 """What every acquisition source delivers (Chunk), the Source interface, and shared helpers.
 
 A source yields chunks of acceleration in g at `sample_rate_hz`; the windowing
-(edge_agent.ringbuffer) does not care whether they come from a USB audio interface, a file or
+(pipeline.ringbuffer) does not care whether they come from a USB audio interface, a file or
 the simulator. `StreamResampler` turns a device rate into the bundle's rate chunk by chunk;
 `Pacer` paces file/simulated streams to the wall clock.
 """

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from edge_agent.config import FileSourceConfig, SensorConfig
-from edge_agent.preprocess import adc_to_g, resample
+from edge_agent.contract.preprocess import adc_to_g, resample
 from edge_agent.sources.base import Chunk, Pacer, SourceBase, SourceError
 
 logger = logging.getLogger(__name__)

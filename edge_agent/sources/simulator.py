@@ -1,4 +1,4 @@
-"""Synthetic sensor: edge_agent.simulator.BearingSimulator driven by a scripted schedule.
+"""Synthetic sensor: edge_agent.physics.bearing_sim.BearingSimulator driven by a scripted schedule.
 
 The schedule (config `source.schedule`) changes the machine at given stream times: inject a
 fault at 60 s, ramp the sensor gain over ten minutes to imitate drift, change speed. Stream time
@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from edge_agent.config import SimulatorSourceConfig, SimulatorStep
-from edge_agent.simulator import BearingSimulator, Conditions
+from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 from edge_agent.sources.base import Chunk, Pacer, SourceBase, SourceError
 
 logger = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ _cache: dict[str, Path] = {}
 
 def simulated_windows(fault: str, seconds: float, run_seed: int) -> np.ndarray:
     """Normalized (N, 1, WINDOW) windows of the SEED machine with `fault`."""
-    from edge_agent.preprocess import frame, normalize
-    from edge_agent.simulator import BearingSimulator, Conditions
+    from edge_agent.contract.preprocess import frame, normalize
+    from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 
     sim = BearingSimulator(
         Conditions(fault=fault, severity=SEVERITY),  # type: ignore[arg-type]
@@ -50,8 +50,8 @@ def simulated_windows(fault: str, seconds: float, run_seed: int) -> np.ndarray:
 
 
 def _train_checkpoint() -> dict[str, Any]:
-    from edge_agent.bundle import ClassStats
-    from edge_agent.openset import OpenSetScorer, threshold_for
+    from edge_agent.contract.bundle import ClassStats
+    from edge_agent.pipeline.openset import OpenSetScorer, threshold_for
     from tests.tiny_model import class_stats, embed, train_tiny
 
     rng = np.random.default_rng(0)
@@ -144,7 +144,7 @@ def agent_bundle_folder(
 
     Read-only: copy it to tamper with it. Built once per process and kept in pytest's cache
     folder between runs (rebuilt when the code behind it changes or it no longer verifies)."""
-    from edge_agent.bundle import BundleError, verify
+    from edge_agent.contract.bundle import BundleError, verify
 
     if "folder" in _cache:
         return _cache["folder"]

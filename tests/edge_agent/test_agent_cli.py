@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_agent.bundle import pack
 from edge_agent.cli import app
-from edge_agent.simulator import BearingSimulator, Conditions
+from edge_agent.contract.bundle import pack
+from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 from tests.edge_agent.bundle_fixture import (
     FAULT_SCHEDULE,
     HOP,
@@ -214,8 +214,8 @@ def test_renormalize_maps_an_offset_device_onto_the_reference(tmp_path, agent_bu
     assert match, result.output
     before, after = float(match.group(3)), float(match.group(4))
     assert after < before and after < 0.5  # the device's normal now sits on the reference mean
+    from edge_agent.calibration.headstore import HeadStore
     from edge_agent.config import load_config
-    from edge_agent.headstore import HeadStore
 
     store = HeadStore(load_config(Path(config)).state_dir / "heads")
     latest = store.history()[-1]

@@ -10,7 +10,6 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.bundle import Manifest
 from edge_agent.config import (
     AgentConfig,
     ConfigError,
@@ -20,6 +19,7 @@ from edge_agent.config import (
     load_config,
     outbox_path,
 )
+from edge_agent.contract.bundle import Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = sorted((ROOT / "firmware_configs").glob("*.toml"))

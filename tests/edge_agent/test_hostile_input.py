@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.commands import COMMANDS, CommandError, CommandResult, parse_command
 from edge_agent.config import MqttConfig
-from edge_agent.events import FaultEvent, encode
-from edge_agent.mqtt import RATE_BURST, MqttLink, RateLimiter
-from edge_agent.outbox import Outbox
+from edge_agent.contract.commands import COMMANDS, CommandError, CommandResult, parse_command
+from edge_agent.contract.events import FaultEvent, encode
+from edge_agent.mqtt.link import RATE_BURST, MqttLink, RateLimiter
+from edge_agent.mqtt.outbox import Outbox
 
 BASE = "faultwatch/plant/pump7/dev1/"
 

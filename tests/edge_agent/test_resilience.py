@@ -19,8 +19,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.edge_agent.agent.test_agent import BASE, make_agent, running
 from tests.edge_agent.bundle_fixture import simulator_source, write_config
-from tests.edge_agent.test_service import BASE, make_agent, running
 from tests.edge_agent.test_storage_faults import FLAPPING, flip_flop
 
 ROOT = Path(__file__).resolve().parents[2]

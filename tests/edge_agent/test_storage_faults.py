@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import spool as spool_module
-from edge_agent.outbox import Outbox, OutboxStorageError
-from edge_agent.spool import EventSpool
+from edge_agent.mqtt import spool as spool_module
+from edge_agent.mqtt.outbox import Outbox, OutboxStorageError
+from edge_agent.mqtt.spool import EventSpool
+from tests.edge_agent.agent.test_agent import BASE, make_agent, running
 from tests.edge_agent.bundle_fixture import SEVERITY, simulator_source
-from tests.edge_agent.test_service import BASE, make_agent, running
 
 # ---- the outbox and the spool alone -----------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A small fine-tuned run folder, built once per session in a few seconds.
 
 Synthetic, separable data: each class is a sine at its own frequency (shifted a little by two
-operating conditions) plus noise, z-scored with `edge_agent.preprocess.normalize`. A
+operating conditions) plus noise, z-scored with `edge_agent.contract.preprocess.normalize`. A
 ReferenceCNN(width=0.25) and a 64-unit head are trained jointly for a few steps, so accuracy is
 far above chance and INT8 models have real decisions to agree with.
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edge_agent.preprocess import normalize
+from edge_agent.contract.preprocess import normalize
 from tests.tiny_model import class_stats, embed, train_tiny
 
 CLASS_NAMES = ["normal", "inner_race", "outer_race", "ball"]

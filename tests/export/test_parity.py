@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from edge_agent.head import Head
+from edge_agent.pipeline.head import Head
 from export.parity import ModelParity, ParityReport, compare, gate, parity_table
 
 

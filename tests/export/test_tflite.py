@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_agent.bundle import verify
+from edge_agent.contract.bundle import verify
 from export.bundle import load_run
 from export.cli import app
 from export.formats import MissingDependency

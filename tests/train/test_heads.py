@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edge_agent.head import Head
+from edge_agent.pipeline.head import Head
 from train.heads import (
     ClassifierHead,
     MultiTaskHead,

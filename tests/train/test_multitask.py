@@ -148,7 +148,7 @@ def test_finetune_trains_task_heads_and_reports_each_task(multi_head_model):
 
 
 def test_saved_task_heads_reproduce_torch_probabilities(multi_head_model):
-    from edge_agent.head import Head
+    from edge_agent.pipeline.head import Head
 
     model, split = multi_head_model
     saved = task_heads(model)

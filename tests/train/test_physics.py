@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge_agent.physics import N_FEATURES
+from edge_agent.physics.view import N_FEATURES
 from train.config import ConfigError, load_config
 from train.data import build_split
 from train.physics import PhysicsFusion, fit_physics, window_view

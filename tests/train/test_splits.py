@@ -120,7 +120,7 @@ def test_sim_reference_split_separates_records():
     seed=st.integers(0, 2**16),
 )
 def test_pool_crops_are_normalized_slices_of_the_segments(lengths, n, seed):
-    from edge_agent.preprocess import normalize
+    from edge_agent.contract.preprocess import normalize
 
     rng = np.random.default_rng(seed)
     segments = [

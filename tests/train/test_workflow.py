@@ -84,7 +84,7 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
 
 
 def test_numpy_head_in_checkpoint_reproduces_torch_probabilities(run_dir):
-    from edge_agent.head import Head
+    from edge_agent.pipeline.head import Head
     from train.loop import embed, load_encoder
 
     state = torch.load(run_dir / "finetuned.pt", weights_only=False)

@@ -1,0 +1,1 @@
+"""The running agent: run loop, publisher, command handlers, service plumbing."""

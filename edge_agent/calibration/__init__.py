@@ -1,0 +1,1 @@
+"""This device's own view: head store and refit, commissioning, drift, health."""

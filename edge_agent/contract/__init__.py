@@ -1,0 +1,1 @@
+"""The contract between workstation and device: preprocessing, bundle, wire payloads."""

@@ -1,0 +1,450 @@
+"""The model bundle: the contract between the workstation and every device.
+
+A bundle is a folder (or a `.tar.gz` of one) holding the encoder files, the head weights and
+`manifest.json`. `verify()` checks the schema version and every checksum; `load_bundle()` refuses
+a bundle it cannot verify with a `BundleError` whose message says what is wrong and what to do.
+An archive is extracted once, safely (size and member caps, plain files only), into a cache
+folder; `opened_bundle()` gives a throwaway copy to inspect. numpy + pydantic only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from edge_agent.contract.preprocess import NORMALIZATIONS, PreprocessSpec
+from edge_agent.contract.wire import StrictModel, error_lines, utc_iso
+from edge_agent.physics.view import PhysicsHead
+from edge_agent.pipeline.head import Head
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_FORMATS = ("fp32.onnx", "int8.onnx", "int8.tflite")
+MAX_UNPACKED_BYTES = 512 * 1024**2  # an archive unpacking to more is refused (bomb guard)
+MAX_MEMBERS = 1_000  # files and folders in an archive
+KEEP_EXTRACTED = 3  # extracted archives kept in a cache_dir, the one in use included
+PARTIAL_PREFIX = ".partial-"  # an extraction in progress inside a cache_dir
+
+# PEP 706 checks (Python 3.11.4+, 3.10.12+); older Pythons rely on the checks in unpack().
+_data_filter = getattr(tarfile, "data_filter", None)
+logger = logging.getLogger(__name__)
+
+
+class BundleError(Exception):
+    """A bundle that must not be used; the message says why and what to do."""
+
+
+class Preprocessing(StrictModel):
+    sample_rate_hz: int = Field(gt=0)
+    window: int = Field(ge=16)
+    hop: int = Field(gt=0)
+    normalization: str = Field(description=f"One of {NORMALIZATIONS}.")
+    input_units: Literal["g"] = "g"
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(self.sample_rate_hz, self.window, self.hop, self.normalization)  # type: ignore[arg-type]
+
+
+class Thresholds(StrictModel):
+    uncertain_below: float = Field(
+        0.7, gt=0, lt=1, description="Max probability under this -> uncertain."
+    )
+    drift_score: float = Field(
+        3.0, gt=0, description="Drift score above this raises a drift event."
+    )
+    unknown_above: float | None = Field(
+        None,
+        gt=0,
+        description="Open-set score above this -> `unknown` (unlike every trained class); "
+        "None: no open-set decision (bundles from before it existed).",
+    )
+
+
+class Quantization(StrictModel):
+    """Scale/zero point of a full-integer model's int8 input and output (real = scale*(q-zp))."""
+
+    input_scale: float
+    input_zero_point: int
+    output_scale: float
+    output_zero_point: int
+
+
+class EncoderFile(StrictModel):
+    format: Literal["fp32.onnx", "int8.onnx", "int8.tflite"]
+    file: str
+    batch: Literal["dynamic", "1"]
+    quantization: Quantization | None = None
+
+
+class ClassStats(StrictModel):
+    """Reference statistics of training embeddings of one class (for drift detection)."""
+
+    count: int = Field(ge=1)
+    mean: list[float]
+    cov: list[list[float]]
+
+
+class PhysicsView(StrictModel):
+    """The physics head fused with the model's (edge_agent.physics.view); absent: model only."""
+
+    features: Literal["envelope-lines-v1"]
+    band_hz: tuple[float, float]
+    weights: list[list[float]] = Field(description="(classes, features) of the linear head.")
+    bias: list[float]
+    temperature: float = Field(gt=0)
+
+    def head(self) -> PhysicsHead:
+        return PhysicsHead.from_dict(self.model_dump())
+
+
+class Manifest(StrictModel):
+    schema_version: int
+    model_name: str
+    model_version: str
+    created_utc: str
+    class_names: list[str] = Field(min_length=2)
+    normal_class: str = "normal"
+    preprocessing: Preprocessing
+    thresholds: Thresholds = Thresholds()
+    embedding_dim: int = Field(gt=0)
+    encoders: list[EncoderFile] = Field(min_length=1)
+    head_file: str = "head.npz"
+    reference_stats: dict[str, ClassStats] = Field(default_factory=dict)
+    files: dict[str, str] = Field(description="sha256 of every other file in the bundle.")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parity: dict[str, Any] = Field(default_factory=dict)
+    physics: PhysicsView | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.normal_class not in self.class_names:
+            raise ValueError(f"normal_class {self.normal_class!r} is not in class_names")
+        if self.physics is not None:
+            try:
+                head = self.physics.head()
+            except ValueError as exc:
+                raise ValueError(f"physics: {exc}") from exc
+            if head.num_classes != len(self.class_names):
+                raise ValueError(
+                    f"physics: the head has {head.num_classes} classes, class_names "
+                    f"{len(self.class_names)}"
+                )
+        listed = {e.file for e in self.encoders} | {self.head_file}
+        missing = sorted(listed - set(self.files))
+        if missing:
+            raise ValueError(f"files: no checksum for {missing}")
+        return self
+
+    def encoder(self, fmt: str) -> EncoderFile:
+        for entry in self.encoders:
+            if entry.format == fmt:
+                return entry
+        have = [e.format for e in self.encoders]
+        raise BundleError(f"bundle has no {fmt!r} encoder; it has {have}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Parse and validate manifest.json (no checksum work); BundleError on any problem."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{folder}: no {MANIFEST}; is this a faultwatch bundle folder?")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); re-copy the bundle") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version!r} is not supported (this agent reads "
+            f"{SCHEMA_VERSION}); export the bundle with a matching faultwatch version"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        fields = "; ".join(error_lines(exc))
+        raise BundleError(f"{path}: invalid manifest: {fields}") from exc
+
+
+def verify(folder: Path) -> Manifest:
+    """Check schema version and the sha256 of every listed file; return the manifest.
+
+    Raises BundleError naming the first file that is missing, truncated or altered.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, expected in sorted(manifest.files.items()):
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{folder}: manifest lists an unsafe path {name!r}")
+        if not path.is_file():
+            raise BundleError(f"{folder}: {name} is listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"{folder}: checksum mismatch for {name} (expected {expected[:12]}…, got "
+                f"{actual[:12]}…): the file is corrupt or was altered; re-copy the bundle"
+            )
+    return manifest
+
+
+def write_manifest(folder: Path, manifest_fields: dict[str, Any]) -> Manifest:
+    """Checksum every file in `folder` (except the manifest), validate and write manifest.json."""
+    folder = Path(folder)
+    files = {
+        p.name: sha256_file(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    fields = {"schema_version": SCHEMA_VERSION, "created_utc": utc_iso(), **manifest_fields}
+    manifest = Manifest.model_validate({**fields, "files": files})
+    (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
+
+
+def pack(folder: Path, archive: Path) -> Path:
+    """Write the bundle folder as one `.tar.gz` for shipping."""
+    folder = Path(folder)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=f"{folder.name}/{path.name}")
+    return Path(archive)
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract a bundle archive into the folder `dest` safely; return the bundle folder in it.
+
+    Only plain files and folders under one top folder; no absolute paths, '..', links or
+    devices; at most MAX_MEMBERS members and MAX_UNPACKED_BYTES bytes, checked from the headers
+    before anything is written and again while writing. Files get default permissions (no
+    setuid, no exec bits). On BundleError `dest` may hold a partial extraction: remove it.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = _checked_members(archive, tar, dest)
+            written = 0
+            for member in members:
+                target = dest / member.name
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has a reader
+                with source, open(target, "xb") as out:
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > MAX_UNPACKED_BYTES:
+                            raise BundleError(_too_big(archive, member.name))
+                        out.write(block)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise BundleError(f"{archive}: not a readable bundle archive ({exc}); re-copy it") from exc
+    roots = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
+    if len(roots) != 1:
+        raise BundleError(f"{archive}: expected one bundle folder inside, found {sorted(roots)}")
+    return dest / roots.pop()
+
+
+def _checked_members(archive: Path, tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """Read every header and refuse the archive before extraction if any member is unsafe."""
+    members: list[tarfile.TarInfo] = []
+    files: set[PurePosixPath] = set()
+    total = 0
+    for member in tar:  # headers only: sizes are checked before the data is decompressed
+        if len(members) >= MAX_MEMBERS:
+            raise BundleError(
+                f"{archive}: more than {MAX_MEMBERS} members (limit MAX_MEMBERS); a bundle holds "
+                "a handful of files: is this the right archive?"
+            )
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise BundleError(f"{archive}: unsafe member path {member.name!r}")
+        if not member.isfile() and not member.isdir():
+            kind = "a link" if member.issym() or member.islnk() else "a device or fifo"
+            raise BundleError(
+                f"{archive}: member {member.name!r} is {kind}, not a regular file; a bundle "
+                "archive holds only files and folders"
+            )
+        if _data_filter is not None:
+            try:
+                _data_filter(member, str(dest))
+            except tarfile.FilterError as exc:
+                raise BundleError(f"{archive}: unsafe member {member.name!r}: {exc}") from exc
+        if member.isfile():
+            if name in files:
+                raise BundleError(f"{archive}: member {member.name!r} appears twice")
+            files.add(name)
+            total += _declared_size(member)
+            if total > MAX_UNPACKED_BYTES:
+                raise BundleError(_too_big(archive, member.name))
+        members.append(member)
+    return members
+
+
+def _declared_size(member: tarfile.TarInfo) -> int:
+    """Bytes the header says a member unpacks to."""
+    return member.size
+
+
+def _too_big(archive: Path, name: str) -> str:
+    return (
+        f"{archive}: unpacks to more than {MAX_UNPACKED_BYTES:,} bytes (limit MAX_UNPACKED_BYTES, "
+        f"reached at member {name!r}); refusing a possible decompression bomb: is this the "
+        "right archive?"
+    )
+
+
+def _check_loaded(folder: Path) -> tuple[Manifest, Head]:
+    """Verify a bundle folder and load its factory head; BundleError when anything is off."""
+    manifest = verify(folder)
+    try:
+        head = Head.load(folder / manifest.head_file)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{folder}: head file unreadable: {exc}") from exc
+    if head.embedding_dim != manifest.embedding_dim:
+        raise BundleError(
+            f"{folder}: head expects {head.embedding_dim}-d embeddings, manifest says "
+            f"{manifest.embedding_dim}"
+        )
+    if head.num_classes != len(manifest.class_names):
+        raise BundleError(
+            f"{folder}: head has {head.num_classes} outputs for {len(manifest.class_names)} classes"
+        )
+    return manifest, head
+
+
+def _only_folder(entry: Path) -> Path:
+    """The bundle folder inside a cache entry."""
+    inner = [p for p in entry.iterdir() if p.is_dir()]
+    if len(inner) != 1:
+        raise BundleError(f"{entry}: expected one bundle folder inside, found {len(inner)}")
+    return inner[0]
+
+
+def _load_archive(archive: Path, cache_dir: Path, *, prune: bool) -> tuple[Path, Manifest, Head]:
+    """Extract (once) and verify an archive in `cache_dir/<sha256[:16]>/`; reuse it when there."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    entry = cache_dir / sha256_file(archive)[:16]
+    if entry.is_dir():
+        try:
+            folder = _only_folder(entry)
+            manifest, head = _check_loaded(folder)
+        except BundleError as exc:
+            logger.warning("bundle cache %s does not verify (%s); extracting again", entry, exc)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            os.utime(entry)  # most recently used
+            if prune:
+                _prune(cache_dir, entry)
+            return folder, manifest, head
+    partial = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=cache_dir))
+    try:
+        try:
+            inner = unpack(archive, partial)
+            manifest, head = _check_loaded(inner)
+        except BundleError as exc:  # name the archive, not the folder about to vanish
+            raise BundleError(str(exc).replace(str(partial), str(archive))) from exc
+        try:
+            os.rename(partial, entry)
+        except OSError:
+            if not entry.is_dir():  # else another process extracted the same archive first
+                raise
+            shutil.rmtree(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if prune:
+        _prune(cache_dir, entry)
+    return entry / inner.name, manifest, head
+
+
+def _prune(cache_dir: Path, in_use: Path) -> None:
+    """Keep the KEEP_EXTRACTED most recently used entries (always `in_use`); drop the rest."""
+    entries: list[tuple[float, Path]] = []
+    stale: list[Path] = []
+    for path in cache_dir.iterdir():
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if path.name.startswith(PARTIAL_PREFIX):
+            if time.time() - mtime > 3600:  # left by a crash, not in progress
+                stale.append(path)
+        elif path.is_dir() and path != in_use:
+            entries.append((mtime, path))
+    older = [path for _, path in sorted(entries, reverse=True)[KEEP_EXTRACTED - 1 :]]
+    for path in stale + older:
+        logger.info("removing unused extracted bundle %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _session_cache() -> Path:
+    """A temporary folder for archives loaded without cache_dir, removed at interpreter exit."""
+    global _session_dir
+    if _session_dir is None:
+        _session_dir = tempfile.TemporaryDirectory(prefix="faultwatch-bundle-")
+    return Path(_session_dir.name)
+
+
+_session_dir: tempfile.TemporaryDirectory[str] | None = None
+
+
+def load_bundle(path: Path, cache_dir: Path | None = None) -> tuple[Path, Manifest, Head]:
+    """Verify a bundle folder or archive and load its factory head.
+
+    Returns (folder, manifest, head). Raises BundleError when anything does not verify, leaving
+    no extracted files behind. An archive is extracted once into `cache_dir/<sha256[:16]>/`
+    (reused on the next load; only the KEEP_EXTRACTED most recently used are kept). Without
+    cache_dir it goes to a temporary folder that lives until the process exits: long-running
+    callers pass cache_dir, short ones use `opened_bundle()`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle (folder or .tar.gz)")
+    if path.is_file():
+        cache = _session_cache() if cache_dir is None else Path(cache_dir)
+        try:
+            return _load_archive(path, cache, prune=cache_dir is not None)
+        except OSError as exc:
+            raise BundleError(
+                f"{path}: could not extract it into {cache} ({exc}); check that this folder is "
+                "writable and has space"
+            ) from exc
+    manifest, head = _check_loaded(path)
+    return path, manifest, head
+
+
+@contextmanager
+def opened_bundle(path: Path) -> Iterator[tuple[Path, Manifest, Head]]:
+    """`load_bundle()` for a look at a bundle: an archive's extracted copy is removed on exit."""
+    path = Path(path)
+    if not path.is_file():
+        yield load_bundle(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="faultwatch-bundle-") as tmp:
+        yield load_bundle(path, Path(tmp))

@@ -1,0 +1,43 @@
+"""What every message and file between workstation, device and plant shares.
+
+`StrictModel` (unknown fields are errors naming the field; immutable), `error_lines` (one
+`field.path: message` line per validation error) and UTC timestamps (`utc_now`, `utc_iso`,
+`utc`). Wire payloads (`contract.events`, `contract.commands`), the bundle manifest and the head
+store's metadata all build on these.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    """Forbids unknown fields, so a typo is an error naming the field; immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def error_lines(exc: ValidationError, prefix: str = "") -> list[str]:
+    """`prefix.field.path: message` per error; `<root>` (or the prefix) when there is no path."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(p for p in (prefix, ".".join(str(x) for x in err["loc"])) if p)
+        lines.append(f"{where or '<root>'}: {err['msg']}")
+    return lines
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def utc_iso(when: datetime | None = None) -> str:
+    """ISO 8601 to the second, e.g. `2026-11-30T08:00:00+00:00` (now when `when` is None)."""
+    return (when or utc_now()).isoformat(timespec="seconds")
+
+
+def utc(t: float) -> datetime:
+    """The UTC datetime of a `time.time()` timestamp."""
+    return datetime.fromtimestamp(t, tz=timezone.utc)

@@ -1,0 +1,1 @@
+"""MQTT: the link to the broker, the durable outbox and its spool."""

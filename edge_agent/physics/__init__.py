@@ -1,0 +1,1 @@
+"""Bearing physics: the vibration simulator, envelope evidence and the physics view."""

@@ -1,0 +1,1 @@
+"""Per-channel window path: windows -> embeddings -> probabilities -> decisions; no I/O."""
