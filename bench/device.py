@@ -12,7 +12,7 @@
 3. Zero labels, bearing configured: the real `Agent` (factory head, `[bearing]` 6205 at the true
    speed) on an unpaced simulator source (30 s of one fault on the foreign machine), and on CWRU
    records replayed as a second machine; share of windows after the first 5 s whose state
-   (`agent.pipe.decisions.state`, decisions at the agent's defaults) is right.
+   (`agent.channels[0].decisions.state`, decisions at the agent's defaults) is right.
 4. Simulated run-to-failure (`simulate_run_to_failure`, `HealthTrend` defaults; outer race, inner
    race and ball in turn): first sustained alarm before 90 % of life, none in the healthy first
    half, on every seed.
@@ -201,7 +201,7 @@ def calibration_seed(bundle: Path, seed: int, record_s: float, work: Path) -> di
         os.utime(path, (MTIME_BASE + 1000 * i, MTIME_BASE + 1000 * i))  # recorded at other times
         label_files[c] = path
     cfg = load_config(config("score"))
-    model = load_runtime(cfg, HeadStore(cfg.state_dir / "heads"))
+    model = load_runtime(cfg)
     held = {
         c: embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
         for c, x in records.items()
@@ -334,16 +334,16 @@ def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[
     states: list[str] = []
     with Agent(AgentConfig.model_validate(config)) as agent:
         agent.link = MemoryLink()
-        spec = agent.pipe.spec
+        spec = agent.channels[0].spec
         limit = np.inf if max_seconds is None else max_seconds * spec.sample_rate_hz
         agent.source.start()
         done = 0
         while done < limit and (chunk := agent.source.read(1.0)) is not None:
             done += len(chunk.samples)
-            agent.pipe.buffer.push(chunk)
+            agent.channels[0].buffer.push(chunk)
             before = agent.windows_total
             agent._drain(None)
-            states += [agent.pipe.decisions.state] * (agent.windows_total - before)
+            states += [agent.channels[0].decisions.state] * (agent.windows_total - before)
     ends = (spec.window + spec.hop * np.arange(len(states))) / spec.sample_rate_hz  # s
     kept = [s == right for s, end in zip(states, ends, strict=True) if end > SETTLE_S]
     changes = [[round(float(ends[i]), 2), st] for i, st in enumerate(states)

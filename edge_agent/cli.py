@@ -159,6 +159,19 @@ def _load(config: Path) -> AgentConfig:
         raise _fail(f"invalid config {config}: {_one_line(exc)}") from None
 
 
+def _channel(cfg: AgentConfig, name: str | None) -> AgentConfig:
+    """The config view of channel `name` (a single-channel config is its own view)."""
+    names = [c.name for c in cfg.channels]
+    if not names:
+        if name is not None:
+            raise _fail(f"--channel {name}: this config has one channel; leave --channel out")
+        return cfg
+    if name not in names:
+        given = "--channel is needed" if name is None else f"unknown channel {name!r}"
+        raise _fail(f"{given}: this config has channels {', '.join(names)}")
+    return cfg.channel_views()[names.index(name)]
+
+
 def _store(cfg: AgentConfig) -> HeadStore:
     try:
         return HeadStore(cfg.state_dir / "heads")
@@ -166,10 +179,21 @@ def _store(cfg: AgentConfig) -> HeadStore:
         raise _fail(f"cannot open the head store in {cfg.state_dir} ({exc})") from None
 
 
+def _states(status: dict) -> str:
+    """`normal`, or `de=normal nde=inner_race` for a multi-channel agent's status."""
+    if "channels" not in status:
+        return str(status["state"])
+    return " ".join(f"{name}={ch['state']}" for name, ch in status["channels"].items())
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+ChannelOption = Annotated[
+    str | None,
+    typer.Option("--channel", help="Which channel of a multi-channel config ([[channels]] name)."),
+]
 ConfigOption = Annotated[
     Path,
     typer.Option("--config", "-c", help="Agent config (TOML), e.g. /etc/faultwatch/agent.toml."),
@@ -225,7 +249,7 @@ def run(
             signal.signal(sig, handler)
     typer.echo(
         f"agent: stopped after {summary['windows_total']} windows, {summary['events_total']} "
-        f"events, state {summary['state']}, {summary['outbox_pending']} events in the outbox"
+        f"events, state {_states(summary)}, {summary['outbox_pending']} events in the outbox"
     )
     if agent.source_abandoned:  # a driver thread is blocked in the kernel: PortAudio's exit
         logger.warning("exiting without waiting for the blocked audio driver")  # would hang
@@ -328,13 +352,16 @@ def verify_bundle(
     typer.echo(f"  parity      {passed}{': agreement ' + agreement if agreement else ''}")
 
 
-def _offline_model(config: Path):
-    """Config, head store and verified model for the offline commands (exit 1 on failure)."""
-    cfg = _load(config)
+def _offline_model(config: Path, channel: str | None):
+    """Channel config, head store and verified model for the offline commands (exit 1 on
+    failure); the store starts from the bundle's factory head."""
+    cfg = _channel(_load(config), channel)
     setup_logging("WARNING")
     store = _store(cfg)
     try:
-        return cfg, store, load_runtime(cfg, store)
+        model = load_runtime(cfg)
+        store.init_from_factory(model.factory, model.manifest.model_version)
+        return cfg, store, model
     except STARTUP_ERRORS as exc:
         raise _fail(f"cannot load the model: {_one_line(exc)}") from None
 
@@ -381,13 +408,14 @@ def calibrate(
     ],
     rate_hz: RateOption = None,
     max_windows: MaxWindowsOption = None,
+    channel: ChannelOption = None,
 ) -> None:
     """Label recordings, refit the device head on all labels so far, commit it unless worse.
 
     Labels accumulate in the device's calibration set: label one class now and another later,
     and the head is refit on both (the same head as labeling both at once).
     """
-    cfg, store, model = _offline_model(config)
+    cfg, store, model = _offline_model(config, channel)
     m = model.manifest
     if label not in m.class_names:
         raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
@@ -423,6 +451,7 @@ def renormalize(
         list[Path], typer.Argument(help="Recordings of NORMAL operation on this device.")
     ],
     rate_hz: RateOption = None,
+    channel: ChannelOption = None,
 ) -> None:
     """Map this device's normal embeddings onto the bundle's reference normal statistics.
 
@@ -436,7 +465,7 @@ def renormalize(
     from edge_agent.calibration.headstore import CommitMeta
     from edge_agent.calibration.refit import fit_renormalization
 
-    cfg, store, model = _offline_model(config)
+    cfg, store, model = _offline_model(config, channel)
     m = model.manifest
     reference = m.reference_stats.get(m.normal_class)
     if reference is None:
@@ -463,13 +492,13 @@ def renormalize(
 
 
 @app.command()
-def commission(config: ConfigOption) -> None:
+def commission(config: ConfigOption, channel: ChannelOption = None) -> None:
     """Learn this device's normal again at the agent's next start (after a repair or a bearing
     change); a running agent does it at once on the `commission` MQTT command."""
     from edge_agent.calibration.commissioning import BASELINE_FILE
     from edge_agent.calibration.monitoring import HEALTH_FILE
 
-    cfg = _load(config)
+    cfg = _channel(_load(config), channel)
     removed = []
     for name in (BASELINE_FILE, HEALTH_FILE):
         path = cfg.state_dir / name
@@ -484,9 +513,9 @@ def commission(config: ConfigOption) -> None:
 
 
 @app.command()
-def heads(config: ConfigOption) -> None:
+def heads(config: ConfigOption, channel: ChannelOption = None) -> None:
     """List the device's head versions (the current one is marked *)."""
-    cfg = _load(config)
+    cfg = _channel(_load(config), channel)
     store = _store(cfg)
     history = store.history()
     if not history:
@@ -517,9 +546,10 @@ def rollback(
     version: Annotated[
         int | None, typer.Option(min=1, help="Head version to go back to (default: the previous).")
     ] = None,
+    channel: ChannelOption = None,
 ) -> None:
     """Make an earlier head current again (stored as a new version; nothing is deleted)."""
-    cfg = _load(config)
+    cfg = _channel(_load(config), channel)
     store = _store(cfg)
     try:
         before, _ = store.current()

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from edge_agent.backends.base import encoder_format
 from edge_agent.contract.bundle import Manifest
+from edge_agent.contract.formats import encoder_format
 from edge_agent.contract.wire import StrictModel
 
 if sys.version_info >= (3, 11):
@@ -163,12 +163,9 @@ class SoundDeviceSourceConfig(StrictModel):
                 f"channel ({self.channel}) must be less than channels ({self.channels}); "
                 "channels are numbered from 0"
             )
-        if self.tacho_channel is not None and (
-            self.tacho_channel >= self.channels or self.tacho_channel == self.channel
-        ):
+        if self.tacho_channel is not None and self.tacho_channel >= self.channels:
             raise ValueError(
-                f"tacho_channel ({self.tacho_channel}) must be another channel than channel "
-                f"({self.channel}) and less than channels ({self.channels})"
+                f"tacho_channel ({self.tacho_channel}) must be less than channels ({self.channels})"
             )
         return self
 
@@ -266,11 +263,7 @@ class InferenceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _combination(self) -> InferenceConfig:
-        if self.backend == "tflite" and self.precision == "fp32":
-            raise ValueError(
-                "backend 'tflite' only runs int8 encoders; set precision = \"int8\" "
-                'or backend = "onnx"'
-            )
+        encoder_format(self.backend, self.precision)  # ValueError naming the valid combinations
         return self
 
 
@@ -421,6 +414,35 @@ class BearingConfig(StrictModel):
         )
 
 
+class ChannelConfig(StrictModel):
+    """One bearing of a multi-channel gateway (`[[channels]]`). Sections left out take the
+    top-level `[sensor]`, `[bearing]` and `[decisions]`; each channel has its own device head,
+    decisions, commissioning, drift and health state (under `state_dir/channels/<name>/`) and
+    its own MQTT subtree (`asset`)."""
+
+    name: str = Field(min_length=1, max_length=32, pattern=_NAME_PATTERN, description="Unique.")
+    input: int = Field(
+        ge=0,
+        description="Interface channel (sounddevice), column (file) or simulated machine "
+        "(simulator), 0-based.",
+    )
+    asset: str = Field(
+        min_length=1, pattern=_NAME_PATTERN, description="MQTT asset: this bearing's subtree."
+    )
+    sensor: SensorConfig | None = None
+    bearing: BearingConfig | None = None
+    decisions: DecisionsConfig | None = None
+    uncertain_below: float | None = Field(
+        None, gt=0, lt=1, description="Overrides inference.uncertain_below for this channel."
+    )
+    unknown_above: float | None = Field(
+        None, gt=0, description="Overrides inference.unknown_above for this channel."
+    )
+    schedule: list[SimulatorStep] | None = Field(
+        None, description="Simulator source only: this machine's schedule (default: the source's)."
+    )
+
+
 class AgentConfig(StrictModel):
     """Everything a gateway agent needs; one firmware_configs/*.toml file."""
 
@@ -448,6 +470,66 @@ class AgentConfig(StrictModel):
     commissioning: CommissioningConfig = CommissioningConfig()
     health: HealthConfig = HealthConfig()
     bearing: BearingConfig | None = Field(None, description="Off without it: no evidence.")
+    channels: list[ChannelConfig] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Several bearings on one interface; empty: one channel from [sensor], "
+        "[source], [bearing] and [mqtt].",
+    )
+
+    @model_validator(mode="after")
+    def _channels(self) -> AgentConfig:
+        for key in ("name", "input", "asset"):
+            values = [getattr(c, key) for c in self.channels]
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"channels.{key}: each channel needs its own, {twice} repeat")
+        src = self.source
+        sensor_inputs = [c.input for c in self.channels] or [getattr(src, "channel", None)]
+        if isinstance(src, SoundDeviceSourceConfig) and src.tacho_channel in sensor_inputs:
+            raise ValueError(
+                f"source.tacho_channel ({src.tacho_channel}) must be another channel than the "
+                f"sensor's ({'channels.input' if self.channels else 'source.channel'})"
+            )
+        for i, c in enumerate(self.channels):
+            if isinstance(src, SoundDeviceSourceConfig) and c.input >= src.channels:
+                raise ValueError(
+                    f"channels.{i}.input: {c.input} is not one of the {src.channels} "
+                    "interface channels opened (source.channels)"
+                )
+            if c.schedule is not None and not isinstance(src, SimulatorSourceConfig):
+                raise ValueError(f'channels.{i}.schedule: only for source.type = "simulator"')
+        return self
+
+    @property
+    def channel(self) -> ChannelConfig | None:
+        """This view's channel (see `channel_views`); None for a single-channel config."""
+        return self.channels[0] if len(self.channels) == 1 else None
+
+    def channel_views(self) -> list[AgentConfig]:
+        """One config per channel, with the channel's sensor, bearing, decisions, thresholds,
+        MQTT asset and state folder in place; `[self]` for a single-channel config."""
+        if not self.channels:
+            return [self]
+        views = []
+        for c in self.channels:
+            inference = self.inference.model_copy(
+                update={
+                    "uncertain_below": c.uncertain_below or self.inference.uncertain_below,
+                    "unknown_above": c.unknown_above or self.inference.unknown_above,
+                }
+            )
+            update = {
+                "sensor": c.sensor or self.sensor,
+                "bearing": c.bearing or self.bearing,
+                "decisions": c.decisions or self.decisions,
+                "inference": inference,
+                "mqtt": self.mqtt.model_copy(update={"asset": c.asset}),
+                "state_dir": self.state_dir / "channels" / c.name,
+                "channels": [c],
+            }
+            views.append(self.model_copy(update=update))
+        return views
 
 
 def format_errors(exc: ValidationError) -> list[str]:
@@ -573,7 +655,7 @@ def source_rate_problems(cfg: AgentConfig, bundle_rate_hz: int) -> list[str]:
 def check_against_bundle(cfg: AgentConfig, manifest: Manifest) -> list[str]:
     """Problems between a valid config and the bundle it will run (empty list = fine)."""
     problems = source_rate_problems(cfg, manifest.preprocessing.sample_rate_hz)
-    wanted = encoder_format(cfg.inference.backend, cfg.inference.precision)
+    wanted = encoder_format(cfg.inference.backend, cfg.inference.precision).name
     have = [e.format for e in manifest.encoders]
     if wanted not in have:
         problems.append(

@@ -1,6 +1,7 @@
 """The table of export formats and the one wrapper that runs an exporter and logs the outcome.
 
-Each format names its bundle file, the manifest `EncoderFile.format`, whether it needs
+Each format points at its row of the device's table (`edge_agent.contract.formats`: bundle file,
+manifest `EncoderFile.format`, batch) and adds what only export needs: whether it needs
 calibration windows, the CLI options it accepts, an exporter and an embedding runner. Exporters
 live in `onnx.py`, `quantize.py` and `tflite.py` and are imported only when a format runs, so
 looking names up (the CLI's `--help`, typo messages) stays fast.
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.contract.bundle import Quantization
+from edge_agent.contract.formats import ENCODER_FORMATS, EncoderFormat
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +62,25 @@ class Exported:
 @dataclass(frozen=True)
 class ExportFormat:
     name: str
-    file: str
-    manifest_format: Literal["fp32.onnx", "int8.onnx", "int8.tflite"]
-    batch: Literal["dynamic", "1"]
+    encoder: EncoderFormat  # the device's row: file, manifest format, batch
     needs_calibration: bool
     options: tuple[str, ...]
     requires: tuple[str, ...]
     exporter: Callable[[ExportJob], Exported]
     embed: Callable[[Path, np.ndarray], np.ndarray]
     description: str
+
+    @property
+    def file(self) -> str:
+        return self.encoder.file
+
+    @property
+    def manifest_format(self) -> str:
+        return self.encoder.name
+
+    @property
+    def batch(self) -> Literal["dynamic", "1"]:
+        return self.encoder.manifest_batch
 
 
 def _export_onnx(job: ExportJob) -> Exported:
@@ -116,9 +128,7 @@ def _embed_tflite(path: Path, windows: np.ndarray) -> np.ndarray:
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat(
         name="onnx",
-        file="encoder.fp32.onnx",
-        manifest_format="fp32.onnx",
-        batch="dynamic",
+        encoder=ENCODER_FORMATS["fp32.onnx"],
         needs_calibration=False,
         options=(),
         requires=(),
@@ -128,9 +138,7 @@ FORMATS: dict[str, ExportFormat] = {
     ),
     "onnx-int8": ExportFormat(
         name="onnx-int8",
-        file="encoder.int8.onnx",
-        manifest_format="int8.onnx",
-        batch="dynamic",
+        encoder=ENCODER_FORMATS["int8.onnx"],
         needs_calibration=True,
         options=("calibration_method", "calibration_windows"),
         requires=("onnx",),
@@ -140,9 +148,7 @@ FORMATS: dict[str, ExportFormat] = {
     ),
     "tflite-int8": ExportFormat(
         name="tflite-int8",
-        file="encoder.int8.tflite",
-        manifest_format="int8.tflite",
-        batch="1",
+        encoder=ENCODER_FORMATS["int8.tflite"],
         needs_calibration=True,
         options=("calibration_windows",),
         requires=(),

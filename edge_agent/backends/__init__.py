@@ -2,6 +2,7 @@
 
 backend = load_backend(folder, manifest, "onnx", threads=2)   # verified bundle folder
 embeddings = backend.embed(windows)                            # (N, 1, W) -> (N, D)
+self_test(folder, manifest, backend)                           # before activating a new bundle
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.backends.base import Backend, BackendError, encoder_format
+from edge_agent.backends.base import Backend, BackendError
 from edge_agent.backends.onnx import OnnxBackend
 from edge_agent.backends.tflite import TfliteBackend
 from edge_agent.contract.bundle import BundleError, Manifest
+from edge_agent.contract.formats import encoder_format
+from edge_agent.pipeline.head import Head
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,8 @@ __all__ = [
     "BackendError",
     "OnnxBackend",
     "TfliteBackend",
-    "encoder_format",
     "load_backend",
+    "self_test",
 ]
 
 
@@ -44,18 +47,19 @@ def load_backend(
 ) -> Backend:
     """Load the bundle's encoder for backend `name` and warm it up with one dummy window.
 
-    onnx runs `int8.onnx` (precision="fp32": `fp32.onnx`); tflite runs `int8.tflite`.
+    The format comes from `contract.formats.encoder_format(name, precision)`.
     providers: onnxruntime execution providers (onnx only). Sets `backend.warmup_ms`.
-    Raises BackendError for an unknown name, a missing encoder or runtime, or an encoder whose
-    output does not match the manifest's embedding_dim.
+    Raises BackendError for an unknown name, a precision the backend does not run, a missing
+    encoder or runtime, or an encoder whose output does not match the manifest's embedding_dim.
     """
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    if name == "tflite" and precision != "int8":
-        raise BackendError(f"tflite backend only runs int8 encoders, not {precision!r}")
-    fmt = encoder_format(name, precision)
     try:
-        entry = manifest.encoder(fmt)
+        fmt = encoder_format(name, precision)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from exc
+    try:
+        entry = manifest.encoder(fmt.name)
     except BundleError as exc:
         raise BackendError(f"{bundle_folder}: {exc}; pick another backend or precision") from exc
     options = {}
@@ -84,3 +88,51 @@ def load_backend(
         backend.warmup_ms,
     )
     return backend
+
+
+def self_test_windows(window: int, n: int = 4) -> np.ndarray:
+    """Deterministic (n, 1, window) float32 windows at the scale of normalized input.
+
+    Silence, a unit sine, then seeded unit-variance noise: the same on every device and run.
+    """
+    t = np.arange(window, dtype=np.float32)
+    rows = [np.zeros(window), np.sqrt(2) * np.sin(2 * np.pi * t / 32)]
+    rows += list(np.random.default_rng(0).standard_normal((max(n - 2, 0), window)))
+    return np.stack(rows[:n]).astype(np.float32)[:, None, :]
+
+
+def self_test(folder: Path, manifest: Manifest, backend: Backend) -> None:
+    """Check a loaded backend on the bundle in `folder` before it goes live.
+
+    Runs `self_test_windows(manifest.preprocessing.window)` through the encoder and the bundle's
+    factory head; BackendError unless the embeddings are finite with shape (N, embedding_dim) and
+    the probabilities finite with shape (N, classes). (Bundles ship no sample windows.)
+    """
+    x = self_test_windows(manifest.preprocessing.window)
+    where = f"{Path(folder).name} self-test"
+    try:
+        emb = np.asarray(backend.embed(x))
+    except Exception as exc:  # any runtime failure is the finding
+        raise BackendError(f"{where}: the encoder fails on test windows: {exc}") from exc
+    want = (len(x), manifest.embedding_dim)
+    if emb.shape != want:
+        raise BackendError(
+            f"{where}: embeddings have shape {emb.shape}, expected {want} (embedding_dim); "
+            "re-export the bundle"
+        )
+    if not np.isfinite(emb).all():
+        bad = int((~np.isfinite(emb).all(axis=1)).sum())
+        raise BackendError(
+            f"{where}: {bad} of {len(x)} test windows give NaN/inf embeddings; the encoder is "
+            "broken on this runtime: try another backend or precision, or re-export"
+        )
+    try:
+        with np.errstate(all="ignore"):  # non-finite results are reported below
+            probs = Head.load(Path(folder) / manifest.head_file).probabilities(emb)
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{where}: the head does not run: {exc}") from exc
+    if probs.shape != (len(x), len(manifest.class_names)) or not np.isfinite(probs).all():
+        raise BackendError(
+            f"{where}: the head gives non-finite or mis-shaped probabilities {probs.shape}; "
+            "re-export the bundle"
+        )

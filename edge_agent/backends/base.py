@@ -43,8 +43,3 @@ def check_model_file(path: Path, backend: str) -> Path:
     if not path.is_file():
         raise BackendError(f"{backend} backend: model file {path} not found")
     return path
-
-
-def encoder_format(backend: str, precision: str) -> str:
-    """Bundle encoder format run by a backend at a precision: ("onnx", "int8") -> "int8.onnx"."""
-    return f"{precision}.{backend}"

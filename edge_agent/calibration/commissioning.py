@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.calibration.drift import DriftMonitor, DriftReading
-from edge_agent.calibration.headstore import atomic_write
 from edge_agent.contract.bundle import ClassStats
+from edge_agent.contract.durable import atomic_write
 
 logger = logging.getLogger(__name__)
 

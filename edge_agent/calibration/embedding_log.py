@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from edge_agent.backends import Backend
-from edge_agent.calibration.headstore import CommitMeta, HeadStore, atomic_write
+from edge_agent.calibration.headstore import CommitMeta, HeadStore
 from edge_agent.calibration.refit import CalibrationResult, calibrate
 from edge_agent.config import FileSourceConfig, SensorConfig
 from edge_agent.contract.bundle import Manifest
+from edge_agent.contract.durable import atomic_write
 from edge_agent.contract.preprocess import frame, normalize
 from edge_agent.pipeline.head import Head
 from edge_agent.pipeline.sanity import check_window

@@ -27,13 +27,13 @@ import io
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
+from edge_agent.contract.durable import TMP_PREFIX, atomic_write
 from edge_agent.contract.wire import StrictModel, utc_iso
 from edge_agent.pipeline.head import Head
 
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 HEADS_DIR = "heads"
 HISTORY = "history.json"
 CURRENT = "current"
-TMP_PREFIX = ".tmp-"
 _HEAD_FILE = re.compile(r"^v(\d+)\.npz$")
 
 
@@ -299,34 +298,3 @@ class HeadStore:
         except (OSError, ValidationError):
             logger.warning("%s is unreadable (garbage or truncated); rewriting it", path)
             return None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new content."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

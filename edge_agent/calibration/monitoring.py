@@ -26,11 +26,11 @@ import numpy as np
 
 from edge_agent.calibration.commissioning import Commissioning
 from edge_agent.calibration.drift import DriftMonitor, DriftReading
-from edge_agent.calibration.headstore import atomic_write
 from edge_agent.calibration.health import HealthParams, HealthReading, HealthTrend, Indicators
 from edge_agent.calibration.health import condition_indicators as indicators_of
 from edge_agent.config import AgentConfig
 from edge_agent.contract.bundle import Manifest
+from edge_agent.contract.durable import atomic_write
 from edge_agent.physics.stream import EvidenceStream
 
 logger = logging.getLogger(__name__)

@@ -3,28 +3,26 @@
 A bundle is a folder (or a `.tar.gz` of one) holding the encoder files, the head weights and
 `manifest.json`. `verify()` checks the schema version and every checksum; `load_bundle()` refuses
 a bundle it cannot verify with a `BundleError` whose message says what is wrong and what to do.
-An archive is extracted once, safely (size and member caps, plain files only), into a cache
-folder; `opened_bundle()` gives a throwaway copy to inspect. numpy + pydantic only.
+`unpack()` extracts an archive safely (size and member caps, plain files only); installing it
+in a state folder is `bundle_store.BundleStore`'s job. `opened_bundle()` gives a throwaway copy
+to inspect. numpy + pydantic only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import shutil
 import tarfile
 import tempfile
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
+from edge_agent.contract.formats import ENCODER_FORMATS, check_format_name
 from edge_agent.contract.preprocess import NORMALIZATIONS, PreprocessSpec
 from edge_agent.contract.wire import StrictModel, error_lines, utc_iso
 from edge_agent.physics.view import PhysicsHead
@@ -32,15 +30,11 @@ from edge_agent.pipeline.head import Head
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-ENCODER_FORMATS = ("fp32.onnx", "int8.onnx", "int8.tflite")
 MAX_UNPACKED_BYTES = 512 * 1024**2  # an archive unpacking to more is refused (bomb guard)
 MAX_MEMBERS = 1_000  # files and folders in an archive
-KEEP_EXTRACTED = 3  # extracted archives kept in a cache_dir, the one in use included
-PARTIAL_PREFIX = ".partial-"  # an extraction in progress inside a cache_dir
 
 # PEP 706 checks (Python 3.11.4+, 3.10.12+); older Pythons rely on the checks in unpack().
 _data_filter = getattr(tarfile, "data_filter", None)
-logger = logging.getLogger(__name__)
 
 
 class BundleError(Exception):
@@ -83,7 +77,9 @@ class Quantization(StrictModel):
 
 
 class EncoderFile(StrictModel):
-    format: Literal["fp32.onnx", "int8.onnx", "int8.tflite"]
+    format: Annotated[str, AfterValidator(check_format_name)] = Field(
+        description=f"One of {list(ENCODER_FORMATS)} (contract.formats)."
+    )
     file: str
     batch: Literal["dynamic", "1"]
     quantization: Quantization | None = None
@@ -319,7 +315,7 @@ def _too_big(archive: Path, name: str) -> str:
     )
 
 
-def _check_loaded(folder: Path) -> tuple[Manifest, Head]:
+def check_bundle(folder: Path) -> tuple[Manifest, Head]:
     """Verify a bundle folder and load its factory head; BundleError when anything is off."""
     manifest = verify(folder)
     try:
@@ -338,77 +334,12 @@ def _check_loaded(folder: Path) -> tuple[Manifest, Head]:
     return manifest, head
 
 
-def _only_folder(entry: Path) -> Path:
-    """The bundle folder inside a cache entry."""
-    inner = [p for p in entry.iterdir() if p.is_dir()]
-    if len(inner) != 1:
-        raise BundleError(f"{entry}: expected one bundle folder inside, found {len(inner)}")
-    return inner[0]
-
-
-def _load_archive(archive: Path, cache_dir: Path, *, prune: bool) -> tuple[Path, Manifest, Head]:
-    """Extract (once) and verify an archive in `cache_dir/<sha256[:16]>/`; reuse it when there."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    entry = cache_dir / sha256_file(archive)[:16]
-    if entry.is_dir():
-        try:
-            folder = _only_folder(entry)
-            manifest, head = _check_loaded(folder)
-        except BundleError as exc:
-            logger.warning("bundle cache %s does not verify (%s); extracting again", entry, exc)
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            os.utime(entry)  # most recently used
-            if prune:
-                _prune(cache_dir, entry)
-            return folder, manifest, head
-    partial = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=cache_dir))
-    try:
-        try:
-            inner = unpack(archive, partial)
-            manifest, head = _check_loaded(inner)
-        except BundleError as exc:  # name the archive, not the folder about to vanish
-            raise BundleError(str(exc).replace(str(partial), str(archive))) from exc
-        try:
-            os.rename(partial, entry)
-        except OSError:
-            if not entry.is_dir():  # else another process extracted the same archive first
-                raise
-            shutil.rmtree(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if prune:
-        _prune(cache_dir, entry)
-    return entry / inner.name, manifest, head
-
-
-def _prune(cache_dir: Path, in_use: Path) -> None:
-    """Keep the KEEP_EXTRACTED most recently used entries (always `in_use`); drop the rest."""
-    entries: list[tuple[float, Path]] = []
-    stale: list[Path] = []
-    for path in cache_dir.iterdir():
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if path.name.startswith(PARTIAL_PREFIX):
-            if time.time() - mtime > 3600:  # left by a crash, not in progress
-                stale.append(path)
-        elif path.is_dir() and path != in_use:
-            entries.append((mtime, path))
-    older = [path for _, path in sorted(entries, reverse=True)[KEEP_EXTRACTED - 1 :]]
-    for path in stale + older:
-        logger.info("removing unused extracted bundle %s", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _session_cache() -> Path:
-    """A temporary folder for archives loaded without cache_dir, removed at interpreter exit."""
+def _session_store() -> Path:
+    """A new store folder for an archive loaded without cache_dir, removed at interpreter exit."""
     global _session_dir
     if _session_dir is None:
         _session_dir = tempfile.TemporaryDirectory(prefix="faultwatch-bundle-")
-    return Path(_session_dir.name)
+    return Path(tempfile.mkdtemp(dir=_session_dir.name))
 
 
 _session_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -418,25 +349,24 @@ def load_bundle(path: Path, cache_dir: Path | None = None) -> tuple[Path, Manife
     """Verify a bundle folder or archive and load its factory head.
 
     Returns (folder, manifest, head). Raises BundleError when anything does not verify, leaving
-    no extracted files behind. An archive is extracted once into `cache_dir/<sha256[:16]>/`
-    (reused on the next load; only the KEEP_EXTRACTED most recently used are kept). Without
-    cache_dir it goes to a temporary folder that lives until the process exits: long-running
-    callers pass cache_dir, short ones use `opened_bundle()`.
+    nothing behind. With cache_dir (the agent's `state_dir / "bundles"`), the bundle is installed
+    there by `BundleStore(cache_dir).install(path)` and the installed copy is returned (the same
+    folder each time for the same content; see bundle_store). Without cache_dir a folder is used
+    where it is, and an archive goes to a temporary folder that lives until the process exits:
+    long-running callers pass cache_dir, short ones use `opened_bundle()`.
     """
+    from edge_agent.contract.bundle_store import BundleStore  # it builds on this module
+
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle (folder or .tar.gz)")
-    if path.is_file():
-        cache = _session_cache() if cache_dir is None else Path(cache_dir)
-        try:
-            return _load_archive(path, cache, prune=cache_dir is not None)
-        except OSError as exc:
-            raise BundleError(
-                f"{path}: could not extract it into {cache} ({exc}); check that this folder is "
-                "writable and has space"
-            ) from exc
-    manifest, head = _check_loaded(path)
-    return path, manifest, head
+    if cache_dir is None and path.is_dir():
+        manifest, head = check_bundle(path)
+        return path, manifest, head
+    root = _session_store() if cache_dir is None else Path(cache_dir)
+    folder = BundleStore(root).install(path)
+    manifest, head = check_bundle(folder)
+    return folder, manifest, head
 
 
 @contextmanager

@@ -46,24 +46,26 @@ def window_stats(x_g: np.ndarray) -> dict[str, float]:
     return _stats(x[np.isfinite(x)])
 
 
-def _stats(x: np.ndarray) -> dict[str, float]:
+def _stats(x: np.ndarray, peak: float | None = None) -> dict[str, float]:
+    """The statistics of finite samples `x`; `peak` = max |x| when the caller has it."""
     zero = {"rms": 0.0, "peak": 0.0, "crest_factor": 0.0, "kurtosis": 0.0, "mean": 0.0}
     if x.size == 0:
         return zero
-    peak = float(np.max(np.abs(x)))
+    if peak is None:
+        peak = float(np.max(np.abs(x)))
     if peak == 0.0:
         return zero
-    y = x / peak  # in [-1, 1]: no overflow for any finite input
-    mean_y = float(np.mean(y))
-    d = y - mean_y
-    var_y = float(np.mean(d * d))
+    y = x * np.float32(1.0 / peak) if x.dtype == np.float32 else x / peak  # in [-1, 1]
+    mean_y = float(np.mean(y, dtype=np.float64))
+    d = y - np.float32(mean_y) if y.dtype == np.float32 else y - mean_y
+    d2 = d * d
+    var_y = float(np.mean(d2, dtype=np.float64))
     rms_y = float(np.sqrt(var_y))
     stats = {"rms": rms_y * peak, "peak": peak, "mean": mean_y * peak}
     if rms_y <= 1e-12 * max(1.0, abs(mean_y)):  # constant (to rounding)
         return {**stats, "rms": 0.0, "crest_factor": 0.0, "kurtosis": 0.0}
-    z = d / rms_y
-    stats["crest_factor"] = float(np.max(np.abs(z)))
-    stats["kurtosis"] = float(np.mean(z**4))
+    stats["crest_factor"] = max(float(d.max()), -float(d.min())) / rms_y
+    stats["kurtosis"] = float(np.mean(d2 * d2, dtype=np.float64)) / (var_y * var_y)
     return stats
 
 
@@ -84,17 +86,23 @@ def check_window(
     is not a non-empty 1-D numeric array.
     """
     x = _as_window(x_g)
-    finite = np.isfinite(x)
-    stats = _stats(x[finite])
+    magnitude = np.abs(x)
+    peak = float(magnitude.max())  # NaN or inf when some sample is not finite
+    finite = None if np.isfinite(peak) else np.isfinite(x)
+    if finite is None:
+        stats = _stats(x, peak)
+    else:
+        stats = _stats(x[finite])
+        magnitude = magnitude[finite]
     clipped = 0.0
     if clip_g is not None:
-        clipped = float(np.count_nonzero(np.abs(x[finite]) >= clip_g * (1 - 1e-6))) / x.size
+        clipped = float(np.count_nonzero(magnitude >= clip_g * (1 - 1e-6))) / x.size
     stats["clipped_fraction"] = clipped
 
     def fail(reason: str) -> SanityResult:
         return SanityResult(False, reason, stats)
 
-    if not finite.all():
+    if finite is not None:
         return fail("nan" if np.isnan(x).any() else "inf")
     if stats["rms"] < flat_std_g:
         return fail("flat_line")

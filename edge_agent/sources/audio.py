@@ -1,6 +1,6 @@
 """Live acquisition from a USB audio interface (any PortAudio input) through sounddevice.
 
-The PortAudio callback only copies the sensor channel into a bounded queue; it never blocks.
+The PortAudio callback only copies the sensor channel(s) into a bounded queue; it never blocks.
 When the agent falls behind, whole blocks are dropped and counted, and the next chunk carries
 `dropped` > 0 so no window spans the gap. Scaling to g and resampling happen in `read()`.
 """
@@ -10,13 +10,21 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from edge_agent.config import SensorConfig, SoundDeviceSourceConfig
 from edge_agent.contract.preprocess import adc_to_g
-from edge_agent.sources.base import Chunk, SourceBase, SourceError, StreamResampler
+from edge_agent.sources.base import (
+    Chunk,
+    SourceBase,
+    SourceChannel,
+    SourceError,
+    StreamResampler,
+    check_inputs,
+)
 from edge_agent.sources.tacho import TachoCounter
 
 logger = logging.getLogger(__name__)
@@ -50,8 +58,10 @@ def list_input_devices(sd: Any) -> list[str]:
 
 
 class AudioSource(SourceBase):
-    """Reads one channel of a PortAudio input stream, scaled to g.
+    """Reads channels of a PortAudio input stream, scaled to g.
 
+    `cfg.channel` as (n,), or with `channels` the interface channels channels[j].input as
+    (n, len(channels)), each scaled with its own sensor (channels[j].sensor, else `sensor`).
     Delivers at the interface rate, or at `target_rate_hz` when `cfg.resample` is on.
     `overflows` counts PortAudio input overflows; `dropped_total` all samples lost.
     """
@@ -61,12 +71,22 @@ class AudioSource(SourceBase):
     def __init__(
         self,
         cfg: SoundDeviceSourceConfig,
-        sensor: SensorConfig,
+        sensor: SensorConfig | None,
         target_rate_hz: int | None = None,
+        *,
+        channels: Sequence[SourceChannel] | None = None,
     ) -> None:
-        self.cfg, self.sensor = cfg, sensor
+        self.cfg, self.sensor, self.channels = cfg, sensor, channels
+        self._inputs = np.array(self._check_inputs(cfg, channels), dtype=np.intp)
+        sensors = [sensor] if channels is None else [ch.sensor or sensor for ch in channels]
+        if any(s is None for s in sensors):
+            raise SourceError("sounddevice source needs the [sensor] settings to scale to g")
+        self._scales = [
+            dict(sensitivity_mv_per_g=s.sensitivity_mv_per_g, full_scale_volts=s.full_scale_volts)
+            for s in sensors  # type: ignore[union-attr]
+        ]
         rate = cfg.sample_rate_hz
-        self._resampler: StreamResampler | None = None
+        self._resamplers: list[StreamResampler] | None = None
         if target_rate_hz is not None and target_rate_hz != rate:
             if not cfg.resample:
                 raise SourceError(
@@ -74,8 +94,8 @@ class AudioSource(SourceBase):
                     f"{target_rate_hz} Hz; set source.resample = true or "
                     f"source.sample_rate_hz = {target_rate_hz}"
                 )
-            self._resampler = StreamResampler(rate, target_rate_hz)
-        self.sample_rate_hz = target_rate_hz if self._resampler else rate
+            self._resamplers = [StreamResampler(rate, target_rate_hz) for _ in self._inputs]
+        self.sample_rate_hz = target_rate_hz if self._resamplers else rate
         self.overflows = 0
         self.dropped_total = 0
         self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None, float, int]] = queue.Queue(
@@ -92,6 +112,27 @@ class AudioSource(SourceBase):
         self._out_t0 = 0.0
         self._out_count = 0
         self._fresh = True
+
+    @staticmethod
+    def _check_inputs(
+        cfg: SoundDeviceSourceConfig, channels: Sequence[SourceChannel] | None
+    ) -> list[int]:
+        """Interface channels to copy, one per delivered column; SourceError if one is not open."""
+        if channels is None:
+            return [cfg.channel]
+        inputs = check_inputs(channels)
+        for input_ in inputs:
+            if input_ >= cfg.channels:
+                raise SourceError(
+                    f"channel input {input_} is not recorded: source.channels = {cfg.channels} "
+                    f"opens inputs 0..{cfg.channels - 1}; raise source.channels"
+                )
+            if input_ == cfg.tacho_channel:
+                raise SourceError(
+                    f"channel input {input_} is also source.tacho_channel; a sensor needs its "
+                    "own input"
+                )
+        return inputs
 
     def start(self) -> None:
         if self._stream is not None:
@@ -124,13 +165,13 @@ class AudioSource(SourceBase):
                 "source.channels and source.dtype against the interface"
             ) from exc
         logger.info(
-            "sounddevice: recording device %s channel %d of %d at %d Hz (%s)%s",
+            "sounddevice: recording device %s channel %s of %d at %d Hz (%s)%s",
             device,
-            cfg.channel,
+            ", ".join(map(str, self._inputs)),
             cfg.channels,
             cfg.sample_rate_hz,
             cfg.dtype,
-            f", resampled to {self.sample_rate_hz} Hz" if self._resampler else "",
+            f", resampled to {self.sample_rate_hz} Hz" if self._resamplers else "",
         )
 
     def _check_device(self, sd: Any) -> int:
@@ -153,13 +194,13 @@ class AudioSource(SourceBase):
         return int(info["index"])
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """PortAudio thread: copy the sensor channel out, never block."""
+        """PortAudio thread: copy the sensor channels out (one take), never block."""
         lost = 0
         if status.input_overflow:
             self.overflows += 1
             lost = frames  # PortAudio does not say how much was lost; count one block
         tacho = None if self.cfg.tacho_channel is None else indata[:, self.cfg.tacho_channel].copy()
-        item = (indata[:, self.cfg.channel].copy(), tacho, time.time(), self._lost + lost)
+        item = (np.take(indata, self._inputs, axis=1), tacho, time.time(), self._lost + lost)
         try:
             self._queue.put_nowait(item)
             self._lost = 0
@@ -188,30 +229,29 @@ class AudioSource(SourceBase):
                 return chunk
 
     def _convert(self, raw: np.ndarray, t_callback: float, lost: int) -> Chunk | None:
-        g = adc_to_g(
-            raw,
-            sensitivity_mv_per_g=self.sensor.sensitivity_mv_per_g,
-            full_scale_volts=self.sensor.full_scale_volts,
-        )
+        """(n, inputs) ADC block -> chunk in g, resampled; None while the resampler fills."""
+        columns = [adc_to_g(raw[:, j], **scale) for j, scale in enumerate(self._scales)]
         t_first_in = t_callback - len(raw) / self.cfg.sample_rate_hz
         if lost:
             self.dropped_total += lost
             scale = self.sample_rate_hz / self.cfg.sample_rate_hz
             self._carry_dropped += max(1, round(lost * scale))
             self._fresh = True
-        if self._resampler is None:
-            out, t_first = g, t_first_in
-        else:
+        t_first = t_first_in
+        if self._resamplers is not None:
             if self._fresh:
-                self._resampler.reset()
-                self._out_t0 = t_first_in - self._resampler.delay_out / self.sample_rate_hz
+                for resampler in self._resamplers:
+                    resampler.reset()
+                delay_out = self._resamplers[0].delay_out
+                self._out_t0 = t_first_in - delay_out / self.sample_rate_hz
                 self._out_count = 0
-            out = self._resampler.process(g)
+            columns = [r.process(x) for r, x in zip(self._resamplers, columns, strict=True)]
             t_first = self._out_t0 + self._out_count / self.sample_rate_hz
-            self._out_count += len(out)
+            self._out_count += len(columns[0])
         self._fresh = False
-        if len(out) == 0:
+        if len(columns[0]) == 0:
             return None
+        out = columns[0] if self.channels is None else np.stack(columns, axis=1)
         dropped, self._carry_dropped = self._carry_dropped, 0
         shaft_hz = None if self._tacho is None else self._tacho.shaft_hz
         return Chunk(out, t_first, dropped, shaft_hz)

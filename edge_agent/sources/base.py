@@ -3,17 +3,21 @@
 A source yields chunks of acceleration in g at `sample_rate_hz`; the windowing
 (pipeline.ringbuffer) does not care whether they come from a USB audio interface, a file or
 the simulator. `StreamResampler` turns a device rate into the bundle's rate chunk by chunk;
-`Pacer` paces file/simulated streams to the wall clock.
+`Pacer` paces file/simulated streams to the wall clock. A multi-channel source reads the
+`SourceChannel`s it is given and delivers one column per channel.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from edge_agent.config import SensorConfig, SimulatorStep
 
 
 class SourceError(RuntimeError):
@@ -24,16 +28,64 @@ class SourceError(RuntimeError):
 class Chunk:
     """Consecutive samples from a source.
 
-    samples: float32 (n,) acceleration in g. t_first: time (s, epoch-based stream clock) of the
-    first sample. dropped: samples lost just before this chunk (input overflow, slow consumer);
-    > 0 means there is a gap between the previous chunk and this one. shaft_hz: the shaft speed
-    measured by the source's tachometer channel, when it has one and it is turning.
+    samples: float32 acceleration in g, (n,) from a single-channel source, (n, channels) from a
+    multi-channel one (column j = the source's channels[j], all columns sample-aligned).
+    t_first: time (s, epoch-based stream clock) of the first sample. dropped: samples lost just
+    before this chunk (input overflow, slow consumer); > 0 means there is a gap between the
+    previous chunk and this one. shaft_hz: the shaft speed measured by the source's tachometer
+    channel, when it has one and it is turning.
     """
 
     samples: np.ndarray
     t_first: float
     dropped: int = 0
     shaft_hz: float | None = None
+
+
+def chunk_column(chunk: Chunk, j: int) -> np.ndarray:
+    """Channel j of a chunk as float32 (n,); a single-channel chunk has channel 0 only."""
+    columns = 1 if chunk.samples.ndim == 1 else chunk.samples.shape[1]
+    if not 0 <= j < columns:
+        raise IndexError(f"chunk has {columns} channel(s), asked for channel {j}")
+    return chunk.samples if chunk.samples.ndim == 1 else chunk.samples[:, j]
+
+
+@dataclass(frozen=True)
+class SourceChannel:
+    """One sensor channel read by a multi-channel source.
+
+    input: interface channel (sounddevice), column (file) or simulated machine index (simulator).
+    sensor: scaling to g of this input (sounddevice, integer/WAV replay); None = the source's
+    `sensor` argument. schedule: simulator only; None = the source's own schedule.
+    """
+
+    input: int
+    sensor: SensorConfig | None = None
+    schedule: list[SimulatorStep] | None = None
+
+
+def check_inputs(channels: Sequence[SourceChannel]) -> list[int]:
+    """The channels' inputs; SourceError for no channel, a negative or a repeated input."""
+    if len(channels) == 0:
+        raise SourceError(
+            "channels is empty: give at least one SourceChannel, or None for the source's own "
+            "single channel"
+        )
+    inputs = []
+    for j, channel in enumerate(channels):
+        value = channel.input
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise SourceError(
+                f"channels[{j}].input must be an integer >= 0 (inputs are numbered from 0), "
+                f"got {value!r}"
+            )
+        if value in inputs:
+            raise SourceError(
+                f"input {value} is listed twice (channels[{inputs.index(value)}] and "
+                f"channels[{j}]); each input feeds one channel"
+            )
+        inputs.append(int(value))
+    return inputs
 
 
 @runtime_checkable

@@ -2,7 +2,8 @@
 
 The whole file is read, checked and scaled to g when the source is built, so a wrong rate or a
 corrupt file fails at start-up, not mid-shift. Paced to the wall clock or as fast as possible,
-optionally looping. numpy + scipy only (nothing from train/).
+optionally looping. With `channels`, several columns are replayed side by side, each scaled
+with its own sensor. numpy + scipy only (nothing from train/).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,7 +19,14 @@ import numpy as np
 
 from edge_agent.config import FileSourceConfig, SensorConfig
 from edge_agent.contract.preprocess import adc_to_g, resample
-from edge_agent.sources.base import Chunk, Pacer, SourceBase, SourceError
+from edge_agent.sources.base import (
+    Chunk,
+    Pacer,
+    SourceBase,
+    SourceChannel,
+    SourceError,
+    check_inputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +90,12 @@ def _read_csv(path: Path) -> np.ndarray:
 
 
 class ReplaySource(SourceBase):
-    """Streams one channel of a recording in g at its own rate (or the bundle's, resampled).
+    """Streams a recording in g at its own rate (or the bundle's, resampled).
 
-    Scaling: `cfg.scale_g` (g per file unit) if set; else integer data and WAV files are ADC
-    output converted with the sensor's settings; float NPY/CSV are taken as g already.
+    One column (`cfg.channel`) as (n,), or with `channels` the columns channels[j].input as
+    (n, len(channels)). Scaling: `cfg.scale_g` (g per file unit) if set; else integer data and
+    WAV files are ADC output converted with the sensor's settings (channels[j].sensor, else
+    `sensor`); float NPY/CSV are taken as g already.
     """
 
     name: ClassVar[str] = "file"
@@ -94,26 +105,31 @@ class ReplaySource(SourceBase):
         cfg: FileSourceConfig,
         sensor: SensorConfig | None = None,
         target_rate_hz: int | None = None,
+        *,
+        channels: Sequence[SourceChannel] | None = None,
     ) -> None:
         self.cfg = cfg
         path = Path(cfg.path)
         data, header_rate = read_recording(path)
         rate = self._rate(path, header_rate)
-        channels = 1 if data.ndim == 1 else data.shape[1]
-        if cfg.channel >= channels:
-            raise SourceError(
-                f"{path}: source.channel {cfg.channel} asked for, but the file has "
-                f"{channels} channel(s) (numbered from 0)"
-            )
-        column = data if data.ndim == 1 else data[:, cfg.channel]
-        g = self._to_g(path, column, sensor)
+        table = data if data.ndim == 2 else data[:, None]  # (n, columns)
+        if channels is None:
+            if cfg.channel >= table.shape[1]:
+                raise SourceError(
+                    f"{path}: source.channel {cfg.channel} asked for, but the file has "
+                    f"{table.shape[1]} channel(s) (numbered from 0)"
+                )
+            g = self._to_g(path, table[:, cfg.channel], sensor)
+        else:
+            check_inputs(channels)
+            g = np.stack([self._column_g(path, table, ch, sensor) for ch in channels], axis=1)
         if target_rate_hz is not None and target_rate_hz != rate:
             if not cfg.resample:
                 raise SourceError(
                     f"{path}: recorded at {rate} Hz but the bundle needs {target_rate_hz} Hz; "
                     "set source.resample = true or replay a matching recording"
                 )
-            g = resample(g, rate, target_rate_hz)
+            g = resample(g.T, rate, target_rate_hz).T  # along time, per column
             rate = target_rate_hz
         self.samples_g = np.ascontiguousarray(g, dtype=np.float32)
         self.sample_rate_hz = int(rate)
@@ -141,6 +157,24 @@ class ReplaySource(SourceBase):
                 f"{configured} Hz; remove source.sample_rate_hz or fix it"
             )
         return int(header_rate)
+
+    def _column_g(
+        self,
+        path: Path,
+        table: np.ndarray,
+        channel: SourceChannel,
+        sensor: SensorConfig | None,
+    ) -> np.ndarray:
+        """Column channel.input of the (n, columns) table in g; SourceError if absent.
+
+        NaN stays in: the agent's sensor check flags those windows on that channel alone."""
+        index = channel.input
+        if index >= table.shape[1]:
+            raise SourceError(
+                f"{path}: channel input {index} asked for, but the file has {table.shape[1]} "
+                "column(s) (numbered from 0)"
+            )
+        return self._to_g(path, table[:, index], channel.sensor or sensor)
 
     def _to_g(self, path: Path, column: np.ndarray, sensor: SensorConfig | None) -> np.ndarray:
         if self.cfg.scale_g is not None:

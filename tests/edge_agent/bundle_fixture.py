@@ -129,7 +129,12 @@ def build_agent_bundle(base: Path) -> Path:
 def _source_key() -> str:
     """Hash of the code that shapes the bundle: a change rebuilds the cached one."""
     root = Path(__file__).resolve().parents[2]
-    paths = [Path(__file__), root / "train" / "encoder.py", root / "edge_agent" / "bundle.py"]
+    paths = [
+        Path(__file__),
+        root / "train" / "encoder.py",
+        root / "edge_agent" / "contract" / "bundle.py",
+    ]
+    paths += [root / "edge_agent" / "contract" / "formats.py"]
     paths += sorted((root / "export").glob("*.py"))
     digest = hashlib.sha256()
     for path in paths:

@@ -14,6 +14,7 @@ from edge_agent.contract.commands import COMMANDS, CommandError, CommandResult, 
 from edge_agent.contract.events import FaultEvent, encode
 from edge_agent.mqtt.link import RATE_BURST, MqttLink, RateLimiter
 from edge_agent.mqtt.outbox import Outbox
+from tests.edge_agent.mqtt.fake_agent import FakeAgent
 
 BASE = "faultwatch/plant/pump7/dev1/"
 
@@ -29,17 +30,21 @@ def answer(command) -> CommandResult:
 
 @pytest.fixture
 def link_for(tmp_path):
-    """`link_for(cfg, name)` -> a started MqttLink with its own outbox, closed after the test."""
-    made: list[MqttLink] = []
+    """`link_for(cfg, name)` -> a started MqttLink with its own outbox whose commands a FakeAgent
+    answers, closed after the test."""
+    made: list[tuple[MqttLink, FakeAgent]] = []
 
     def make(cfg: MqttConfig, name: str = "o") -> MqttLink:
         outbox = Outbox(tmp_path / f"{name}.sqlite3")
-        made.append(MqttLink(cfg, outbox, answer, reconnect_min_delay_s=0.1))
-        return made[-1]
+        agent = FakeAgent(answer)
+        agent.link = MqttLink(cfg, outbox, agent.submit, reconnect_min_delay_s=0.1)
+        made.append((agent.link, agent))
+        return agent.link
 
     yield make
-    for link in made:
+    for link, agent in made:
         link.close(0.5)
+        agent.close()
 
 
 # ---- parsing: every refusal must encode --------------------------------------------------------
@@ -175,7 +180,8 @@ def test_a_dead_network_thread_is_restarted(mosquitto, collect, link_for, wait_u
     collector = collect(mosquitto.port, BASE + "#")
     link = link_for(config(mosquitto.port))
     assert wait_until(lambda: link.connected, 10)
-    link._client.loop_stop()  # what an exception escaping paho's thread would leave behind
+    # What an exception escaping paho's thread would leave behind:
+    link.transport._client.loop_stop()
     assert wait_until(lambda: link.counters.network_restarts == 1, 5)
     assert "network thread" in link.last_error
     assert wait_until(lambda: link.connected, 10)

@@ -51,7 +51,8 @@ def test_bundle_head_gives_the_checkpoint_decisions(exported, run_dir):
 def test_archive_unpacks_to_a_verified_bundle(exported, tmp_path):
     archive = exported["folder"].with_name("fixture-1.tar.gz")
     folder, manifest, head = load_bundle(archive)
-    assert folder.name == "fixture-1"
+    assert folder.name.startswith("fixture-1-")  # installed as <name>-<version>-<sha12>
+    assert verify(folder) == manifest
     assert head.num_classes == len(manifest.class_names) == 4
 
 

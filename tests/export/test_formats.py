@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.contract.formats import ENCODER_FORMATS, EncoderFormat
 from export.formats import (
     FORMATS,
     ExportError,
@@ -35,6 +36,14 @@ def test_table_names_files_and_manifest_formats():
     ]
     assert [f.needs_calibration for f in FORMATS.values()] == [False, True, True]
     assert FORMATS["tflite-int8"].batch == "1"
+
+
+def test_export_and_device_read_the_same_rows():
+    assert [f.encoder for f in FORMATS.values()] == list(ENCODER_FORMATS.values())
+    for fmt in FORMATS.values():
+        row = ENCODER_FORMATS[fmt.manifest_format]
+        assert fmt.encoder is row
+        assert (fmt.file, fmt.batch) == (row.file, row.manifest_batch)
 
 
 def test_typo_gets_did_you_mean_and_the_valid_names():
@@ -87,9 +96,7 @@ def test_int8_onnx_alone_still_builds_the_fp32_onnx_first():
 def _fake_format(exporter) -> ExportFormat:
     return ExportFormat(
         name="fake",
-        file="fake.bin",
-        manifest_format="fp32.onnx",
-        batch="1",
+        encoder=EncoderFormat("fp32.onnx", "onnx", "fp32", "fake.bin", batch=1),
         needs_calibration=False,
         options=(),
         requires=(),

@@ -72,7 +72,10 @@ def test_agent_link_delivers_events_through_the_demo_broker(kind, tmp_path):
         )
         with subscribe_events("127.0.0.1", broker.port) as scada:
             link = MqttLink(
-                cfg, Outbox(tmp_path / "o.sqlite3"), lambda c: None, reconnect_min_delay_s=0.1
+                cfg,
+                Outbox(tmp_path / "o.sqlite3"),
+                lambda command, asset: None,
+                reconnect_min_delay_s=0.1,
             )
             sent = [
                 FaultEvent(

@@ -249,10 +249,10 @@ def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bun
     with agent:
         agent.link = MemoryLink()
         agent.source.start()
-        monitor = agent.pipe.monitor
+        monitor = agent.channels[0].monitor
         assert monitor.commissioning.learning and monitor.commissioning.baseline is None
         while agent.windows_total < int(13.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
         normal_windows = (13.0 * SAMPLE_RATE_HZ - WINDOW) / HOP - 3  # after the k=3 to decide
         assert 0.4 * normal_windows <= monitor.fleet._seen <= 0.5 * normal_windows + 4
@@ -263,7 +263,7 @@ def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bun
         quiet = [e for e in agent.link.events if e.kind in ("drift", "health")]
         assert quiet == [], [e.message for e in quiet]
         while agent.windows_total < int(20.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
     found = {(e.kind, e.severity) for e in agent.link.events if e.kind in ("drift", "health")}
     assert ("drift", "warning") in found and ("health", "alarm") in found
@@ -273,10 +273,10 @@ def test_commissioning_then_drift_and_health_on_every_window(tmp_path, agent_bun
     again = make_agent(tmp_path, agent_bundle, 1, decisions=decisions, commissioning=commissioning,
                        source=simulator_source(schedule))  # fmt: skip
     with again:
-        assert again.pipe.monitor.commissioning.baseline is not None
-        assert not again.pipe.monitor.commissioning.learning
-        assert "learning this device's normal" in again.pipe.monitor.commission()
-        assert again.pipe.monitor.commissioning.learning
+        assert again.channels[0].monitor.commissioning.baseline is not None
+        assert not again.channels[0].monitor.commissioning.learning
+        assert "learning this device's normal" in again.channels[0].monitor.commission()
+        assert again.channels[0].monitor.commissioning.learning
 
 
 # ---- commands over the broker -----------------------------------------------------------------

@@ -10,8 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.backends import BACKENDS, BackendError, OnnxBackend, load_backend
-from edge_agent.contract.bundle import Quantization, write_manifest
+from edge_agent.backends import BACKENDS, BackendError, OnnxBackend, load_backend, self_test
+from edge_agent.contract.bundle import BundleError, Quantization, write_manifest
+from edge_agent.contract.bundle_store import BundleStore
+from edge_agent.contract.formats import ENCODER_FORMATS, encoder_format
+from edge_agent.pipeline.head import Head
 
 W, D = 64, 8  # window samples, embedding size
 
@@ -59,7 +62,10 @@ def bundle(tmp_path: Path):
     """A bundle folder with int8.onnx and fp32.onnx (different weights) and its manifest."""
     int8 = conv_encoder(tmp_path / "encoder.int8.onnx", weight_scale=1.0)
     fp32 = conv_encoder(tmp_path / "encoder.fp32.onnx", weight_scale=2.0)
-    (tmp_path / "head.npz").write_bytes(b"not used here")
+    rng = np.random.default_rng(2)
+    Head(rng.standard_normal((D, 4)).astype(np.float32), np.zeros(4, np.float32),
+         rng.standard_normal((4, 2)).astype(np.float32), np.zeros(2, np.float32)
+         ).save(tmp_path / "head.npz")  # fmt: skip
     manifest = write_manifest(
         tmp_path,
         {
@@ -85,6 +91,7 @@ def bundle(tmp_path: Path):
 def test_registry_lists_both_backends():
     assert set(BACKENDS) == {"onnx", "tflite"}
     assert all(cls.name == key for key, cls in BACKENDS.items())
+    assert {f.runtime for f in ENCODER_FORMATS.values()} == set(BACKENDS)
 
 
 @pytest.mark.parametrize("n", [1, 5])
@@ -231,10 +238,76 @@ def test_missing_litert_gives_an_install_hint(tmp_path: Path, monkeypatch):
     assert "tflite-runtime on numpy<2" in str(info.value)
 
 
-def test_tflite_rejects_fp32(bundle):
+def test_tflite_rejects_fp32_with_the_format_table_message(bundle):
     folder, manifest, _ = bundle
-    with pytest.raises(BackendError, match="only runs int8"):
+    with pytest.raises(ValueError) as table:
+        encoder_format("tflite", "fp32")
+    with pytest.raises(BackendError) as err:
         load_backend(folder, manifest, "tflite", precision="fp32")
+    assert str(err.value) == str(table.value)
+    assert "backend 'tflite' only runs int8 encoders" in str(err.value)
+
+
+# -- the self-test a bundle passes before it goes live ---------------------------------------
+
+
+class Broken:
+    """A backend double giving fixed output, to break the self-test on purpose."""
+
+    name = "broken"
+
+    def __init__(self, out: np.ndarray) -> None:
+        self.out, self.seen = out, []
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        self.seen.append(windows)
+        return self.out[: len(windows)]
+
+
+def test_self_test_passes_a_working_bundle_and_uses_fixed_windows(bundle):
+    folder, manifest, _ = bundle
+    self_test(folder, manifest, load_backend(folder, manifest, "onnx"))
+    spy = Broken(np.ones((4, D), np.float32))
+    self_test(folder, manifest, spy)
+    self_test(folder, manifest, spy)
+    first, second = spy.seen
+    assert first.shape == (4, 1, W) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, second)  # the same windows every time
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (np.full((4, D), np.nan, np.float32), "4 of 4 test windows give NaN/inf embeddings"),
+        (np.ones((4, D + 1), np.float32), rf"have shape \(4, {D + 1}\), expected \(4, {D}\)"),
+    ],
+)
+def test_self_test_refuses_broken_embeddings(bundle, out, message):
+    folder, manifest, _ = bundle
+    with pytest.raises(BackendError, match=rf"{folder.name} self-test: .*{message}"):
+        self_test(folder, manifest, Broken(out))
+
+
+def test_self_test_refuses_a_head_giving_non_finite_probabilities(bundle):
+    folder, manifest, _ = bundle
+    head = Head.load(folder / "head.npz")
+    head.w2[0, 0] = np.inf
+    head.save(folder / "head.npz")
+    with pytest.raises(BackendError, match="non-finite or mis-shaped probabilities"):
+        self_test(folder, manifest, Broken(np.ones((4, D), np.float32)))
+
+
+def test_store_activates_a_bundle_only_when_its_self_test_passes(bundle, tmp_path):
+    folder, manifest, _ = bundle
+    store = BundleStore(tmp_path / "state" / "bundles")
+    installed = store.install(folder)
+    nan = Broken(np.full((4, D), np.nan, np.float32))
+    with pytest.raises(BundleError, match=r"failed its self-test \(.*NaN/inf embeddings"):
+        store.activate(installed, lambda f: self_test(f, manifest, nan))
+    assert store.current() is None
+    backend = load_backend(installed, manifest, "onnx")
+    store.activate(installed, lambda f: self_test(f, manifest, backend))
+    assert store.current() == installed
 
 
 # -- a real full-integer .tflite, made by the project's exporter (needs torch + litert-torch) --

@@ -1,7 +1,7 @@
 """The bundle contract: verify() refuses anything it cannot check, with a clear message.
 
-Archives: extracted once into a cache folder, safely (caps, plain files only), leaving nothing
-behind when refused or when only inspected.
+Archives: extracted once into a state folder (a BundleStore), safely (caps, plain files only),
+leaving nothing behind when refused or when only inspected.
 """
 
 import gzip
@@ -110,6 +110,19 @@ def test_wrong_schema_version_is_refused(bundle):
         verify(bundle)
 
 
+def test_unknown_encoder_format_names_the_valid_ones(bundle):
+    path = bundle / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["encoders"][0]["format"] = "fp16.onnx"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(BundleError) as err:
+        read_manifest(bundle)
+    assert "encoders.0.format" in str(err.value)
+    assert "unknown encoder format 'fp16.onnx'; valid: fp32.onnx, int8.onnx, int8.tflite" in str(
+        err.value
+    )
+
+
 def test_invalid_manifest_names_the_field(bundle):
     path = bundle / "manifest.json"
     raw = json.loads(path.read_text())
@@ -194,7 +207,7 @@ def test_reloading_an_archive_reuses_one_extracted_folder(bundle, tmp_path, tmp_
     folders = {load_bundle(archive, cache)[0] for _ in range(20)}
     assert len(folders) == 1
     (folder,) = folders
-    assert entries(cache) == [folder.parent] and folder.name == "model-1"
+    assert entries(cache) == [folder] and folder.name.startswith("model-1-")
     assert (folder / "head.npz").is_file()
     assert entries(tmp_root) == []
 
@@ -203,7 +216,7 @@ def test_cache_keeps_the_most_recently_used_bundles(bundle, tmp_path, tmp_root):
     archives = [another_version(bundle, str(v), tmp_path) for v in range(2, 6)]
     cache = tmp_path / "bundles"
     loaded = [load_bundle(a, cache)[0] for a in archives]
-    assert len(entries(cache)) == bundle_module.KEEP_EXTRACTED == 3
+    assert len(entries(cache)) == 3  # BundleStore's default keep; none activated
     assert not loaded[0].exists() and all(f.exists() for f in loaded[1:])
     load_bundle(archives[1], cache)  # in use again: now the most recent
     load_bundle(archives[0], cache)

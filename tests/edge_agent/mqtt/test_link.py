@@ -16,9 +16,10 @@ import pytest
 from edge_agent.config import MqttConfig, TlsConfig
 from edge_agent.contract.commands import Command, CommandResult
 from edge_agent.contract.events import SCHEMA_FOLDER, FaultEvent, StateMessage, Telemetry
-from edge_agent.mqtt.link import MqttLink, topics
+from edge_agent.mqtt.json_v1 import topics
 from edge_agent.mqtt.outbox import Outbox
 from faultwatch.scada import subscribe_events
+from tests.edge_agent.mqtt.fake_agent import FakeAgent
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -31,7 +32,8 @@ from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox
 port, outbox_path, n_events = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 cfg = MqttConfig(port=port, site="plant", asset="pump7", device="dev1", keepalive_s=5)
-link = MqttLink(cfg, Outbox(outbox_path), lambda c: None, reconnect_min_delay_s=0.1)
+link = MqttLink(cfg, Outbox(outbox_path), lambda command, asset: None,
+                reconnect_min_delay_s=0.1)
 if n_events == 0:
     while not link.connected:
         time.sleep(0.02)
@@ -72,22 +74,6 @@ def answer(command: Command) -> CommandResult:
     if command.name == "rollback_head":
         raise RuntimeError("no earlier head stored")
     return CommandResult(id=command.id, ok=True, message=f"{command.name}: pong")
-
-
-@pytest.fixture
-def make_link():
-    """`make_link(cfg, outbox, **kw)` -> MqttLink with fast reconnects, closed after the test."""
-    links: list[MqttLink] = []
-
-    def make(cfg: MqttConfig, outbox: Outbox, **kwargs) -> MqttLink:
-        kwargs.setdefault("reconnect_min_delay_s", 0.1)
-        kwargs.setdefault("reconnect_max_delay_s", 0.5)
-        links.append(MqttLink(cfg, outbox, answer, **kwargs))
-        return links[-1]
-
-    yield make
-    for link in links:
-        link.close(flush_timeout_s=0)
 
 
 def event(i: int, severity: str = "alarm") -> FaultEvent:
@@ -236,7 +222,8 @@ def test_commands_get_results_and_bad_ones_get_errors(
     t = topics(cfg)
     raw = collect(mosquitto.port, t.base + "#")
     raw.publish(t.cmd("ping"), b'{"id": "0"}', retain=True)  # would re-run on every reconnect
-    link = make_link(cfg, Outbox(tmp_path / "outbox.sqlite3"))
+    agent = FakeAgent(answer)
+    link = make_link(cfg, Outbox(tmp_path / "outbox.sqlite3"), agent)
     assert raw.wait_for(t.error, lambda p: "retained" in p["reason"])["topic"] == t.cmd("ping")
     raw.publish(t.cmd("ping"), b"", retain=True)  # clears it
 
@@ -268,6 +255,8 @@ def test_commands_get_results_and_bad_ones_get_errors(
     assert wait_until(lambda: link.pending == 0)
     assert link.counters.commands_refused == len(bad) + 1
     assert link.counters.commands_failed == 1
+    assert link.counters.commands_ok == 2
+    assert [(c.id, asset) for c, asset in agent.received] == [(i, "pump7") for i in "168"]
     link.close()
 
 

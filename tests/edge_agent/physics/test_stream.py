@@ -87,7 +87,7 @@ def test_fault_events_carry_the_evidence_and_who_decided(tmp_path, agent_bundle)
         agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(12.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
     events = agent.link.events
     fault = next(e for e in events if e.state == "outer_race" and e.kind == "state_change")
@@ -110,12 +110,12 @@ def test_an_uncalibrated_head_that_misses_the_fault_is_overruled_by_a_clear_line
     path = write_config(tmp_path / "dev", agent_bundle, 1, simulator_source(schedule),
                         bearing=BEARING)  # fmt: skip
     with Agent(load_config(path)) as agent:
-        blind = replace(agent.model.head, b2=np.array([50.0, 0.0, 0.0], np.float32))
-        agent.model.head = agent.model.factory = blind  # a factory head that says "normal"
+        blind = replace(agent.channels[0].head, b2=np.array([50.0, 0.0, 0.0], np.float32))
+        agent.channels[0].head = agent.model.factory = blind  # a factory head that says "normal"
         agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(8.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
     states = [(e.state, e.basis) for e in agent.link.events if e.kind == "state_change"]
     assert states[0] == ("normal", "model")
@@ -133,12 +133,12 @@ def test_a_clear_line_corrects_a_wrong_fault_class_at_once(tmp_path, agent_bundl
     path = write_config(tmp_path / "dev", agent_bundle, 1, simulator_source(schedule),
                         bearing=BEARING)  # fmt: skip
     with Agent(load_config(path)) as agent:
-        wrong = replace(agent.model.head, b2=np.array([0.0, 50.0, 0.0], np.float32))
-        agent.model.head = agent.model.factory = wrong  # says inner_race, confidently
+        wrong = replace(agent.channels[0].head, b2=np.array([0.0, 50.0, 0.0], np.float32))
+        agent.channels[0].head = agent.model.factory = wrong  # says inner_race, confidently
         agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(10.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
     changes = [e for e in agent.link.events if e.kind == "state_change"]
     assert [(e.state, e.basis) for e in changes][:2] == [

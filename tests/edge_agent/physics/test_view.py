@@ -157,7 +157,7 @@ def run_windows(tmp_path: Path, bundle: Path, n: int, **sections) -> Agent:
     agent.link = MemoryLink()
     agent.source.start()
     while agent.windows_total < n:
-        agent.pipe.buffer.push(agent.source.read(0.5))
+        agent.channels[0].buffer.push(agent.source.read(0.5))
         agent._drain(None)
     return agent
 
@@ -169,8 +169,8 @@ def test_the_agent_fuses_the_physics_view_when_it_knows_the_bearing_and_speed(
     assert read_manifest(folder).physics is not None
     bearing = {"designation": "6205", "shaft_rpm": 1500.0}
     with run_windows(tmp_path / "with", folder, 30, bearing=bearing) as agent:
-        assert agent.pipe.decisions.state == "outer_race"
+        assert agent.channels[0].decisions.state == "outer_race"
     caplog.set_level(logging.WARNING)
     with run_windows(tmp_path / "without", folder, 30) as agent:  # no [bearing]: model only
-        assert agent.pipe.decisions.state == "normal"
+        assert agent.channels[0].decisions.state == "normal"
     assert "add a [bearing] section" in caplog.text

@@ -86,15 +86,15 @@ def test_the_agent_reports_unknown_for_a_condition_it_was_never_trained_on(tmp_p
                         decisions=decisions,
                         commissioning={"period_s": 10.0, "min_windows": 20})  # fmt: skip
     with Agent(load_config(path)) as agent:
-        assert agent.pipe.openset is not None and agent.pipe.unknown_above > 0
-        assert agent._unknown_threshold() is None  # not before this device is commissioned
+        assert agent.channels[0].openset is not None and agent.channels[0].unknown_above > 0
+        assert agent.channels[0].unknown_threshold() is None  # not before commissioning
         agent.link = MemoryLink()
         agent.source.start()
         while agent.windows_total < int(22.0 * SAMPLE_RATE_HZ / HOP):
-            agent.pipe.buffer.push(agent.source.read(1.0))
+            agent.channels[0].buffer.push(agent.source.read(1.0))
             agent._drain(None)
-        threshold = agent._unknown_threshold()
-    assert threshold is not None and threshold >= agent.pipe.unknown_above
+        threshold = agent.channels[0].unknown_threshold()
+    assert threshold is not None and threshold >= agent.channels[0].unknown_above
     changes = [e for e in agent.link.events if e.kind == "state_change"]
     assert [e.state for e in changes] == ["normal", "unknown"]
     novel = changes[-1]

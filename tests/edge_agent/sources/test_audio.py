@@ -1,4 +1,5 @@
-"""sounddevice source: a real PortAudio stream (ALSA `file` PCM) plus the callback's drop rules.
+"""sounddevice source: a real PortAudio stream (ALSA `file` PCM), one and two channels, plus the
+callback's drop rules.
 
 The real-stream test defines an ALSA capture device `faultwatch_replay` whose samples come from
 a raw s16le file (ALSA `type file` plugin with `infile`, slave `null`). ALSA_CONFIG_PATH must be
@@ -44,9 +45,11 @@ PROBE = r"""
 import json, sys, time
 import numpy as np
 from edge_agent.config import SensorConfig, SoundDeviceSourceConfig
-from edge_agent.sources import AudioSource, SourceError
+from edge_agent.sources import AudioSource, SourceChannel, SourceError
 
 sensor = SensorConfig(sensitivity_mv_per_g=100.0, full_scale_volts=2.0)
+other = SensorConfig(sensitivity_mv_per_g=10.0, full_scale_volts=5.0)  # full scale = 500 g
+both = [SourceChannel(1, sensor=other), SourceChannel(0)]  # swapped, each with its sensor
 result = {}
 
 def cfg(**kw):
@@ -68,9 +71,12 @@ try:
 except SourceError as exc:
     result["missing_device_error"] = str(exc)
 
-for name, kw, target in [("ch0", dict(channel=0), None),
-                         ("ch1_resampled", dict(channel=1, resample=True), 12000)]:
-    source = AudioSource(cfg(**kw), sensor, target_rate_hz=target)
+for name, kw, target, channels in [
+        ("ch0", dict(channel=0), None, None),
+        ("ch1_resampled", dict(channel=1, resample=True), 12000, None),
+        ("both", {}, None, both),
+        ("both_resampled", dict(resample=True), 12000, both)]:
+    source = AudioSource(cfg(**kw), sensor, target_rate_hz=target, channels=channels)
     with source:
         chunks = collect(source, source.sample_rate_hz // 2)  # 0.5 s
         x = np.concatenate([c.samples for c in chunks])
@@ -101,14 +107,19 @@ def dominant_hz(x: np.ndarray, rate: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory) -> dict:
-    _need_portaudio()
-    folder = tmp_path_factory.mktemp("alsa")
+def sine_frames() -> np.ndarray:
+    """The device's 4 s of int16 stereo: input 0 at 1000 Hz, input 1 at 300 Hz."""
     t = np.arange(4 * RATE) / RATE
     left = 0.5 * np.sin(2 * np.pi * 1000 * t)  # 0.5 of full scale = 10 g
     right = 0.25 * np.sin(2 * np.pi * 300 * t)  # 5 g
-    frames = (np.stack([left, right], axis=1) * 32767).astype("<i2")
-    frames.tofile(folder / "sine.raw")
+    return (np.stack([left, right], axis=1) * 32767).astype("<i2")
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory, sine_frames) -> dict:
+    _need_portaudio()
+    folder = tmp_path_factory.mktemp("alsa")
+    sine_frames.tofile(folder / "sine.raw")
     conf = folder / "asound.conf"
     conf.write_text(ASOUNDRC.format(alsa_conf=ALSA_CONF, infile=folder / "sine.raw"))
     env = {**os.environ, "ALSA_CONFIG_PATH": str(conf), "PYTHONPATH": str(ROOT)}
@@ -202,3 +213,25 @@ def test_missing_sounddevice_gives_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)
     with pytest.raises(SourceError, match="apt install libportaudio2"):
         make_source().start()
+
+
+def test_real_stream_two_channels_give_the_chosen_columns_scaled_per_sensor(probe, sine_frames):
+    both = probe["both"]
+    x = np.asarray(both["samples"])  # column 0: input 1 (300 Hz), column 1: input 0 (1000 Hz)
+    assert both["rate"] == RATE and both["dtype"] == "float32"
+    assert x.ndim == 2 and x.shape[1] == 2 and len(x) >= RATE // 2
+    assert both["first_dropped"] == [0] * len(both["first_dropped"])
+    n = len(x)
+    np.testing.assert_allclose(x[:, 0], sine_frames[:n, 1] / 32767 * 500, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(x[:, 1], sine_frames[:n, 0] / 32767 * 20, rtol=1e-5, atol=1e-5)
+
+
+def test_real_stream_two_channels_resampled_column_by_column(probe):
+    both = probe["both_resampled"]
+    x = np.asarray(both["samples"])
+    assert both["rate"] == 12_000 and x.shape[1] == 2 and len(x) >= 6000
+    assert dominant_hz(x[:, 0], 12_000) == pytest.approx(300, abs=2)
+    assert dominant_hz(x[:, 1], 12_000) == pytest.approx(1000, abs=2)
+    assert np.abs(x[200:, 0]).max() == pytest.approx(0.25 * 500, rel=0.02)
+    assert np.abs(x[200:, 1]).max() == pytest.approx(10.0, rel=0.02)
+    assert both["later_dropped"] > 0

@@ -10,11 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.config import BearingConfig, SensorConfig, SoundDeviceSourceConfig
+from edge_agent.config import (
+    BearingConfig,
+    ConfigError,
+    SensorConfig,
+    SoundDeviceSourceConfig,
+    load_config,
+)
 from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
 from edge_agent.physics.stream import EvidenceStream
 from edge_agent.sources import AudioSource
 from edge_agent.sources.tacho import TachoCounter
+from tests.edge_agent.bundle_fixture import write_config
 
 FS = 48_000
 
@@ -66,9 +73,16 @@ def test_the_audio_source_reads_the_speed_from_its_tacho_channel():
     assert chunk is not None and chunk.shaft_hz == pytest.approx(1797 / 60, rel=0.005)
 
 
-def test_a_tacho_on_the_sensor_channel_is_refused():
-    with pytest.raises(ValueError, match="tacho_channel \\(0\\) must be another channel"):
-        SoundDeviceSourceConfig(type="sounddevice", channels=2, channel=0, tacho_channel=0)
+def test_a_tacho_on_the_sensor_channel_is_refused(tmp_path):
+    source = {"type": "sounddevice", "channels": 3, "channel": 0, "tacho_channel": 0}
+    with pytest.raises(ConfigError, match=r"source.tacho_channel \(0\) must be another channel"):
+        load_config(write_config(tmp_path / "one", tmp_path, 1, source=source))
+    many = [{"name": f"c{i}", "input": i, "asset": f"a{i}"} for i in (1, 2)]
+    source["tacho_channel"] = 2
+    with pytest.raises(ConfigError, match=r"source.tacho_channel \(2\) .*channels.input"):
+        load_config(write_config(tmp_path / "two", tmp_path, 1, source=source, channels=many))
+    source["tacho_channel"] = 0  # the sensors are on 1 and 2 now: the tacho may use 0
+    assert load_config(write_config(tmp_path / "ok", tmp_path, 1, source=source, channels=many))
 
 
 def test_the_evidence_uses_the_measured_speed_when_none_is_configured():

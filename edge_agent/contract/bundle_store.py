@@ -1,0 +1,254 @@
+"""Installed model bundles on a device, the active one, and rollback to the one before.
+
+Layout of the store folder (the agent's `state_dir / "bundles"`):
+
+    <model_name>-<model_version>-<sha12>/   a verified copy of a bundle (sha12: of its manifest,
+                                            which holds the sha256 of every file: same content,
+                                            same folder)
+    active.json                             {"current": "<folder>", "previous": "<folder>"|null}
+    .tmp-*/                                 an install in progress
+
+`install()` copies or extracts into a `.tmp-*` folder, verifies it and renames it into place;
+anything that fails removes its `.tmp-*` folder, and opening the store removes any left by a
+crash. `activate()` runs a self-test first, then replaces `active.json` with `os.replace`, so a
+power cut leaves either the old or the new pointer. Installing prunes to the `keep` most
+recently installed folders plus the current and previous ones. One process owns a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_agent.contract.bundle import (
+    MANIFEST,
+    BundleError,
+    Manifest,
+    check_bundle,
+    unpack,
+    verify,
+)
+from edge_agent.contract.durable import TMP_PREFIX, atomic_write, fsync_dir
+from edge_agent.contract.wire import StrictModel
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = "active.json"
+
+
+class ActivePointer(StrictModel):
+    current: str
+    previous: str | None = None
+
+
+class BundleStore:
+    """Installed bundles under `root` (created if missing). See the module docstring."""
+
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.root, self.keep = Path(root), keep
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            leftovers = list(self.root.glob(f"{TMP_PREFIX}*"))
+        except OSError as exc:
+            raise BundleError(f"{self.root}: cannot use it as a bundle store ({exc})") from exc
+        for leftover in leftovers:
+            logger.warning("removing %s left by an interrupted install", leftover)
+            _remove(leftover)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def current(self) -> Path | None:
+        """The active bundle folder, or None when none was activated (or it vanished)."""
+        pointer = self._pointer()
+        return self._existing(pointer.current) if pointer else None
+
+    def previous(self) -> Path | None:
+        """The bundle active before the current one, or None."""
+        pointer = self._pointer()
+        return self._existing(pointer.previous) if pointer and pointer.previous else None
+
+    def installed(self) -> list[Path]:
+        """Installed bundle folders, least recently installed first."""
+        folders = [p for p in self._folders() if (p / MANIFEST).is_file()]
+        return sorted(folders, key=_mtime)
+
+    # ---- changing ------------------------------------------------------------------------
+
+    def install(self, source: Path) -> Path:
+        """Install a bundle folder or `.tar.gz`; return its verified folder in the store.
+
+        The same content installs to the same folder once (a damaged copy is replaced).
+        BundleError on any problem, leaving nothing behind.
+        """
+        source = Path(source)
+        if not source.exists():
+            raise BundleError(f"{source}: no such bundle (folder or .tar.gz)")
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
+            try:
+                staged, manifest = _stage(source, tmp)
+                target = self.root / folder_name(manifest, staged)
+                if not self._reuse(target):
+                    self._move_into_place(staged, target, tmp)
+            finally:
+                _remove(tmp)
+            os.utime(target)  # most recently installed
+            self._prune()
+        except OSError as exc:
+            raise BundleError(
+                f"{source}: could not install it into {self.root} ({exc}); check that this "
+                "folder is writable and has space"
+            ) from exc
+        return target
+
+    def activate(self, folder: Path, self_test: Callable[[Path], None] | None = None) -> None:
+        """Make an installed bundle the current one, once it verifies and passes `self_test`.
+
+        BundleError (current unchanged) when the folder is not installed here, does not verify,
+        or self_test(folder) raises. The current bundle becomes the previous one.
+        """
+        folder = self._installed(folder)
+        if self_test is not None:
+            try:
+                self_test(folder)
+            except Exception as exc:  # whatever the test raises, the bundle must not go live
+                kept = self.current()
+                raise BundleError(
+                    f"bundle {folder.name} failed its self-test ({exc}); the active bundle is "
+                    f"still {kept.name if kept else 'none'}"
+                ) from exc
+        current = self.current()
+        if current == folder:
+            return
+        previous = current.name if current else None
+        self._write_pointer(ActivePointer(current=folder.name, previous=previous))
+        logger.info("bundle %s active (previous: %s)", folder.name, previous)
+        self._prune()
+
+    def rollback(self) -> Path:
+        """Make the previous bundle current again (the current one becomes previous)."""
+        pointer = self._pointer()
+        previous = self.previous()
+        if pointer is None or previous is None:
+            raise BundleError(
+                f"{self.root}: no previous bundle to roll back to; install and activate one"
+            )
+        self._installed(previous)  # still intact?
+        self._write_pointer(ActivePointer(current=previous.name, previous=pointer.current))
+        logger.info("bundle rolled back from %s to %s", pointer.current, previous.name)
+        return previous
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _folders(self) -> list[Path]:
+        return [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def _existing(self, name: str) -> Path | None:
+        path = self.root / name
+        if path.is_dir():
+            return path
+        logger.warning("%s names %s, which is not installed", self.root / ACTIVE, name)
+        return None
+
+    def _installed(self, folder: Path) -> Path:
+        """`folder` as a verified bundle of this store, else BundleError."""
+        folder = Path(folder)
+        if folder.parent.resolve() != self.root.resolve() or not folder.is_dir():
+            raise BundleError(
+                f"{folder}: not a bundle installed in {self.root}; install() it first"
+            )
+        check_bundle(folder)
+        return self.root / folder.name
+
+    def _reuse(self, target: Path) -> bool:
+        """True when `target` already holds this bundle intact."""
+        if not target.is_dir():
+            return False
+        try:
+            check_bundle(target)
+        except BundleError as exc:
+            logger.warning("installed copy %s does not verify (%s); installing again", target, exc)
+            return False
+        return True
+
+    def _move_into_place(self, staged: Path, target: Path, tmp: Path) -> None:
+        if target.exists():  # a damaged copy: set it aside within tmp, removed with it
+            os.rename(target, tmp / "damaged")
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not target.is_dir():  # else another process installed the same bundle first
+                raise
+        fsync_dir(self.root)
+
+    def _pointer(self) -> ActivePointer | None:
+        path = self.root / ACTIVE
+        try:
+            return ActivePointer.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError):
+            logger.warning("%s is unreadable (garbage or truncated); no bundle is active", path)
+            return None
+
+    def _write_pointer(self, pointer: ActivePointer) -> None:
+        atomic_write(self.root / ACTIVE, pointer.model_dump_json().encode())
+
+    def _prune(self) -> None:
+        """Keep the `keep` most recently installed folders plus the current and previous."""
+        pinned = {self.current(), self.previous()}
+        newest_first = sorted(self._folders(), key=_mtime, reverse=True)
+        for path in newest_first[self.keep :]:
+            if path not in pinned:
+                logger.info("removing unused installed bundle %s", path.name)
+                _remove(path)
+
+
+def folder_name(manifest: Manifest, folder: Path) -> str:
+    """`<model_name>-<model_version>-<sha12>`, sha12 of the manifest (which checksums the rest)."""
+    digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:12]
+    return f"{manifest.model_name}-{manifest.model_version}-{digest}"
+
+
+def _stage(source: Path, tmp: Path) -> tuple[Path, Manifest]:
+    """A verified copy of `source` inside `tmp`; error messages name the source, never `tmp`."""
+    if source.is_dir():
+        listed = verify(source).files  # also refuses unsafe paths before anything is copied
+        staged = tmp / "bundle"
+        for name in [MANIFEST, *listed]:
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, staged / name)  # default permissions
+        shown = (str(staged), str(source))
+    else:
+        shown = (str(tmp), str(source))
+    try:
+        if not source.is_dir():
+            staged = unpack(source, tmp)
+        return staged, check_bundle(staged)[0]
+    except BundleError as exc:
+        raise BundleError(str(exc).replace(*shown)) from exc
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile
+        return 0.0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
