@@ -63,6 +63,10 @@ threads = 1
 k = 2
 n = 3
 
+[bearing]
+designation = "6205"
+shaft_rpm = 1500.0
+
 [mqtt]
 host = "127.0.0.1"
 port = {port}
@@ -212,7 +216,7 @@ def run_agent(
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         cpu = rss = 0.0
-        time.sleep(3.0)  # start-up (imports, bundle check, warm-up) is not steady state
+        time.sleep(min(10.0, max(3.0, seconds / 6)))  # start-up is not steady state
         try:
             cpu0, _ = proc_stats(proc.pid)
         except (FileNotFoundError, StopIteration):
@@ -235,11 +239,12 @@ def run_agent(
     if proc.returncode != 0:
         raise SystemExit(f"agent failed ({proc.returncode}):\n{output[-3000:]}")
     windows = next((int(w) for w in re.findall(r"stopped after (\d+) windows", output)), 0)
-    latencies = [
-        1000 * (t - datetime.fromisoformat(e["window_end_utc"]).timestamp())
+    latencies = [  # events of windows from steady state (the first ones wait for the connection)
+        1000 * (t - end)
         for t, e in received
         if e.get("window_end_utc") and e["kind"] == "state_change"
-    ]
+        and (end := datetime.fromisoformat(e["window_end_utc"]).timestamp()) >= t_steady
+    ]  # fmt: skip
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
         "run": name,

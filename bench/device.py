@@ -325,7 +325,7 @@ def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
 
 
 def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[str, Any]:
-    """Drive the real Agent on its source (as tests/edge_agent/test_evidence_stream.py does):
+    """Drive the real Agent on its source (as tests/edge_agent/physics/test_stream.py does):
     share of windows ending after SETTLE_S whose state is `right`, and the state changes."""
     from edge_agent.agent.agent import Agent
     from edge_agent.config import AgentConfig

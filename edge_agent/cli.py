@@ -302,6 +302,14 @@ def check_config(
     typer.echo(f"  decisions  {cfg.decisions.k} of {cfg.decisions.n} windows")
     typer.echo(f"  mqtt       {mqtt.host}:{mqtt.port}{tls}, topics {topics(mqtt).base}")
     typer.echo(f"  state      {cfg.state_dir} (outbox {outbox_path(cfg)})")
+    for view in cfg.channel_views() if cfg.channels else []:
+        c = view.channel
+        assert c is not None
+        bearing = view.bearing.designation or "custom" if view.bearing else "none"
+        typer.echo(
+            f"  channel    {c.name}: input {c.input}, {view.decisions.k} of "
+            f"{view.decisions.n}, bearing {bearing}, topics {topics(view.mqtt).base}"
+        )
     if bundle_line:
         typer.echo(bundle_line)
 

@@ -50,3 +50,36 @@ def test_every_subcommand_has_help():
         )
         assert result.returncode == 0, f"{name}: {result.stderr[-1500:]}"
         assert "Usage" in result.stdout
+
+
+LOWER_LAYERS = ("contract", "pipeline", "physics", "calibration", "sources", "backends", "mqtt")
+RUN_LAYER = ("edge_agent.agent", "edge_agent.cli")
+
+
+def _edge_imports(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.startswith("edge_agent")}
+
+
+def test_sub_packages_below_the_agent_never_import_it():
+    """The window path, the contract, the stores and the transport are usable (and testable)
+    without the running agent; the MQTT package knows nothing of windows or heads."""
+    wrong = []
+    for layer in LOWER_LAYERS:
+        for path in (ROOT / "edge_agent" / layer).rglob("*.py"):
+            for name in _edge_imports(path):
+                if name.startswith(RUN_LAYER):
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+                if layer == "mqtt" and name.startswith(
+                    ("edge_agent.pipeline", "edge_agent.calibration", "edge_agent.physics")
+                ):
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert wrong == []

@@ -1,7 +1,8 @@
-"""The agent's structured log lines (`event k=v k=v`) and `utc()` for the times they carry.
+"""The agent's structured log lines (`event k=v k=v`).
 
-The agent spans several modules (service, runtime, command_handlers, publishing); all log under
-the one `edge_agent.service` logger, so log filters and the JSON `logger` field stay the same.
+The agent spans several modules (agent, publisher, commands); all log under the one
+`edge_agent.service` logger (the service's name, as before the package split), so log filters
+and the JSON `logger` field stay the same.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.optimize import minimize
 
 from edge_agent.pipeline.head import Head
 
@@ -114,6 +113,8 @@ def refit_head(
         return loss, np.concatenate([grads[k].ravel() for k in names])
 
     theta0 = np.concatenate([params[k].ravel() for k in names])
+    from scipy.optimize import minimize  # here: ~40 MB resident, only while calibrating matters
+
     solved = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     fitted = unpack(solved.x)
     return replace(current, **{k: fitted[k].astype(np.float32) for k in names})

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.physics.bearing_sim import BearingGeometry
-from edge_agent.physics.evidence import HARMONICS, LINES, EvidenceError, evidence
+from edge_agent.physics.evidence import HARMONICS, LINES, EvidenceError, line_levels
 from edge_agent.pipeline.head import softmax
 
 FEATURES = "envelope-lines-v1"
@@ -60,11 +60,10 @@ def line_view(
             out[i] = np.nan
             continue
         try:
-            reading = evidence(x[i], sample_rate_hz, float(speeds[i]), geometry, band)
+            _, _, levels, _ = line_levels(x[i], sample_rate_hz, float(speeds[i]), geometry, band)
         except EvidenceError:
             continue
-        levels = [v for line in reading.lines.values() for v in line.level_db]
-        out[i] = [0.0 if v is None else v for v in levels]
+        out[i] = np.nan_to_num(np.asarray(levels, np.float32), nan=0.0)
     return out
 
 

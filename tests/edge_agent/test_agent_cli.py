@@ -402,3 +402,29 @@ def test_commission_forgets_the_baseline_so_the_next_start_learns_again(tmp_path
     assert result.exit_code == 0, result.output
     assert "removed baseline.npz, health.json" in result.output and "600 s" in result.output
     assert not (state / "baseline.npz").exists() and not (state / "health.json").exists()
+
+
+def test_offline_commands_of_a_multi_channel_config_take_a_channel(tmp_path, agent_bundle):
+    channels = [{"name": "de", "input": 0, "asset": "pump-de"},
+                {"name": "nde", "input": 1, "asset": "pump-nde"}]  # fmt: skip
+    config = str(write_config(tmp_path, agent_bundle, 1, source=simulator_source(FAULT_SCHEDULE),
+                              channels=channels))  # fmt: skip
+    summary = runner.invoke(app, ["check-config", config])
+    assert summary.exit_code == 0, summary.output
+    assert "channel    nde: input 1, 3 of 5, bearing none, topics faultwatch/s1/pump-nde/" in (
+        summary.output
+    )
+    normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 1)
+    args = ["calibrate", "-c", config, "--label", "normal", "--rate-hz", str(SAMPLE_RATE_HZ)]
+    which = runner.invoke(app, [*args, str(normal)])
+    assert which.exit_code == 1
+    assert "--channel is needed: this config has channels de, nde" in which.stderr
+    typo = runner.invoke(app, [*args, "--channel", "nd", str(normal)])
+    assert "unknown channel 'nd': this config has channels de, nde" in typo.stderr
+    done = runner.invoke(app, [*args, "--channel", "nde", str(normal)])
+    assert "calibration set: normal 45" in done.output, done.output
+    state = tmp_path / "state" / "channels"
+    assert (state / "nde" / "calibration_set.npz").is_file()
+    assert not (state / "de").exists()
+    heads = runner.invoke(app, ["heads", "-c", config, "--channel", "nde"])
+    assert heads.exit_code == 0 and "factory" in heads.output
