@@ -35,6 +35,25 @@ class TlsConfig(StrictModel):
         return self
 
 
+_TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"  # one MQTT topic level: no '/', '+' or '#'
+
+
+class SparkplugConfig(StrictModel):
+    """Sparkplug B 3.0 edge node: `spBv1.0/<group_id>/<NBIRTH|NDATA|...>/<edge_node_id>[/<device>]`;
+    one Sparkplug device per sensor channel (its MQTT asset)."""
+
+    group_id: str = Field(min_length=1, pattern=_TOPIC_LEVEL, description="Sparkplug group.")
+    edge_node_id: str | None = Field(
+        None, pattern=_TOPIC_LEVEL, description="Defaults to mqtt.device."
+    )
+    primary_host_id: str | None = Field(
+        None,
+        pattern=_TOPIC_LEVEL,
+        description="Wait for spBv1.0/STATE/<id> online before births; data meanwhile stays in "
+        "the outbox and is sent later marked historical. None: no primary host.",
+    )
+
+
 class MqttConfig(StrictModel):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
@@ -57,12 +76,46 @@ class MqttConfig(StrictModel):
     commands_per_minute: int = Field(
         60, ge=1, le=6000, description="Per command name; more are refused as rate-limited."
     )
+    dialect: Literal["json_v1", "sparkplug_b"] = Field(
+        "json_v1", description="Payloads and topics: faultwatch JSON, or a Sparkplug B edge node."
+    )
+    sparkplug: SparkplugConfig | None = Field(
+        None, description='Sparkplug B settings (dialect = "sparkplug_b").'
+    )
+    command_issuers: list[str] = Field(
+        default_factory=list,
+        description="Identities allowed to send state-changing commands (calibrate, "
+        "commission, rollback_head, reload_bundle, update_bundle), named in the command's "
+        "`issuer`; empty: whoever the broker's ACL lets publish on cmd/.",
+    )
 
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:
         if self.password is not None and self.username is None:
             raise ValueError("mqtt.password is set but mqtt.username is not")
+        if self.dialect == "sparkplug_b" and self.sparkplug is None:
+            raise ValueError('mqtt.dialect = "sparkplug_b" needs an [mqtt.sparkplug] section')
         return self
+
+
+class UpdatesConfig(StrictModel):
+    """Over-the-air bundle updates (`update_bundle`): only bundles signed by one of these keys."""
+
+    public_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM) that may sign bundles; relative to this config.",
+    )
+    max_bytes: int = Field(
+        256 * 2**20, ge=2**20, description="Largest bundle download (bytes); more is refused."
+    )
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Download timeout.")
+    probation_s: float = Field(
+        120.0,
+        ge=0,
+        le=86_400,
+        description="After an update, a failure within this many seconds rolls back to the "
+        "previous bundle.",
+    )
 
 
 class OutboxConfig(StrictModel):
@@ -470,6 +523,7 @@ class AgentConfig(StrictModel):
     commissioning: CommissioningConfig = CommissioningConfig()
     health: HealthConfig = HealthConfig()
     bearing: BearingConfig | None = Field(None, description="Off without it: no evidence.")
+    updates: UpdatesConfig = UpdatesConfig()
     channels: list[ChannelConfig] = Field(
         default_factory=list,
         max_length=16,
@@ -621,6 +675,9 @@ def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     }
     if isinstance(cfg.source, FileSourceConfig):
         updates["source"] = cfg.source.model_copy(update={"path": fix(cfg.source.path)})
+    if cfg.updates.public_keys:
+        keys = [fix(k) for k in cfg.updates.public_keys]
+        updates["updates"] = cfg.updates.model_copy(update={"public_keys": keys})
     if cfg.mqtt.tls is not None:
         tls = cfg.mqtt.tls
         tls = tls.model_copy(

@@ -86,9 +86,14 @@ class CommandQueue:
 def handle(agent: Agent, command: Command, asset: str | None = None) -> CommandResult:
     """Run one command on the agent thread; never raises (failures are ok=False results)."""
     kick_watchdog()
-    handler, per_channel = HANDLERS[command.name]
+    handler, per_channel, changes_state = HANDLERS[command.name]
     channel = agent.channel_for(asset)
-    if per_channel and channel is None:
+    issuers = agent.cfg.mqtt.command_issuers
+    if changes_state and issuers and command.issuer not in issuers:
+        who = "no issuer" if command.issuer is None else f"issuer {command.issuer!r}"
+        result = _fail(command, f"{command.name} changes this device: {who} is not one of "
+                       "mqtt.command_issuers")  # fmt: skip
+    elif per_channel and channel is None:
         assets = ", ".join(ch.cfg.mqtt.asset for ch in agent.channels)
         result = _fail(command, f"{command.name} acts on one channel: send it to the cmd/ "
                        f"topic of its asset ({assets})")  # fmt: skip
@@ -226,11 +231,12 @@ def _use_head(agent: Agent, ch: Channel) -> None:
     agent.publisher.state(ch, UNKNOWN, None, None, None)
 
 
-HANDLERS: dict[str, tuple[Handler, bool]] = {  # name -> (handler, acts on one channel)
-    "ping": (ping, False),
-    "status": (status, False),
-    "calibrate": (calibrate, True),
-    "rollback_head": (rollback_head, True),
-    "reload_bundle": (reload_bundle, False),
-    "commission": (commission, True),
+HANDLERS: dict[str, tuple[Handler, bool, bool]] = {
+    # name: (handler, acts on one channel, changes the device: needs an allowed issuer)
+    "ping": (ping, False, False),
+    "status": (status, False, False),
+    "calibrate": (calibrate, True, True),
+    "rollback_head": (rollback_head, True, True),
+    "reload_bundle": (reload_bundle, False, True),
+    "commission": (commission, True, True),
 }

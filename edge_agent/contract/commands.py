@@ -39,6 +39,13 @@ MAX_TOPIC_ECHO = 120  # characters of an offending topic or name quoted back in 
 class CommandModel(StrictModel):
     name: ClassVar[str]
     id: str = Field(min_length=1, max_length=128, description="Request id, echoed in the result.")
+    issuer: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Who sends it; state-changing commands need one of mqtt.command_issuers "
+        "when that list is set.",
+    )
 
 
 class PingCommand(CommandModel):

@@ -1,7 +1,7 @@
 """The classifier head in numpy: embedding -> 64 ReLU -> classes, with a temperature.
 
 It stays in float outside the quantized encoder graph because every device refits its own copy
-(see calibration.py). Dropout is a training-time thing and has no place here.
+(see calibration/refit.py). Dropout is a training-time thing and has no place here.
 """
 
 from __future__ import annotations
