@@ -91,6 +91,7 @@ loop = true
 chunk_samples = 1200
 """
 RATE_HZ = 12_000
+LOOP_S = 20.0  # the replayed recording: one fault period per channel, looped
 
 
 def steps(seconds: float, period: float = 20.0, phase: float = 0.0) -> list[dict]:
@@ -120,7 +121,10 @@ def recording(path: Path, seconds: float, channels: int) -> dict:
     cfg = SimulatorSourceConfig(type="simulator", sample_rate_hz=RATE_HZ, seed=3, realtime=False,
                                 chunk_samples=1200, schedule=steps(seconds))  # fmt: skip
     inputs = [
-        SourceChannel(i, schedule=[SimulatorStep(**s) for s in steps(seconds, phase=2.5 * i)])
+        SourceChannel(
+            i,
+            schedule=[SimulatorStep(**s) for s in steps(seconds, phase=i * seconds / 2 / channels)],
+        )
         for i in range(channels)
     ]
     need = int(seconds * RATE_HZ)
@@ -281,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="faultwatch-bench-") as tmp:
             work = Path(tmp)
-            console.print(f"recording {args.channels} simulated channels of {args.seconds:.0f} s")
-            sim = recording(work / "replay.npy", args.seconds, args.channels)
+            console.print(f"recording {args.channels} simulated channels of {LOOP_S:.0f} s")
+            sim = recording(work / "replay.npy", LOOP_S, args.channels)  # replayed in a loop
             run = functools.partial(
                 run_agent, bundle, broker.port, args.seconds, backend=args.backend,
                 workdir=work, protocol=broker.mqtt_protocol,

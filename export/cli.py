@@ -1,10 +1,13 @@
 """`faultwatch export`: a fine-tuned run -> a verified bundle of FP32/INT8 encoders.
 
     faultwatch export --checkpoint runs/finetune-01 --formats onnx,onnx-int8,tflite-int8
+    faultwatch export keygen --out keys/                  an Ed25519 key pair for signing
+    faultwatch export sign bundles/m-1.tar.gz --key keys/ed25519.pem
 
-Prints one line per format, the parity table and where the bundle is; exits 1 (one-line message)
-on a user mistake, a failed exporter or a failed parity gate. Heavy imports (torch, the
-converters) happen only once the options are valid.
+Export prints one line per format, the parity table and where the bundle is; exits 1 (one-line
+message) on a user mistake, a failed exporter or a failed parity gate. Heavy imports (torch, the
+converters) happen only once the options are valid. `sign` prints the archive's sha256, which the
+device's `update_bundle` command needs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from export.quantize import DEFAULT_CALIBRATION_CAP, CalibrationMethod
 
 app = typer.Typer(
     add_completion=False,
-    help="Export a fine-tuned checkpoint to a verified model bundle (ONNX FP32/INT8, TFLite INT8).",
+    no_args_is_help=True,
+    help="Export a fine-tuned checkpoint to a verified model bundle (ONNX FP32/INT8, TFLite INT8); "
+    "sign bundles for over-the-air updates (keygen, sign).",
 )
 TRY_CONFIG = "firmware_configs/dev-simulator.toml"  # simulated bearing, local broker
 console = Console(highlight=False)
@@ -38,11 +43,13 @@ def _print_outcome(outcome: FormatOutcome) -> None:
     console.print(f"[{colour}]{escape(outcome.line())}[/{colour}]", soft_wrap=True)
 
 
-@app.command(no_args_is_help=True)
+@app.callback(invoke_without_command=True)
 def export(
+    ctx: typer.Context,
     checkpoint: Annotated[
-        Path, typer.Option(help="Fine-tuned .pt file, or the run folder holding finetuned.pt.")
-    ],
+        Path | None,
+        typer.Option(help="Fine-tuned .pt file, or the run folder holding finetuned.pt."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder the bundle and its .tar.gz go into.")] = Path(
         "bundles"
     ),
@@ -79,6 +86,12 @@ def export(
     ] = 0.7,
 ) -> None:
     """Export, check parity with the FP32 model on held-out windows, write and verify the bundle."""
+    if ctx.invoked_subcommand is not None:
+        if checkpoint is not None:
+            raise _fail(f"--checkpoint does not apply to `{ctx.invoked_subcommand}`")
+        return
+    if checkpoint is None:
+        raise _fail("--checkpoint is required: a fine-tuned .pt file or the run folder holding it")
     try:
         chosen = parse_formats(formats)
         check_options(
@@ -131,3 +144,54 @@ def export(
     ]
     for line in lines:
         console.print(line, markup=False, soft_wrap=True)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Folder for ed25519.pem and ed25519.pub.pem.")],
+) -> None:
+    """Make an Ed25519 key pair for signing bundles (the private key is written 0600)."""
+    from export.signing import SigningError
+    from export.signing import keygen as make_keys
+
+    try:
+        private, public = make_keys(out)
+    except (SigningError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"private key: {private} (keep it off the devices)", markup=False)
+    console.print(
+        f"public key:  {public} (copy to each device; list it in [updates] public_keys)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz to sign in place.")],
+    key: Annotated[Path, typer.Option(help="Private key written by `keygen` (ed25519.pem).")],
+) -> None:
+    """Sign a bundle for over-the-air updates: writes manifest.sig (an archive is re-packed)."""
+    from export.signing import SigningError, sign_bundle
+
+    try:
+        signed = sign_bundle(bundle, key)
+    except (SigningError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"signed {signed.bundle} with key {signed.key_id}", markup=False, soft_wrap=True)
+    if signed.archive_sha256 is None:
+        archive = bundle.with_name(bundle.name + ".tar.gz")
+        if archive.is_file():
+            console.print(
+                f"note: {archive} beside it is not signed by this; sign the archive too",
+                markup=False,
+                soft_wrap=True,
+            )
+        return
+    console.print(f"sha256: {signed.archive_sha256}", markup=False)
+    console.print(
+        'update command: {"id": "1", "source": "https://HOST/'
+        f'{signed.bundle.name}", "sha256": "{signed.archive_sha256}"}}',
+        markup=False,
+        soft_wrap=True,
+    )

@@ -6,6 +6,11 @@ on 127.0.0.1 only and allow anonymous clients: never a production broker.
 
     with start_broker() as broker:
         print(broker.kind, broker.port)
+
+For tests of access control, mosquitto also runs with a TLS listener, an ACL and a password file
+(`start_broker(tls=BrokerTls(...), acl_file=..., password_file=...)`), or runs a production config
+such as deploy/mosquitto/mosquitto.conf adapted to loopback (`MosquittoBroker(config=text,
+settings={"cafile": ...})`, see `adapt_config`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +74,76 @@ def wait_until_listening(
     return False
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener's files (PEM), e.g. from deploy/mosquitto/make-certs.sh.
+
+    ca_file: the CA clients' certificates must chain to; cert_file/key_file: the broker's own.
+    require_certificate: refuse a client without a certificate from ca_file (mutual TLS).
+    use_identity_as_username: the client certificate's CN is its username (for the ACL's %u).
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = True
+    use_identity_as_username: bool = True
+
+    def config_lines(self) -> list[str]:
+        if self.use_identity_as_username and not self.require_certificate:
+            raise ValueError(
+                "BrokerTls(use_identity_as_username=True) needs require_certificate=True: "
+                "without a client certificate there is no identity"
+            )
+        return [
+            f"cafile {self.ca_file}",
+            f"certfile {self.cert_file}",
+            f"keyfile {self.key_file}",
+            f"require_certificate {str(self.require_certificate).lower()}",
+            f"use_identity_as_username {str(self.use_identity_as_username).lower()}",
+        ]
+
+
+LOCAL_ONLY = ("user", "pid_file", "log_dest", "persistence_location")  # set by adapt_config
+
+
+def adapt_config(
+    text: str, port: int, data_dir: Path, settings: Mapping[str, str | Path] | None = None
+) -> str:
+    """`text`, a mosquitto.conf with one `listener`, made to run as a throwaway loopback broker.
+
+    The listener moves to 127.0.0.1:`port` (its other options stay); mosquitto runs as this user,
+    logs to stderr (unbuffered) and persists under `data_dir`; each `settings` directive (e.g. `cafile`,
+    `acl_file`) replaces every line that sets it, or is added when the file has none. Everything
+    else (TLS requirements, anonymous access, limits) is kept as written.
+    """
+    settings = {key: str(value) for key, value in (settings or {}).items()}
+    clash = sorted(set(settings) & {"listener", *LOCAL_ONLY})
+    if clash:
+        raise ValueError(f"adapt_config sets {', '.join(clash)} itself; drop it from settings")
+    lines, listeners, used = [], 0, set()
+    for line in text.splitlines():
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else ""
+        if key == "listener":
+            listeners += 1
+            lines.append(f"listener {port} 127.0.0.1")
+        elif key in settings:
+            used.add(key)
+            lines.append(f"{key} {settings[key]}")
+        elif key not in LOCAL_ONLY:
+            lines.append(line)
+    if listeners != 1:
+        raise ValueError(
+            f"adapt_config needs a config with exactly one listener, got {listeners}; "
+            "a test broker serves one loopback port"
+        )
+    # Global options may follow the listener's: mosquitto reads them wherever they stand.
+    lines += [f"{key} {value}" for key, value in settings.items() if key not in used]
+    lines += [f"user {_user_name()}", "log_dest stderr", f"persistence_location {data_dir}/"]
+    return "\n".join(lines) + "\n"
+
+
 class BrokerHandle:
     """A running broker: `port`, `kind`, `mqtt_protocol` (for `mqtt.protocol`), `stop()`;
     also a context manager."""
@@ -91,6 +167,11 @@ class MosquittoBroker(BrokerHandle):
 
     With `persistence=True` the broker saves retained messages, persistent sessions and their
     queued messages on stop and restores them on start (like a production broker would).
+
+    Access control: `tls` makes the listener TLS, `acl_file` and `password_file` (made with
+    `mosquitto_passwd`) are used as given, and anonymous clients are refused once any of them
+    identifies clients. Or `config`, the text of a whole mosquitto.conf, runs through
+    `adapt_config` with `settings` instead of the generated config.
     """
 
     kind = "mosquitto"
@@ -101,7 +182,24 @@ class MosquittoBroker(BrokerHandle):
         persistence: bool = False,
         extra_config: str = "",
         executable: str | None = None,
+        *,
+        tls: BrokerTls | None = None,
+        acl_file: Path | None = None,
+        password_file: Path | None = None,
+        config: str | None = None,
+        settings: Mapping[str, str | Path] | None = None,
     ) -> None:
+        if config is not None:
+            given = {"persistence": persistence, "extra_config": extra_config, "tls": tls,
+                     "acl_file": acl_file, "password_file": password_file}  # fmt: skip
+            mixed = [name for name, value in given.items() if value]
+            if mixed:
+                raise ValueError(
+                    f"MosquittoBroker(config=...) takes its settings from the config; put "
+                    f"{', '.join(mixed)} in settings= or the config text instead"
+                )
+        elif settings:
+            raise ValueError("MosquittoBroker(settings=...) adapts a config: pass config= too")
         exe = executable or find_mosquitto()
         if exe is None:
             raise FileNotFoundError(
@@ -115,15 +213,22 @@ class MosquittoBroker(BrokerHandle):
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self.config_path = self._dir / "mosquitto.conf"
         self.log_path = self._dir / "mosquitto.log"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"user {_user_name()}",  # stay this user (as root it would switch to `mosquitto`)
-            f"persistence {'true' if persistence else 'false'}",
-            f"persistence_location {self._dir}/",
-            extra_config,  # e.g. cafile/certfile/keyfile lines for a TLS listener
-        ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        if config is not None:
+            self.config_path.write_text(adapt_config(config, self.port, self._dir, settings))
+        else:
+            identified = (tls is not None and tls.require_certificate) or password_file is not None
+            lines = [
+                f"listener {self.port} 127.0.0.1",
+                *(tls.config_lines() if tls else []),
+                f"allow_anonymous {'false' if identified else 'true'}",
+                *([f"acl_file {acl_file}"] if acl_file else []),
+                *([f"password_file {password_file}"] if password_file else []),
+                f"user {_user_name()}",  # stay this user (as root it would switch to `mosquitto`)
+                f"persistence {'true' if persistence else 'false'}",
+                f"persistence_location {self._dir}/",
+                extra_config,  # any other mosquitto.conf lines
+            ]
+            self.config_path.write_text("\n".join(lines) + "\n")
         self._process: subprocess.Popen | None = None
         self.start()
 
@@ -238,10 +343,22 @@ class AmqttBroker(BrokerHandle):
         self._thread.join(timeout=timeout_s)
 
 
-def start_broker(port: int = 0, kind: BrokerKind = "auto") -> BrokerHandle:
-    """Start a loopback broker on `port` (0: a free one); `kind="auto"` prefers mosquitto."""
-    if kind == "mosquitto" or (kind == "auto" and find_mosquitto()):
-        return MosquittoBroker(port)
+def start_broker(
+    port: int = 0,
+    kind: BrokerKind = "auto",
+    *,
+    tls: BrokerTls | None = None,
+    acl_file: Path | None = None,
+    password_file: Path | None = None,
+) -> BrokerHandle:
+    """Start a loopback broker on `port` (0: a free one); `kind="auto"` prefers mosquitto.
+
+    `tls`, `acl_file` and `password_file` (see `MosquittoBroker`) need mosquitto."""
+    secured = tls is not None or acl_file is not None or password_file is not None
+    if secured and kind not in ("auto", "mosquitto"):
+        raise ValueError(f"tls, acl_file and password_file need kind='mosquitto', got {kind!r}")
+    if kind == "mosquitto" or (kind == "auto" and (secured or find_mosquitto())):
+        return MosquittoBroker(port, tls=tls, acl_file=acl_file, password_file=password_file)
     if kind in ("auto", "amqtt"):
         return AmqttBroker(port)
     raise ValueError(f"unknown broker kind {kind!r}; valid: auto, mosquitto, amqtt")

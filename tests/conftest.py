@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -124,3 +126,45 @@ def collect() -> Iterator[Callable[[int, str], RawCollector]]:
 def agent_bundle(request, tmp_path_factory) -> Path:
     """A tiny trained bundle (cached between runs) for tests that run the whole agent."""
     return agent_bundle_folder(request, tmp_path_factory)
+
+
+# ---- a secured broker: the deploy config with a throwaway CA ------------------------------------
+
+DEPLOY_MOSQUITTO = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+
+
+def make_certs(folder: Path, *identities: str, broker_hosts: str | None = None) -> Path:
+    """Run deploy/mosquitto/make-certs.sh into `folder` (its CA is made once, then reused):
+    `<identity>.crt/.key` per identity, `broker.crt/.key` for `broker_hosts`. Returns `folder`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: deploy/mosquitto/make-certs.sh needs it")
+    args = ["bash", str(DEPLOY_MOSQUITTO / "make-certs.sh"), "-o", str(folder)]
+    args += ["-b", broker_hosts] if broker_hosts else []
+    done = subprocess.run([*args, *identities], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"make-certs.sh failed: {done.stderr}"
+    return folder
+
+
+@pytest.fixture
+def plant_pki(tmp_path) -> Path:
+    """A throwaway plant CA (made by make-certs.sh) with a broker certificate for `localhost`
+    (no IP address in it) and client certificates `dev-a`, `dev-b` and `scada`."""
+    return make_certs(tmp_path / "pki", "dev-a", "dev-b", "scada", broker_hosts="localhost")
+
+
+@pytest.fixture
+def plant_mosquitto(plant_pki) -> Iterator[MosquittoBroker]:
+    """deploy/mosquitto/mosquitto.conf with its ACL as written, on a free 127.0.0.1 port and with
+    `plant_pki`'s CA: mutual TLS, identities from certificate CNs. Connect to `localhost`."""
+    _require_mosquitto()
+    broker = MosquittoBroker(
+        config=(DEPLOY_MOSQUITTO / "mosquitto.conf").read_text(),
+        settings={
+            "cafile": plant_pki / "ca.crt",
+            "certfile": plant_pki / "broker.crt",
+            "keyfile": plant_pki / "broker.key",
+            "acl_file": DEPLOY_MOSQUITTO / "acl",
+        },
+    )
+    yield broker
+    broker.close()

@@ -35,6 +35,7 @@ import numpy as np
 from edge_agent.agent.commands import CommandQueue
 from edge_agent.agent.log import log_fields, logger
 from edge_agent.agent.notify import notify, watchdog_interval_s
+from edge_agent.agent.ota import Probation
 from edge_agent.agent.publisher import Publisher
 from edge_agent.config import AgentConfig, ConfigError, outbox_path
 from edge_agent.contract.commands import CommandError, CommandResult
@@ -70,6 +71,7 @@ class Agent:
         self.outbox = Outbox(outbox_path(cfg), cfg.outbox.max_events, cfg.outbox.when_full)
         self.publisher = Publisher(cfg, self.outbox, self.channels)
         self.commands = CommandQueue()
+        self.probation = Probation()  # after update_bundle: a failing bundle is rolled back
         self.started = time.monotonic()
         self._source_down = False
         self._retry_at = 0.0
@@ -355,7 +357,12 @@ class Agent:
             x_raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
             x = normalize(x_raw, self.model.spec.normalization)
             start = time.perf_counter()
-            emb = self.model.backend.embed(x)
+            try:
+                emb = self.model.backend.embed(x)
+            except Exception as exc:
+                if not self.probation.roll_back(self, f"the backend raised: {exc}"):
+                    raise  # not on probation (or no way back): as before the update existed
+                return  # the previous bundle runs again; this batch of windows is dropped
             ms = (time.perf_counter() - start) * 1000 / len(x)
         at = 0
         for ch, n, cs, ok in zip(self.channels, counts, checks, valid, strict=True):

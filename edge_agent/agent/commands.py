@@ -4,8 +4,8 @@ The MQTT link validates a command on its network thread and hands it over with t
 whose `cmd/` subtree it arrived on (`CommandQueue.submit`, never blocking); the agent thread
 runs the queued commands between batches (`CommandQueue.run`) and answers through the link.
 Per-channel commands (calibrate, rollback_head, commission) act on the channel that owns the
-asset; gateway commands (ping, status, reload_bundle) on the whole agent. A failing command
-answers ok=False and never stops the loop.
+asset; gateway commands (ping, status, reload_bundle, update_bundle: see agent.ota) on the
+whole agent. A failing command answers ok=False and never stops the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_agent.agent.log import log_fields
 from edge_agent.agent.notify import notify, watchdog_interval_s
+from edge_agent.agent.ota import apply_update, refusal
 from edge_agent.calibration.embedding_log import calibrate_with_set, embed_recordings
 from edge_agent.config import ConfigError
 from edge_agent.contract.commands import (
@@ -30,6 +31,7 @@ from edge_agent.contract.commands import (
     CommissionCommand,
     ReloadBundleCommand,
     RollbackHeadCommand,
+    UpdateBundleCommand,
     execute,
 )
 from edge_agent.contract.wire import utc
@@ -225,6 +227,22 @@ def reload_bundle(agent: Agent, ch: Channel, command: Command) -> CommandResult:
     )
 
 
+def update_bundle(agent: Agent, ch: Channel, command: Command) -> CommandResult:
+    assert isinstance(command, UpdateBundleCommand)
+    try:
+        data = apply_update(agent, command)
+    except Exception as exc:  # UpdateError, SignatureError, BundleError, ConfigError, Backend...
+        return _fail(command, f"update_bundle: kept the running bundle: {refusal(exc)}")
+    previous = f" (was {data['previous']})" if data["previous"] else " (already running)"
+    return CommandResult(
+        id=command.id,
+        ok=True,
+        message=f"running {data['model_name']} {data['model_version']} from {data['bundle']}"
+        f"{previous}; probation {data['probation_s']:g} s",
+        data=data,
+    )
+
+
 def _use_head(agent: Agent, ch: Channel) -> None:
     """The channel runs its store's current head; decisions restart from 'unknown'."""
     ch.use_head()
@@ -239,4 +257,5 @@ HANDLERS: dict[str, tuple[Handler, bool, bool]] = {
     "rollback_head": (rollback_head, True, True),
     "reload_bundle": (reload_bundle, False, True),
     "commission": (commission, True, True),
+    "update_bundle": (update_bundle, False, True),
 }

@@ -1,7 +1,8 @@
 """The model bundle: the contract between the workstation and every device.
 
 A bundle is a folder (or a `.tar.gz` of one) holding the encoder files, the head weights and
-`manifest.json`. `verify()` checks the schema version and every checksum; `load_bundle()` refuses
+`manifest.json` (and, once signed, `manifest.sig`: see contract.signing; the manifest does not
+list it). `verify()` checks the schema version and every listed checksum; `load_bundle()` refuses
 a bundle it cannot verify with a `BundleError` whose message says what is wrong and what to do.
 `unpack()` extracts an archive safely (size and member caps, plain files only); installing it
 in a state folder is `bundle_store.BundleStore`'s job. `opened_bundle()` gives a throwaway copy
@@ -30,6 +31,7 @@ from edge_agent.pipeline.head import Head
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # = signing.SIGNATURE (that module needs `cryptography`; this does not)
 MAX_UNPACKED_BYTES = 512 * 1024**2  # an archive unpacking to more is refused (bomb guard)
 MAX_MEMBERS = 1_000  # files and folders in an archive
 
@@ -208,12 +210,13 @@ def verify(folder: Path) -> Manifest:
 
 
 def write_manifest(folder: Path, manifest_fields: dict[str, Any]) -> Manifest:
-    """Checksum every file in `folder` (except the manifest), validate and write manifest.json."""
+    """Checksum every file in `folder` (except the manifest and its signature), validate and
+    write manifest.json."""
     folder = Path(folder)
     files = {
         p.name: sha256_file(p)
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
     }
     fields = {"schema_version": SCHEMA_VERSION, "created_utc": utc_iso(), **manifest_fields}
     manifest = Manifest.model_validate({**fields, "files": files})

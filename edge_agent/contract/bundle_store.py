@@ -8,11 +8,14 @@ Layout of the store folder (the agent's `state_dir / "bundles"`):
     active.json                             {"current": "<folder>", "previous": "<folder>"|null}
     .tmp-*/                                 an install in progress
 
-`install()` copies or extracts into a `.tmp-*` folder, verifies it and renames it into place;
+`install()` copies or extracts into a `.tmp-*` folder, verifies it (and runs the caller's
+`check`, e.g. the signature check of an over-the-air update) and renames it into place;
 anything that fails removes its `.tmp-*` folder, and opening the store removes any left by a
 crash. `activate()` runs a self-test first, then replaces `active.json` with `os.replace`, so a
 power cut leaves either the old or the new pointer. Installing prunes to the `keep` most
 recently installed folders plus the current and previous ones. One process owns a store.
+A bundle's `manifest.sig` (contract.signing) travels with it; a signed copy replaces an
+installed unsigned (or differently signed) copy of the same content.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 
 from edge_agent.contract.bundle import (
     MANIFEST,
+    SIGNATURE,
     BundleError,
     Manifest,
     check_bundle,
@@ -84,11 +88,13 @@ class BundleStore:
 
     # ---- changing ------------------------------------------------------------------------
 
-    def install(self, source: Path) -> Path:
+    def install(self, source: Path, check: Callable[[Path], None] | None = None) -> Path:
         """Install a bundle folder or `.tar.gz`; return its verified folder in the store.
 
         The same content installs to the same folder once (a damaged copy is replaced).
-        BundleError on any problem, leaving nothing behind.
+        check(staged_folder), when given, runs on the verified copy before it is moved into
+        place; whatever it raises is re-raised and nothing of the bundle lands in the store.
+        BundleError (or check's exception) on any problem, leaving nothing behind.
         """
         source = Path(source)
         if not source.exists():
@@ -97,8 +103,10 @@ class BundleStore:
             tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
             try:
                 staged, manifest = _stage(source, tmp)
+                if check is not None:
+                    check(staged)
                 target = self.root / folder_name(manifest, staged)
-                if not self._reuse(target):
+                if not self._reuse(target, staged):
                     self._move_into_place(staged, target, tmp)
             finally:
                 _remove(tmp)
@@ -170,9 +178,13 @@ class BundleStore:
         check_bundle(folder)
         return self.root / folder.name
 
-    def _reuse(self, target: Path) -> bool:
-        """True when `target` already holds this bundle intact."""
+    def _reuse(self, target: Path, staged: Path) -> bool:
+        """True when `target` already holds this bundle intact (and its signature, if any)."""
         if not target.is_dir():
+            return False
+        signature = _read_or_none(staged / SIGNATURE)
+        if signature is not None and signature != _read_or_none(target / SIGNATURE):
+            logger.info("installing %s again: this copy carries another signature", target.name)
             return False
         try:
             check_bundle(target)
@@ -225,7 +237,8 @@ def _stage(source: Path, tmp: Path) -> tuple[Path, Manifest]:
     if source.is_dir():
         listed = verify(source).files  # also refuses unsafe paths before anything is copied
         staged = tmp / "bundle"
-        for name in [MANIFEST, *listed]:
+        signed = [SIGNATURE] if (source / SIGNATURE).is_file() else []
+        for name in [MANIFEST, *signed, *listed]:
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, staged / name)  # default permissions
         shown = (str(staged), str(source))
@@ -237,6 +250,13 @@ def _stage(source: Path, tmp: Path) -> tuple[Path, Manifest]:
         return staged, check_bundle(staged)[0]
     except BundleError as exc:
         raise BundleError(str(exc).replace(*shown)) from exc
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _mtime(path: Path) -> float:

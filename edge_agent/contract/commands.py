@@ -11,6 +11,8 @@ A command is a UTF-8 JSON object published to `<base>/cmd/<name>`:
     rollback_head  {"id": "7", "version": "3"}            (version optional: the previous head)
     reload_bundle  {"id": "7", "path": "/opt/fw/b.tgz"}    (path optional: the configured one)
     commission     {"id": "7"}       learn this device's normal again (drift and health baseline)
+    update_bundle  {"id": "7", "source": "https://fw.example/m-2.tar.gz", "sha256": "<64 hex>"}
+                   download a signed bundle archive, verify, install and run it
 
 `parse_command()` returns a command model or a `CommandError` (published on the `error` topic) for
 an oversized payload (checked before parsing), an unknown name, non-UTF-8, non-JSON or wrong fields.
@@ -115,6 +117,27 @@ class ReloadBundleCommand(CommandModel):
     path: str | None = Field(None, min_length=1, max_length=1024)
 
 
+class UpdateBundleCommand(CommandModel):
+    """Download a signed bundle archive, verify it and run it; the running one stays on failure."""
+
+    name: ClassVar[str] = "update_bundle"
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(https?://|/)",
+        description="An http(s):// URL of the bundle's .tar.gz, or an absolute path on the device.",
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="sha256 of the archive (printed by `faultwatch export sign`).",
+    )
+    allow_class_change: bool = Field(
+        False,
+        description="Accept a bundle whose class names (or their order, or the normal class) "
+        "differ from the running bundle's; the states SCADA receives change with them.",
+    )
+
+
 COMMANDS: dict[str, type[CommandModel]] = {
     m.name: m
     for m in (
@@ -124,6 +147,7 @@ COMMANDS: dict[str, type[CommandModel]] = {
         RollbackHeadCommand,
         ReloadBundleCommand,
         CommissionCommand,
+        UpdateBundleCommand,
     )
 }
 Command = (
@@ -133,6 +157,7 @@ Command = (
     | RollbackHeadCommand
     | ReloadBundleCommand
     | CommissionCommand
+    | UpdateBundleCommand
 )
 
 

@@ -28,6 +28,14 @@ on its first, live delivery; and the broker says "session taken over" when anoth
 with our client id. On v3.1.1 a clash is recognized by its pattern (the connection dropped again
 and again right after connecting).
 
+Two optional hooks serve dialects with session rules of their own (Sparkplug B), given to
+`start()`: `finish(topic, payload, key)` sees every message just before it goes to paho, under one
+lock, in wire order (stored rows with their key, live ones with None); it returns the bytes to send
+(e.g. with a sequence number, or a stored event re-marked as historical) or None: a live message
+is then not sent, and the outbox holds its rows until `wake()` is called. With
+`will_per_connect=True` the session's `will()` is asked again before every connection attempt
+(a will that changes per connect, like Sparkplug's bdSeq). Without hooks nothing changes.
+
 Every paho callback is guarded (a bug or hostile input is counted and logged, never raised into
 the network thread), and a network thread that died anyway is restarted by the sender's
 supervision.
@@ -38,7 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,6 +104,9 @@ class Session(Protocol):
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None: ...  # paho thread
 
 
+Finish = Callable[[str, bytes, "str | None"], "bytes | None"]  # (topic, payload, stored key)
+
+
 @dataclass
 class LinkCounters:
     connects: int = 0
@@ -146,6 +157,8 @@ class MqttTransport:
         self.last_error: str | None = None
         self._session: Session | None = None
         self._lock = threading.Lock()  # guards _connected, _generation, _kept
+        self._send_lock = threading.RLock()  # wire order: finish() + paho publish, births first
+        self._finish: Finish | None = None
         self._connected = False
         self._generation = 0  # +1 per successful connect; the sender restarts its replay on change
         self._kept: dict[str, Outbound] = {}  # topic -> last message to re-send on every connect
@@ -201,13 +214,19 @@ class MqttTransport:
 
     # ---- public API -----------------------------------------------------------------------
 
-    def start(self, session: Session) -> None:
-        """Set `session`'s last will and start connecting (in the background)."""
+    def start(
+        self, session: Session, *, finish: Finish | None = None, will_per_connect: bool = False
+    ) -> None:
+        """Set `session`'s last will and start connecting (in the background); for the optional
+        `finish` and `will_per_connect` hooks see the module docstring."""
         if self._session is not None:
             raise RuntimeError("MqttTransport.start() was already called")
         self._session = session
-        will = session.will()
-        self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._finish = finish
+        if will_per_connect:
+            self._client.on_pre_connect = self._on_pre_connect
+        else:
+            self._set_will()
         self._sender.start()
         cfg = self.cfg
         if cfg.protocol == "5":
@@ -257,8 +276,29 @@ class MqttTransport:
                 self._kept[out.topic] = out
             connected = self._connected
         if connected:
-            self._client.publish(out.topic, out.payload, qos=out.qos, retain=out.retain)
+            return self._emit(out.topic, out.payload, out.qos, out.retain) is not None
         return connected
+
+    def wake(self) -> None:
+        """Look at the outbox again now (after `finish` held its rows back)."""
+        self._wake.set()
+
+    def _emit(
+        self, topic: str, payload: bytes, qos: int, retain: bool, key: str | None = None
+    ) -> mqtt.MQTTMessageInfo | None:
+        """Hand one message to paho through `finish` (None: `finish` held it back)."""
+        with self._send_lock:
+            if self._finish is not None:
+                finished = self._finish(topic, payload, key)
+                if finished is None:
+                    return None
+                payload = finished
+            return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _set_will(self) -> None:
+        assert self._session is not None
+        will = self._session.will()
+        self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
     def supervise(self) -> None:
         """Restart paho's network thread if it died (it must never; this is the last guard)."""
@@ -288,9 +328,10 @@ class MqttTransport:
             )  # fmt: skip
         if self._connected and self._session is not None:
             goodbye = self._session.goodbye()
-            info = self._client.publish(goodbye.topic, goodbye.payload, goodbye.qos, goodbye.retain)
+            info = self._emit(goodbye.topic, goodbye.payload, goodbye.qos, goodbye.retain)
             try:
-                info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
+                if info is not None:
+                    info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:  # connection lost meanwhile
                 logger.warning("goodbye not delivered: %s", exc)
         self._stop.set()
@@ -306,6 +347,13 @@ class MqttTransport:
 
     # ---- paho callbacks (network thread) --------------------------------------------------
 
+    def _on_pre_connect(self, client, userdata) -> None:
+        try:
+            self._set_will()
+        except Exception:  # keep the previous will rather than kill the network thread
+            self.counters.callback_errors += 1
+            logger.exception("the session's last will could not be renewed")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"broker refused the connection: {reason_code}"
@@ -316,21 +364,23 @@ class MqttTransport:
             return
         assert self._session is not None  # connecting starts in start()
         dropped = client.drop_out_messages() if hasattr(client, "drop_out_messages") else []
-        with self._lock:
-            self._connected = True
-            self._generation += 1
-            kept = list(self._kept.values())
-        self._connected_at = time.monotonic()
-        self.counters.connects += 1
-        for out in self._session.birth():
-            client.publish(out.topic, out.payload, qos=out.qos, retain=out.retain)
-        for topic in self._session.subscriptions:
-            if self.cfg.protocol == "5":
-                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
-            else:
-                client.subscribe(topic, qos=1)
-        for out in kept:
-            client.publish(out.topic, out.payload, qos=out.qos, retain=out.retain)
+        with self._send_lock:  # nothing else goes out before the birth
+            with self._lock:
+                self._connected = True
+                self._generation += 1
+                kept = list(self._kept.values())
+            self._connected_at = time.monotonic()
+            self.counters.connects += 1
+            for out in self._session.birth():
+                self._emit(out.topic, out.payload, out.qos, out.retain)
+            for topic in self._session.subscriptions:
+                if self.cfg.protocol == "5":
+                    options = SubscribeOptions(qos=1, retainAsPublished=True)
+                    client.subscribe(topic, options=options)
+                else:
+                    client.subscribe(topic, qos=1)
+            for out in kept:
+                self._emit(out.topic, out.payload, out.qos, out.retain)
         self._wake.set()
         logger.info(
             "connected to %s:%d; replaying %d stored events (%d unacknowledged messages dropped "
@@ -440,7 +490,9 @@ class MqttTransport:
         room = self._room()
         if room > 0:
             for row in self.outbox.pending(limit=room, after_seq=self._last_sent_seq):
-                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                info = self._emit(row.topic, row.payload, row.qos, False, key=row.event_id)
+                if info is None:  # the session holds stored messages back for now
+                    return
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # connection dropped: replay later
                     return
                 self._inflight[row.seq] = info
@@ -454,8 +506,8 @@ class MqttTransport:
             return  # the writer commits them within milliseconds; they go out from the outbox
         waiting = [p for p in self.spool.in_memory() if p.event_id not in self._inflight_memory]
         for item in waiting[: max(self._room(), 0)]:
-            info = self._client.publish(item.topic, item.payload, qos=item.qos)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            info = self._emit(item.topic, item.payload, item.qos, False, key=item.event_id)
+            if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
             self._inflight_memory[item.event_id] = (item, info)
             self.counters.events_sent += 1

@@ -60,7 +60,7 @@ def read_recording(path: Path) -> tuple[np.ndarray, int | None]:
             if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
                 data = (data.astype(np.int16) - 128).astype(np.int8)
         elif suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
+            data = np.load(path, allow_pickle=False, mmap_mode="r")  # read as needed
         else:
             data = _read_csv(path)
     except SourceError:
@@ -122,7 +122,10 @@ class ReplaySource(SourceBase):
             g = self._to_g(path, table[:, cfg.channel], sensor)
         else:
             check_inputs(channels)
-            g = np.stack([self._column_g(path, table, ch, sensor) for ch in channels], axis=1)
+            g = np.empty((table.shape[0], len(channels)), np.float32)  # one copy of the file
+            for j, ch in enumerate(channels):
+                g[:, j] = self._column_g(path, table, ch, sensor)
+        del data, table  # a memory-mapped NPY is released here
         if target_rate_hz is not None and target_rate_hz != rate:
             if not cfg.resample:
                 raise SourceError(
