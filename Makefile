@@ -31,7 +31,7 @@ system-deps:
 	else echo "the broker and audio tests need $(SYSTEM_PACKAGES); run once: sudo make system-deps" >&2; exit 1; fi
 
 demo: install
-	$(BIN)/python -m faultwatch.demo
+	$(BIN)/python -m faultwatch.demo $(if $(SPARKPLUG),--sparkplug)
 
 test: install system-deps
 	$(BIN)/python -m pytest -q

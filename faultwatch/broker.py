@@ -113,9 +113,10 @@ def adapt_config(
     """`text`, a mosquitto.conf with one `listener`, made to run as a throwaway loopback broker.
 
     The listener moves to 127.0.0.1:`port` (its other options stay); mosquitto runs as this user,
-    logs to stderr (unbuffered) and persists under `data_dir`; each `settings` directive (e.g. `cafile`,
-    `acl_file`) replaces every line that sets it, or is added when the file has none. Everything
-    else (TLS requirements, anonymous access, limits) is kept as written.
+    logs to stderr (unbuffered, unlike stdout to a file) and persists under `data_dir`; each
+    `settings` directive (e.g. `cafile`, `acl_file`) replaces every line that sets it, or is added
+    when the file has none. Everything else (TLS requirements, anonymous access, limits) is kept
+    as written.
     """
     settings = {key: str(value) for key, value in (settings or {}).items()}
     clash = sorted(set(settings) & {"listener", *LOCAL_ONLY})

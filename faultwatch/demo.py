@@ -7,6 +7,9 @@
    (flat line), then healthy again with a drifting sensor;
 5. run the gateway agent (`faultwatch agent run`) on that replay, and show what a SCADA
    subscriber receives.
+
+`--sparkplug` (`make demo SPARKPLUG=1`): the agent speaks Sparkplug B (an edge node of group
+`demo-plant`) and the SCADA side decodes Sparkplug (`faultwatch scada listen --sparkplug`).
 """
 
 from __future__ import annotations
@@ -165,6 +168,11 @@ site = "demo-plant"
 asset = "pump-7"
 device = "demo-gw"
 """
+SPARKPLUG_CONFIG = """dialect = "sparkplug_b"
+
+[mqtt.sparkplug]
+group_id = "demo-plant"
+"""
 
 
 def show_events(events: list[dict]) -> None:
@@ -195,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--quick", action="store_true", help="tiny training budget (smoke test)")
     parser.add_argument("--checkpoint", type=Path, help="skip training: use this finetuned.pt")
+    parser.add_argument(
+        "--sparkplug", action="store_true", help="agent and listener speak Sparkplug B"
+    )
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = args.out.resolve()
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     step("3/5 broker")
     from faultwatch.broker import start_broker
-    from faultwatch.scada import subscribe_events
+    from faultwatch.scada import subscribe_events, subscribe_sparkplug
 
     broker = start_broker()
     console.print(f"{broker.kind} broker on 127.0.0.1:{broker.port}")
@@ -220,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         for start, what in timeline:
             console.print(f"  t = {start:5.1f} s  {what}")
         config = out / "agent.toml"
-        config.write_text(
-            AGENT_CONFIG.format(bundle=bundle, port=broker.port, protocol=broker.mqtt_protocol)
-        )
-        step("5/5 gateway agent on the replay; the SCADA side listens")
-        with subscribe_events("127.0.0.1", broker.port) as scada:
+        text = AGENT_CONFIG.format(bundle=bundle, port=broker.port, protocol=broker.mqtt_protocol)
+        config.write_text(text + SPARKPLUG_CONFIG if args.sparkplug else text)
+        dialect = "Sparkplug B" if args.sparkplug else "JSON"
+        step(f"5/5 gateway agent on the replay; the SCADA side listens ({dialect})")
+        subscribe = subscribe_sparkplug if args.sparkplug else subscribe_events
+        with subscribe("127.0.0.1", broker.port) as scada:
             agent = [sys.executable, "-m", "faultwatch", "agent", "run", "--config", str(config)]
             if subprocess.run(agent).returncode != 0:
                 console.print("[red]the agent failed (see above)[/red]")

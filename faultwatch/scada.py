@@ -7,6 +7,13 @@ it subscribes at QoS 1 to `<prefix>/+/+/+/event`, `.../state` and `.../status`, 
 payload against the published models and de-duplicates events by `event_id` (delivery is at least
 once). A fixed `client_id` with `clean_session=False` gives a persistent session: the broker queues
 events for this subscriber while it is away.
+
+`--sparkplug` (`SparkplugSubscriber`) listens to Sparkplug B edge nodes instead
+(`spBv1.0/<group>/+/#`): it learns metric aliases from NBIRTH/DBIRTH, rebuilds each device's state
+(key `group/device/node`) from its births and DDATA, takes events from the `Event/JSON` metric
+(historical ones too, de-duplicated the same way), and reports NBIRTH/NDEATH as online/offline.
+Like a Sparkplug host, it asks a node whose births it has not seen for a rebirth (NCMD
+`Node Control/Rebirth`), at most every `REBIRTH_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_agent.contract.events import FaultEvent, StateMessage, StatusMessage
+from edge_agent.contract.wire import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,7 @@ MessageKind = Literal["event", "state", "status"]
 MODELS = {"event": FaultEvent, "state": StateMessage, "status": StatusMessage}
 SEVERITY_STYLE = {"info": "green", "warning": "yellow", "alarm": "bold red"}
 REMEMBERED_EVENT_IDS = 100_000  # de-duplication memory of a long-running subscriber
+REBIRTH_EVERY_S = 5.0  # Sparkplug: ask a node whose aliases are unknown for births this often
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,10 @@ class EventSubscriber:
             self.invalid += 1
             logger.warning("ignoring an invalid message on %r: %s", msg.topic, exc)
             return
-        device_key = "/".join(levels[-4:-1])
+        self._accept(kind, msg.topic, "/".join(levels[-4:-1]), message)  # type: ignore[arg-type]
+
+    def _accept(self, kind: MessageKind, topic: str, device_key: str, message) -> None:
+        """Record one decoded message (events de-duplicated by event_id) and queue it."""
         with self._lock:
             if isinstance(message, FaultEvent):
                 if message.event_id in self._seen:
@@ -140,7 +152,7 @@ class EventSubscriber:
                 self.states[device_key] = message
             else:
                 self.statuses[device_key] = message
-        self._queue.put(Received(kind, msg.topic, device_key, message))  # type: ignore[arg-type]
+        self._queue.put(Received(kind, topic, device_key, message))
 
     def get(self, timeout_s: float | None = None) -> Received | None:
         """The next new event (duplicates skipped), state or status; None after `timeout_s`."""
@@ -169,6 +181,105 @@ class EventSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SparkplugSubscriber(EventSubscriber):
+    """The same events, states and statuses, decoded from Sparkplug B edge nodes of `group`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, group: str = "+", **kwargs):
+        super().__init__(host, port, **kwargs)
+        self.subscriptions = [f"spBv1.0/{group}/+/#"]
+        self._aliases: dict[tuple[str, str, str | None, int], str] = {}
+        self._started: dict[tuple[str, str], object] = {}
+        self._asked: dict[tuple[str, str], float] = {}  # (group, node) -> rebirth asked at
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        from google.protobuf.message import DecodeError
+
+        from edge_agent.mqtt.sparkplug_b import decode, metric_value, parse_topic
+
+        parsed = parse_topic(msg.topic)
+        try:
+            if parsed is None:
+                raise ValueError("not a Sparkplug edge-node topic")
+            payload = decode(msg.payload)
+        except (ValueError, DecodeError) as exc:
+            self.invalid += 1
+            logger.warning("ignoring an invalid message on %r: %s", msg.topic, exc)
+            return
+        group, kind, node, device = parsed
+        if kind == "NBIRTH":
+            self._asked[(group, node)] = float("inf")  # born: aliases known from now on
+        elif kind in ("NDATA", "DDATA", "DBIRTH"):
+            self._ask_rebirth(group, node)
+        values: dict[str, object] = {}
+        for metric in payload.metrics:
+            key = (group, node, device, metric.alias)
+            if kind in ("NBIRTH", "DBIRTH") and metric.name:
+                self._aliases[key] = metric.name
+            name = metric.name or self._aliases.get(key)
+            if name is not None:
+                values[name] = metric_value(metric)
+        try:
+            self._handle(msg.topic, group, kind, node, device, values)
+        except (ValueError, ValidationError) as exc:
+            self.invalid += 1
+            logger.warning("ignoring an unusable message on %r: %s", msg.topic, exc)
+
+    def _ask_rebirth(self, group: str, node: str) -> None:
+        from edge_agent.mqtt.sparkplug_b import REBIRTH, DataType, add_metric, now_ms, pb
+
+        asked = self._asked.get((group, node), -REBIRTH_EVERY_S)
+        if time.monotonic() - asked < REBIRTH_EVERY_S:
+            return
+        self._asked[(group, node)] = time.monotonic()
+        payload = pb.Payload(timestamp=now_ms())
+        add_metric(payload, REBIRTH, DataType.BOOLEAN, True, now_ms())
+        topic = f"spBv1.0/{group}/NCMD/{node}"
+        logger.info("asking %s for a rebirth (its births were not seen)", node)
+        self._client.publish(topic, payload.SerializeToString(), qos=0)
+
+    def _handle(self, topic, group, kind, node, device, values: dict[str, object]) -> None:
+        if kind in ("NBIRTH", "NDEATH"):
+            if kind == "NBIRTH":
+                self._started[(group, node)] = utc_now()
+            status = StatusMessage(
+                status="online" if kind == "NBIRTH" else "offline",
+                site=group, asset="-", device=node,
+                started_utc=self._started.get((group, node), utc_now()),
+                outbox_pending=values.get("Status/Outbox Pending") or 0,
+            )  # fmt: skip
+            keys = [k for k in self.states if k.startswith(f"{group}/") and k.endswith(f"/{node}")]
+            for key in keys or [f"{group}/-/{node}"]:
+                self._accept("status", topic, key, status)
+            return
+        if device is None or kind not in ("DBIRTH", "DDATA"):
+            return
+        key = f"{group}/{device}/{node}"
+        if isinstance(values.get("Event/JSON"), str):
+            self._accept("event", topic, key, FaultEvent.model_validate_json(values["Event/JSON"]))
+        if "State" in values and values["State"] is not None:
+            previous = self.states.get(key)
+            state = StateMessage(
+                site=group, asset=device, device=node, state=values["State"],
+                class_name=values.get("Class"), confidence=values.get("Confidence"),
+                model_version=values.get("Model Version"), head_version=values.get("Head Version"),
+            )  # fmt: skip
+            if previous is None or (previous.state, previous.class_name) != (
+                state.state,
+                state.class_name,
+            ):
+                self._accept("state", topic, key, state)
+        if kind == "DBIRTH" and key not in self.statuses:
+            status = StatusMessage(
+                status="online", site=group, asset=device, device=node, started_utc=utc_now()
+            )
+            self._accept("status", topic, key, status)
+
+
+def subscribe_sparkplug(host: str = "127.0.0.1", port: int = 1883, **kwargs) -> EventSubscriber:
+    """A connected `SparkplugSubscriber` (see its arguments); close it when done."""
+    return SparkplugSubscriber(host, port, **kwargs).connect()
 
 
 def subscribe_events(host: str = "127.0.0.1", port: int = 1883, **kwargs) -> EventSubscriber:
@@ -236,14 +347,20 @@ def listen(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print each unique event as one JSON line.")
     ] = False,
+    sparkplug: Annotated[
+        bool, typer.Option("--sparkplug", help="Listen to Sparkplug B edge nodes (spBv1.0/...).")
+    ] = False,
+    group: Annotated[str, typer.Option(help="Sparkplug group ('+': any).")] = "+",
 ) -> None:
     """Print fault events (de-duplicated by event_id), state and status changes as they arrive."""
     console = Console(highlight=False, soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        subscriber = subscribe_events(
-            host, port, prefix=prefix, client_id=client_id, clean_session=client_id is None
-        )
+        session = dict(client_id=client_id, clean_session=client_id is None)
+        if sparkplug:
+            subscriber = subscribe_sparkplug(host, port, group=group, **session)
+        else:
+            subscriber = subscribe_events(host, port, prefix=prefix, **session)
     except ConnectionError as exc:
         errors.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None

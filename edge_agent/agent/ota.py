@@ -184,9 +184,12 @@ def _copy(path: Path, out: IO[bytes], max_bytes: int, timeout_s: float) -> None:
 
 def _stream(where: str, source: Any, out: IO[bytes], max_bytes: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
-    received = 0
+    received, kicked = 0, time.monotonic()
     while block := source.read(BLOCK):
         received += len(block)
+        if time.monotonic() - kicked > 1.0:  # a long download must not trip systemd's watchdog
+            kick_watchdog()
+            kicked = time.monotonic()
         if received > max_bytes:
             raise UpdateError(_too_big(where, max_bytes, "more arrived"))
         if time.monotonic() > deadline:

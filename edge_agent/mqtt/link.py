@@ -1,6 +1,8 @@
 """The agent's one MQTT link: a transport (`edge_agent.mqtt.transport`: paho, reconnection, the
-durable outbox) speaking a dialect (`edge_agent.mqtt.json_v1`: topics, payloads, commands), with
-the registry `edge_agent.mqtt.messages` saying how each message travels.
+durable outbox) speaking a dialect chosen by `mqtt.dialect`: `json_v1` (`edge_agent.mqtt.json_v1`:
+topics, payloads, commands, with the registry `edge_agent.mqtt.messages` saying how each message
+travels) or `sparkplug_b` (`edge_agent.mqtt.sparkplug_b`: a Sparkplug B edge node, one device per
+asset, commands as NCMD/DCMD metrics, replies as a `Command/Result` metric).
 
 A gateway may serve several channels over the one connection, each reporting as its own asset
 (`assets=`): outbound messages go to the subtree of their payload's `asset`, commands are taken
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edge_agent.config import MqttConfig
 from edge_agent.contract.commands import CommandError, CommandResult
@@ -25,6 +28,9 @@ from edge_agent.mqtt.json_v1 import RATE_BURST, JsonV1, RateLimiter, Submit, Top
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.spool import Pending
 from edge_agent.mqtt.transport import LinkCounters, MqttTransport
+
+if TYPE_CHECKING:
+    from edge_agent.mqtt.sparkplug_b import SparkplugB
 
 __all__ = ["RATE_BURST", "LinkCounters", "MqttLink", "RateLimiter", "Topics", "topics"]
 
@@ -59,16 +65,25 @@ class MqttLink:
             max_inflight=max_inflight,
         )
         try:
-            self.dialect = JsonV1(cfg, self.transport, submit, assets)
-        except ValueError:  # bad assets: release the outbox writer before saying so
+            if cfg.dialect == "sparkplug_b":
+                from edge_agent.mqtt.sparkplug_b import SparkplugB  # needs protobuf
+
+                self.dialect: JsonV1 | SparkplugB = SparkplugB(cfg, self.transport, submit, assets)
+            else:
+                self.dialect = JsonV1(cfg, self.transport, submit, assets)
+        except (ValueError, ImportError):  # bad assets: release the outbox writer first
             self.transport.close(flush_timeout_s=0)
             raise
         self.counters: LinkCounters = self.transport.counters
-        self.transport.start(self.dialect)
+        if isinstance(self.dialect, JsonV1):
+            self.transport.start(self.dialect)
+            where = ", ".join(t.base + "*" for t in self.dialect.topics.values())
+        else:  # Sparkplug numbers every message (seq) and renews its will (bdSeq) per connect
+            self.transport.start(self.dialect, finish=self.dialect.finish, will_per_connect=True)
+            where = f"{self.dialect.namespace}[/{'|'.join(self.dialect.devices)}]"
         logger.info(
             "MQTT link to %s:%d as %s, topics %s; %d events waiting in the outbox",
-            cfg.host, cfg.port, self.transport.client_id,
-            ", ".join(t.base + "*" for t in self.dialect.topics.values()), len(outbox),
+            cfg.host, cfg.port, self.transport.client_id, where, len(outbox),
         )  # fmt: skip
 
     @property

@@ -104,7 +104,7 @@ class Session(Protocol):
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None: ...  # paho thread
 
 
-Finish = Callable[[str, bytes, "str | None"], "bytes | None"]  # (topic, payload, stored key)
+Finish = Callable[[str, bytes, str | None], bytes | None]  # (topic, payload, stored key)
 
 
 @dataclass

@@ -228,6 +228,19 @@ def test_sparkplug_commands_and_state_reach_their_node_only(peers):
     assert [t for t, _ in a.messages] == ["spBv1.0/plant/DCMD/dev-a/a1", "spBv1.0/STATE/scada"]
 
 
+def test_an_oversized_message_is_not_relayed(peers):
+    # MQTT 3.1.1: mosquitto acknowledges and drops it. (With MQTT 5, mosquitto 2.0.11 answers with
+    # a PUBACK reason code that paho 2.2 calls malformed: paho disconnects and re-sends it.)
+    scada = connected(peers("scada"))
+    scada.subscribe(A + "#")
+    a = connected(peers("dev-a", protocol=mqtt.MQTTv311))
+    limit = 262_144  # message_size_limit in deploy/mosquitto/mosquitto.conf
+    assert a.publish(A + "event", b"x" * (limit + 1)) == "Success"
+    assert a.publish(A + "event", b"x" * limit) == "Success"
+    assert wait(lambda: scada.received(A + "event"))
+    assert [len(p) for p in scada.received(A + "event")] == [limit]
+
+
 # ---- who may connect at all --------------------------------------------------------------------
 
 
@@ -237,9 +250,15 @@ def foreign_pki(tmp_path) -> Path:
     return make_certs(tmp_path / "foreign", "dev-a")
 
 
-@pytest.mark.parametrize("who", ["no certificate", "certificate from another CA"])
+@pytest.mark.parametrize(
+    ("who", "logged"),
+    [
+        ("no certificate", "peer did not return a certificate"),
+        ("certificate from another CA", "certificate verify failed"),
+    ],
+)
 def test_a_client_without_a_plant_certificate_is_refused_at_connect(
-    peers, plant_mosquitto, plant_pki, foreign_pki, who
+    peers, plant_mosquitto, plant_pki, foreign_pki, who, logged
 ):
     if who == "no certificate":
         stranger = peers(None)
@@ -249,7 +268,7 @@ def test_a_client_without_a_plant_certificate_is_refused_at_connect(
     assert not stranger.connected.wait(2), f"{who}: connected"
     stranger.close()
     log = plant_mosquitto.log_path.read_text(errors="replace")
-    assert "OpenSSL Error" in log, log[-1500:]
+    assert logged in log, log[-1500:]
 
 
 def test_host_name_checking_refuses_a_broker_certificate_for_another_name(peers):

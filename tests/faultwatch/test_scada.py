@@ -138,3 +138,39 @@ def test_mounted_as_faultwatch_scada(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "faultwatch scada listen" in out and "--count" in out
+
+
+def test_listen_sparkplug_shows_events_and_state(mosquitto, tmp_path):
+    from edge_agent.config import MqttConfig, SparkplugConfig
+    from edge_agent.mqtt.link import MqttLink
+    from edge_agent.mqtt.outbox import Outbox
+
+    cfg = MqttConfig(
+        port=mosquitto.port, site="plant", asset="pump7", device="dev1", dialect="sparkplug_b",
+        sparkplug=SparkplugConfig(group_id="plant"),
+    )  # fmt: skip
+    link = MqttLink(cfg, Outbox(tmp_path / "outbox.sqlite3"), lambda command, asset: None)
+    stop = threading.Event()
+    sent = fault("dev1", 0)
+
+    def repeat() -> None:  # the listener joins after the births: it must ask for a rebirth
+        while not stop.wait(0.3):
+            link.publish_event(sent)  # the same event_id: shown once
+
+    sender = threading.Thread(target=repeat, daemon=True)
+    sender.start()
+    try:
+        result = runner.invoke(
+            app, ["listen", "--sparkplug", "--port", str(mosquitto.port), "--count", "1",
+                  "--timeout-s", "15"],
+        )  # fmt: skip
+    finally:
+        stop.set()
+        sender.join()
+        link.close(flush_timeout_s=0)
+    assert result.exit_code == 0, result.output
+    assert "spBv1.0/+/+/#" in result.output
+    lines = [line for line in result.output.splitlines() if "plant/pump7/dev1" in line]
+    assert any("state=outer_race" in line and "confidence=0.93" in line for line in lines)
+    assert "status  plant/pump7/dev1: online" in result.output  # from the DBIRTH it asked for
+    assert "1 events (" in result.output

@@ -102,7 +102,8 @@ def test_schemas_describe_what_is_published(tmp_path):
     assert event_schema["properties"]["severity"]["enum"] == ["info", "warning", "alarm"]
     command_schema = json.loads((tmp_path / "command.schema.json").read_text())
     assert set(command_schema["x-faultwatch-commands"]) == {
-        "ping", "status", "calibrate", "rollback_head", "reload_bundle", "commission"
+        "ping", "status", "calibrate", "rollback_head", "reload_bundle", "commission",
+        "update_bundle",
     }  # fmt: skip
 
 
