@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edge_agent.backends import self_test_windows
 from edge_agent.contract.bundle import (
     Manifest,
     Preprocessing,
@@ -93,6 +94,9 @@ class RunInputs:
     calibration: np.ndarray | None
     physics: PhysicsHead | None = None
     heldout_shaft_hz: np.ndarray | None = None  # (N,) speed of each held-out window, NaN unknown
+
+
+SELF_TEST_FILE = "selftest.npz"  # what the device's self-test must reproduce
 
 
 def _field_errors(exc: ValidationError) -> str:
@@ -337,7 +341,12 @@ def export_bundle(
         fields = _manifest_fields(
             run, options, result.report, exported, done, name, version, thresholds
         )
-        result.folder, result.manifest = _assemble(folder, run.head, exported, done, fields)
+        probe = self_test_windows(run.preprocessing.window)
+        recorded = {f.encoder.name: f.embed(done[f.name].exported.path, probe) for f in exported}
+        fields["self_test"] = SELF_TEST_FILE
+        result.folder, result.manifest = _assemble(
+            folder, run.head, exported, done, fields, recorded
+        )
     result.archive = pack(result.folder, result.folder.with_name(result.folder.name + ".tar.gz"))
     return result
 
@@ -466,8 +475,10 @@ def _assemble(
     exported: list[ExportFormat],
     done: dict[str, FormatOutcome],
     fields: dict[str, Any],
+    recorded: dict[str, np.ndarray],
 ) -> tuple[Path, Manifest]:
-    """Write the bundle in a staging folder, verify it, then move it into place."""
+    """Write the bundle in a staging folder, verify it, then move it into place. `recorded`:
+    each format's embeddings of the self-test windows, which a device must reproduce."""
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -475,6 +486,9 @@ def _assemble(
         for fmt in exported:
             shutil.copyfile(done[fmt.name].exported.path, staging / fmt.file)
         head.save(staging / "head.npz")
+        np.savez(
+            staging / SELF_TEST_FILE, **{k: np.asarray(v, np.float32) for k, v in recorded.items()}
+        )
         try:
             write_bundle_manifest(staging, fields)
         except ValidationError as exc:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     step("1/5 train: SimCLR on the unlabeled production pool, fine-tune on 200 lab labels")
     checkpoint = args.checkpoint or train(out, args.quick)
     step("2/5 export: ONNX FP32 + INT8 bundle with the parity gate")
+    # the previous demo's bundle: export never overwrites a version, and the demo rebuilds it
+    shutil.rmtree(out / "bundles", ignore_errors=True)
     try:
         bundle = export(checkpoint, out / "bundles")
     except subprocess.CalledProcessError:

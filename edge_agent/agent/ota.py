@@ -85,7 +85,7 @@ def apply_update(agent: Agent, command: UpdateBundleCommand) -> dict[str, Any]:
     finally:
         archive.unlink(missing_ok=True)
     kick_watchdog()
-    model = load_runtime(cfg, folder, source_rate_hz=agent.source.sample_rate_hz)
+    model = load_runtime(cfg, folder, source_rate_hz=agent.source.sample_rate_hz, origin="update")
     rebind(agent, model)
     m = model.manifest
     same = model.folder == before.folder
@@ -274,7 +274,9 @@ class Probation:
             store = BundleStore(cfg.state_dir / "bundles")
             if store.previous() == trial.previous:
                 store.rollback()
-            model = load_runtime(cfg, trial.previous, source_rate_hz=agent.source.sample_rate_hz)
+            model = load_runtime(
+                cfg, trial.previous, source_rate_hz=agent.source.sample_rate_hz, origin="rollback"
+            )
         except Exception as exc:  # the previous bundle is gone or broken too: nothing to go to
             logger.error("bundle %s failed on probation (%s); rollback failed: %s",
                          trial.bundle, reason, exc)  # fmt: skip

@@ -2,7 +2,7 @@
 
 backend = load_backend(folder, manifest, "onnx", threads=2)   # verified bundle folder
 embeddings = backend.embed(windows)                            # (N, 1, W) -> (N, D)
-self_test(folder, manifest, backend)                           # before activating a new bundle
+self_test(folder, manifest, backend, "int8.onnx")              # before activating a new bundle
 """
 
 from __future__ import annotations
@@ -101,7 +101,12 @@ def self_test_windows(window: int, n: int = 4) -> np.ndarray:
     return np.stack(rows[:n]).astype(np.float32)[:, None, :]
 
 
-def self_test(folder: Path, manifest: Manifest, backend: Backend) -> None:
+SELF_TEST_TOLERANCE = 0.1  # relative L2 error per window (int8 rounding may differ by CPU)
+
+
+def self_test(
+    folder: Path, manifest: Manifest, backend: Backend, encoder: str | None = None
+) -> None:
     """Check a loaded backend on the bundle in `folder` before it goes live.
 
     Runs `self_test_windows(manifest.preprocessing.window)` through the encoder and the bundle's
@@ -135,4 +140,27 @@ def self_test(folder: Path, manifest: Manifest, backend: Backend) -> None:
         raise BackendError(
             f"{where}: the head gives non-finite or mis-shaped probabilities {probs.shape}; "
             "re-export the bundle"
+        )
+    if manifest.self_test is not None and encoder is not None:
+        _match_recording(Path(folder) / manifest.self_test, encoder, emb, where)
+
+
+def _match_recording(path: Path, encoder: str, emb: np.ndarray, where: str) -> None:
+    """The embeddings must match what the export recorded for this encoder format."""
+    try:
+        with np.load(path) as recorded:
+            want = recorded[encoder] if encoder in recorded.files else None
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{where}: cannot read the recorded outputs {path.name}: {exc}") from exc
+    if want is None:
+        return  # the export did not record this format (older exporter): shape checks only
+    if want.shape != emb.shape:
+        raise BackendError(f"{where}: recorded outputs have shape {want.shape}, got {emb.shape}")
+    scale = np.maximum(np.linalg.norm(want, axis=1), 1e-3)
+    error = np.linalg.norm(emb - want, axis=1) / scale  # relative, per window
+    if error.max() > SELF_TEST_TOLERANCE:
+        raise BackendError(
+            f"{where}: the {encoder} encoder does not reproduce the exported outputs (relative "
+            f"error {error.max():.3f} > {SELF_TEST_TOLERANCE}); this runtime computes something "
+            "else: try another backend or precision, or re-export"
         )

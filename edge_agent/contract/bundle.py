@@ -126,6 +126,11 @@ class Manifest(StrictModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     parity: dict[str, Any] = Field(default_factory=dict)
     physics: PhysicsView | None = None
+    self_test: str | None = Field(
+        None,
+        description="NPZ of each encoder format's embeddings of the fixed self-test windows, as "
+        "exported; a device's backend must reproduce them before the bundle goes live.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -48,9 +49,14 @@ logger = logging.getLogger(__name__)
 ACTIVE = "active.json"
 
 
+Origin = Literal["config", "reload", "update", "rollback"]
+
+
 class ActivePointer(StrictModel):
     current: str
     previous: str | None = None
+    origin: Origin = "config"  # what made `current` active
+    configured: str | None = None  # the bundle the config named at its last activation
 
 
 class BundleStore:
@@ -119,11 +125,17 @@ class BundleStore:
             ) from exc
         return target
 
-    def activate(self, folder: Path, self_test: Callable[[Path], None] | None = None) -> None:
+    def activate(
+        self,
+        folder: Path,
+        self_test: Callable[[Path], None] | None = None,
+        origin: Origin = "config",
+    ) -> None:
         """Make an installed bundle the current one, once it verifies and passes `self_test`.
 
         BundleError (current unchanged) when the folder is not installed here, does not verify,
-        or self_test(folder) raises. The current bundle becomes the previous one.
+        or self_test(folder) raises. The current bundle becomes the previous one. `origin` says
+        why (the config, a reload_bundle, an over-the-air update), see `start_bundle`.
         """
         folder = self._installed(folder)
         if self_test is not None:
@@ -135,13 +147,38 @@ class BundleStore:
                     f"bundle {folder.name} failed its self-test ({exc}); the active bundle is "
                     f"still {kept.name if kept else 'none'}"
                 ) from exc
-        current = self.current()
+        pointer, current = self._pointer(), self.current()
+        configured = folder.name if origin == "config" else pointer and pointer.configured
         if current == folder:
+            if pointer is not None and (pointer.origin, pointer.configured) != (origin, configured):
+                self._write_pointer(
+                    pointer.model_copy(update={"origin": origin, "configured": configured})
+                )
             return
         previous = current.name if current else None
-        self._write_pointer(ActivePointer(current=folder.name, previous=previous))
-        logger.info("bundle %s active (previous: %s)", folder.name, previous)
+        self._write_pointer(ActivePointer(current=folder.name, previous=previous, origin=origin,
+                                          configured=configured))  # fmt: skip
+        logger.info("bundle %s active (previous: %s, %s)", folder.name, previous, origin)
         self._prune()
+
+    def start_bundle(self, configured: Path) -> Path:
+        """The bundle to run at start-up, `configured` being the config's (installed) bundle:
+        the one an over-the-air update made current, as long as the config still names the
+        bundle it named then (a newly configured bundle wins); else `configured`."""
+        pointer, current = self._pointer(), self.current()
+        if (
+            pointer is None
+            or current is None
+            or pointer.origin != "update"
+            or pointer.configured != Path(configured).name
+        ):
+            return Path(configured)
+        try:
+            return self._installed(current)
+        except BundleError as exc:
+            logger.warning("the updated bundle %s is unusable (%s); running the configured one",
+                           current.name, exc)  # fmt: skip
+            return Path(configured)
 
     def rollback(self) -> Path:
         """Make the previous bundle current again (the current one becomes previous)."""
@@ -152,7 +189,10 @@ class BundleStore:
                 f"{self.root}: no previous bundle to roll back to; install and activate one"
             )
         self._installed(previous)  # still intact?
-        self._write_pointer(ActivePointer(current=previous.name, previous=pointer.current))
+        self._write_pointer(
+            ActivePointer(current=previous.name, previous=pointer.current, origin="rollback",
+                          configured=pointer.configured)
+        )  # fmt: skip
         logger.info("bundle rolled back from %s to %s", pointer.current, previous.name)
         return previous
 

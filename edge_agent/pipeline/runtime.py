@@ -6,17 +6,21 @@ device head, see `pipeline.channel`); the `reload_bundle` command builds a new o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.backends import Backend, load_backend, self_test
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
 from edge_agent.contract.bundle import Manifest, load_bundle
-from edge_agent.contract.bundle_store import BundleStore
+from edge_agent.contract.bundle_store import BundleStore, Origin
+from edge_agent.contract.formats import encoder_format
 from edge_agent.contract.preprocess import PreprocessSpec
 from edge_agent.physics.view import PhysicsHead
 from edge_agent.pipeline.decisions import DecisionMachine
 from edge_agent.pipeline.head import Head
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +43,7 @@ def load_runtime(
     bundle: Path | None = None,
     *,
     source_rate_hz: int | None = None,
+    origin: Origin | None = None,
 ) -> ModelRuntime:
     """Install the bundle in the state folder's `BundleStore`, check it against `cfg`, load the
     backend, self-test it and make it the store's active bundle.
@@ -46,10 +51,20 @@ def load_runtime(
     source_rate_hz: the rate of an already running source, which the bundle must match.
     Touches no head store, and a refused bundle stays inactive, so every channel goes on as it
     was. Raises BundleError, ConfigError (config/bundle mismatch), BackendError or ValueError.
+    Without `bundle` (start-up) it runs the config's bundle, or the one an over-the-air update
+    installed since, while the config names the same bundle as then (`BundleStore.start_bundle`).
+    origin: why the bundle becomes active (default: "config" without `bundle`, else "reload").
     """
-    folder, manifest, factory = load_bundle(
-        bundle or cfg.inference.bundle, cfg.state_dir / "bundles"
-    )
+    store = BundleStore(cfg.state_dir / "bundles")
+    folder, manifest, factory = load_bundle(bundle or cfg.inference.bundle, store.root)
+    if bundle is None:
+        chosen = store.start_bundle(folder)
+        if chosen != folder:
+            logger.info("running %s, installed over the air (the config names %s, as then)",
+                        chosen.name, folder.name)  # fmt: skip
+            folder, manifest, factory = load_bundle(chosen, store.root)
+            origin = origin or "update"
+    origin = origin or ("config" if bundle is None else "reload")
     problems = check_against_bundle(cfg, manifest)
     rate = manifest.preprocessing.sample_rate_hz
     if source_rate_hz is not None and rate != source_rate_hz:
@@ -69,7 +84,7 @@ def load_runtime(
         precision=inference.precision,
         providers=inference.providers,
     )
-    store = BundleStore(cfg.state_dir / "bundles")
-    store.activate(folder, lambda f: self_test(f, manifest, backend))
+    encoder = encoder_format(inference.backend, inference.precision).name
+    store.activate(folder, lambda f: self_test(f, manifest, backend, encoder), origin)
     physics = manifest.physics.head() if manifest.physics else None
     return ModelRuntime(folder, manifest, factory, backend, physics)

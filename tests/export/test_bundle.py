@@ -117,3 +117,22 @@ def test_encoder_state_that_does_not_fit_is_reported(trained, make_run, tmp_path
     with pytest.raises(ExportError, match="cannot rebuild encoder 'cnn'"):
         load_run(folder)
     assert torch.load(folder / "finetuned.pt", weights_only=False)["kind"] == "finetuned"
+
+
+@pytest.mark.parametrize(("backend", "precision"), [("onnx", "fp32"), ("onnx", "int8"),
+                                                    ("tflite", "int8")])  # fmt: skip
+def test_every_format_reproduces_its_recorded_self_test_outputs(exported, backend, precision):
+    """The export records each format's embeddings of the fixed self-test windows; each device
+    runtime reproduces them (the self-test a bundle passes before it goes live)."""
+    from edge_agent.backends import load_backend, self_test
+    from edge_agent.contract.formats import encoder_format
+
+    folder = exported["folder"]
+    manifest = verify(folder)
+    assert manifest.self_test == "selftest.npz" and "selftest.npz" in manifest.files
+    name = encoder_format(backend, precision).name
+    with np.load(folder / "selftest.npz") as recorded:
+        assert set(recorded.files) == {"fp32.onnx", "int8.onnx", "int8.tflite"}
+        assert recorded[name].shape == (4, 32)
+    runtime = load_backend(folder, manifest, backend, precision=precision)
+    self_test(folder, manifest, runtime, name)

@@ -387,3 +387,26 @@ def test_outside_probation_a_backend_failure_is_raised_as_before(
         with pytest.raises(RuntimeError, match="invalid shape"):
             run_windows(agent, 3)
         assert agent.model.manifest.model_version == "2"
+
+
+def test_an_update_survives_a_restart_until_the_config_names_another_bundle(
+    tmp_path, agent_bundle, files, key
+):
+    with make_agent(tmp_path, agent_bundle, key) as agent:
+        body = bundle_archive(tmp_path, agent_bundle, "2", key)
+        assert update(agent, files.serve("tiny-2.tar.gz", body), sha(body)).ok
+    with make_agent(tmp_path, agent_bundle, key) as again:  # a reboot: same config
+        assert again.model.manifest.model_version == "2"
+        run_windows(again, 3)
+    newer = tmp_path / "configured-3"
+    shutil.copytree(agent_bundle, newer)
+    manifest = json.loads((newer / MANIFEST).read_text())
+    manifest["model_version"] = "3"
+    (newer / MANIFEST).write_text(json.dumps(manifest))
+    verify(newer)
+    with make_agent(tmp_path, newer, key) as redeployed:  # the operator configures a new bundle
+        assert redeployed.model.manifest.model_version == "3"
+    with make_agent(tmp_path, newer, key) as steady:
+        assert steady.model.manifest.model_version == "3"
+        store = BundleStore(steady.cfg.state_dir / "bundles")
+        assert json.loads((store.root / ACTIVE).read_text())["origin"] == "config"

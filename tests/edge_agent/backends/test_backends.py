@@ -355,3 +355,23 @@ def test_tflite_int8_embeddings_track_the_float_model(tflite_model):
     assert np.abs(out - expected).max() < 0.1 * spread + 4 * quantization.output_scale
     with pytest.raises(ValueError, match="model expects windows of shape"):
         backend.embed(np.zeros((1, 1, W // 2), np.float32))
+
+
+def test_self_test_requires_the_exported_outputs_of_the_running_format(bundle):
+    """A bundle carries each format's embeddings of the fixed windows (as exported): a runtime
+    that computes something else (the fp32 encoder has other weights here) is refused."""
+    from edge_agent.backends import self_test_windows
+    from edge_agent.contract.bundle import read_manifest
+
+    folder, manifest, _ = bundle
+    int8 = load_backend(folder, manifest, "onnx", precision="int8")
+    fp32 = load_backend(folder, manifest, "onnx", precision="fp32")
+    probe = self_test_windows(W)
+    np.savez(folder / "selftest.npz", **{"int8.onnx": int8.embed(probe)})
+    fields = manifest.model_dump(exclude={"files", "schema_version", "created_utc"})
+    manifest = write_manifest(folder, {**fields, "self_test": "selftest.npz"})
+    assert read_manifest(folder).self_test == "selftest.npz"
+    self_test(folder, manifest, int8, "int8.onnx")  # reproduces its recording
+    with pytest.raises(BackendError, match=r"int8.onnx encoder does not reproduce the exported"):
+        self_test(folder, manifest, fp32, "int8.onnx")
+    self_test(folder, manifest, fp32, "fp32.onnx")  # not recorded: the shape checks only

@@ -100,7 +100,22 @@ def test_activate_and_rollback_move_the_pointer(store, tmp_path):
     assert json.loads((store.root / ACTIVE).read_text()) == {
         "current": one.name,
         "previous": two.name,
+        "origin": "rollback",
+        "configured": two.name,  # the config named `two` when it was activated
     }
+
+
+def test_start_up_prefers_an_update_while_the_config_is_unchanged(store, tmp_path):
+    configured = store.install(make_bundle(tmp_path / "src", "1"))
+    updated = store.install(make_bundle(tmp_path / "src", "2"))
+    store.activate(configured)
+    assert store.start_bundle(configured) == configured
+    store.activate(updated, origin="reload")  # an operator's reload lasts until the restart
+    assert store.start_bundle(configured) == configured
+    store.activate(updated, origin="update")  # over the air: kept across restarts
+    assert store.start_bundle(configured) == updated
+    other = store.install(make_bundle(tmp_path / "src", "3"))
+    assert store.start_bundle(other) == other  # a newly configured bundle wins
 
 
 def test_failing_self_test_leaves_current_unchanged(store, tmp_path):
