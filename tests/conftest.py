@@ -46,7 +46,7 @@ def persistent_mosquitto() -> Iterator[MosquittoBroker]:
     broker.close()
 
 
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+def poll_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     """Poll `predicate` every 20 ms; True as soon as it holds, False after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -59,7 +59,7 @@ def _wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
 @pytest.fixture
 def wait_until() -> Callable[..., bool]:
     """`wait_until(predicate, timeout_s=5.0) -> bool`."""
-    return _wait_until
+    return poll_until
 
 
 class RawCollector:
@@ -95,7 +95,7 @@ class RawCollector:
         def first_match() -> dict | None:
             return next((p for p in self.on(topic) if predicate(p)), None)
 
-        _wait_until(lambda: first_match() is not None, timeout_s)
+        poll_until(lambda: first_match() is not None, timeout_s)
         found = first_match()
         assert found is not None, f"nothing matching on {topic} in {timeout_s} s: {self.messages}"
         return found

@@ -56,6 +56,15 @@ ASSET_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")  # as mqtt.asset: one topic level
 Submit = Callable[[Command, str], str | None]  # the agent: None (queued) or a refusal
 
 
+def check_assets(assets: Sequence[str]) -> None:
+    """ValueError unless every asset is one topic level (as `mqtt.asset`)."""
+    bad = [a for a in assets if not isinstance(a, str) or not ASSET_PATTERN.fullmatch(a)]
+    if bad:
+        raise ValueError(
+            f"assets must be single topic levels of letters, digits, '_', '.', '-'; got {bad}"
+        )
+
+
 @dataclass(frozen=True)
 class Topics:
     base: str
@@ -114,11 +123,7 @@ class JsonV1:
         submit: Submit,
         assets: Sequence[str] = (),
     ) -> None:
-        bad = [a for a in assets if not isinstance(a, str) or not ASSET_PATTERN.fullmatch(a)]
-        if bad:
-            raise ValueError(
-                f"assets must be single topic levels of letters, digits, '_', '.', '-'; got {bad}"
-            )
+        check_assets(assets)
         self.cfg = cfg
         self.transport = transport
         self.submit = submit

@@ -65,7 +65,7 @@ from edge_agent.contract.events import (
     encode,
     utc_now,
 )
-from edge_agent.mqtt.json_v1 import ASSET_PATTERN, RATE_REPLY_S, RateLimiter, Submit
+from edge_agent.mqtt.json_v1 import RATE_REPLY_S, RateLimiter, Submit, check_assets
 from edge_agent.mqtt.spool import Pending
 from edge_agent.mqtt.transport import MqttTransport, Outbound
 
@@ -259,11 +259,7 @@ class SparkplugB:
         submit: Submit,
         assets: Sequence[str] = (),
     ) -> None:
-        bad = [a for a in assets if not isinstance(a, str) or not ASSET_PATTERN.fullmatch(a)]
-        if bad:
-            raise ValueError(
-                f"assets must be single topic levels of letters, digits, '_', '.', '-'; got {bad}"
-            )
+        check_assets(assets)
         if cfg.sparkplug is None:
             raise ValueError('mqtt.dialect = "sparkplug_b" needs an [mqtt.sparkplug] section')
         self.cfg = cfg

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,6 +29,7 @@ from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox
 from faultwatch.broker import MosquittoBroker
 from tests.conftest import make_certs
+from tests.conftest import poll_until as wait
 from tests.edge_agent.agent.test_agent import NO_DRIFT, running
 from tests.edge_agent.bundle_fixture import FAULT_SCHEDULE, simulator_source, write_config
 
@@ -116,15 +116,6 @@ class Peer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture

@@ -410,3 +410,31 @@ def test_an_update_survives_a_restart_until_the_config_names_another_bundle(
         assert steady.model.manifest.model_version == "3"
         store = BundleStore(steady.cfg.state_dir / "bundles")
         assert json.loads((store.root / ACTIVE).read_text())["origin"] == "config"
+
+
+def test_an_update_over_the_broker_is_answered_and_the_status_tells(
+    tmp_path, agent_bundle, files, key, mosquitto, collect
+):
+    """The same command as SCADA sends it: through a real mosquitto to a running agent."""
+    from tests.edge_agent.agent.test_agent import BASE, running, send
+
+    collector = collect(mosquitto.port, BASE + "#")
+    keys = [str(write_public(key, tmp_path / "fleet.pub.pem"))]
+    path = write_config(
+        tmp_path / "dev", agent_bundle, mosquitto.port, source=simulator_source(NORMAL),
+        decisions=NO_DRIFT, updates={"public_keys": keys}, telemetry_interval_s=0.3,
+    )  # fmt: skip
+    good = bundle_archive(tmp_path, agent_bundle, "2", key)
+    unsigned = bundle_archive(tmp_path, agent_bundle, "3", None)
+    with Agent(load_config(path)) as agent, running(agent):
+        collector.wait_for(BASE + "status", lambda p: p["status"] == "online")
+        body = {"id": "u1", "source": files.serve("unsigned.tar.gz", unsigned),
+                "sha256": sha(unsigned)}  # fmt: skip
+        refused = send(collector, "update_bundle", body)
+        assert not refused["ok"] and "kept the running bundle" in refused["message"]
+        body = {"id": "u2", "source": files.serve("tiny-2.tar.gz", good), "sha256": sha(good)}
+        done = send(collector, "update_bundle", body)
+        assert done["ok"] and done["data"]["model_version"] == "2", done
+        assert collector.wait_for(BASE + "state", lambda p: p["model_version"] == "2")
+        status = send(collector, "status", {"id": "s1"})["data"]
+        assert status["model_version"] == "2"

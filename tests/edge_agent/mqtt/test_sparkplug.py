@@ -306,7 +306,7 @@ def test_historical_events_after_a_primary_host_outage(
 
 
 def test_agent_with_two_channels_as_sparkplug_devices(mosquitto, collect, tmp_path, agent_bundle):
-    from tests.conftest import _wait_until as wait_until
+    from tests.conftest import poll_until as wait_until
     from tests.edge_agent.agent.test_agent import running
     from tests.edge_agent.agent.test_channels import INNER, NORMAL, channel, make_agent
 
