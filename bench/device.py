@@ -528,7 +528,7 @@ def cost_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
         return not_measured(SECTIONS["cost"], "no bundle (run `make demo`, or pass --bundle)")
     from edge_agent.backends import load_backend
     from edge_agent.calibration.health import condition_indicators
-    from edge_agent.contract.bundle import load_bundle
+    from edge_agent.contract.bundle_store import load_bundle
     from edge_agent.contract.preprocess import frame, normalize
     from edge_agent.physics.bearing_sim import SKF_6205
     from edge_agent.physics.evidence import evidence, select_band

@@ -184,7 +184,7 @@ def prepare_models(
     """Write every model file into `workdir`; return paths, encoder spec, window and notes."""
     import torch
 
-    from edge_agent.contract.bundle import load_bundle
+    from edge_agent.contract.bundle_store import load_bundle
     from export.formats import MissingDependency
     from export.onnx import export_onnx
     from export.quantize import quantize_onnx, select_calibration

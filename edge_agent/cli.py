@@ -46,7 +46,8 @@ from edge_agent.config import (
     load_config,
     outbox_path,
 )
-from edge_agent.contract.bundle import BundleError, Manifest, opened_bundle
+from edge_agent.contract.bundle import BundleError, Manifest
+from edge_agent.contract.bundle_store import opened_bundle
 from edge_agent.mqtt.link import topics
 from edge_agent.mqtt.outbox import OutboxError
 from edge_agent.sources import SourceError

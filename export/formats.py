@@ -21,16 +21,9 @@ import numpy as np
 
 from edge_agent.contract.bundle import Quantization
 from edge_agent.contract.formats import ENCODER_FORMATS, EncoderFormat
+from export.errors import ExportError, MissingDependency
 
 logger = logging.getLogger(__name__)
-
-
-class ExportError(Exception):
-    """An export that cannot go on; the message says what was wrong and what to do."""
-
-
-class MissingDependency(ExportError):
-    """An optional runtime/converter is not installed; the message is the install hint."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.formats import ExportError
+from export.errors import ExportError
 
 logger = logging.getLogger(__name__)
 

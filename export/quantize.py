@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization import CalibrationMethod as OrtCalibrationMethod
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.formats import ExportError
+from export.errors import ExportError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edge_agent.contract.bundle import Quantization
-from export.formats import ExportError, MissingDependency
+from export.errors import ExportError, MissingDependency
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-import tempfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -340,49 +337,3 @@ def check_bundle(folder: Path) -> tuple[Manifest, Head]:
             f"{folder}: head has {head.num_classes} outputs for {len(manifest.class_names)} classes"
         )
     return manifest, head
-
-
-def _session_store() -> Path:
-    """A new store folder for an archive loaded without cache_dir, removed at interpreter exit."""
-    global _session_dir
-    if _session_dir is None:
-        _session_dir = tempfile.TemporaryDirectory(prefix="faultwatch-bundle-")
-    return Path(tempfile.mkdtemp(dir=_session_dir.name))
-
-
-_session_dir: tempfile.TemporaryDirectory[str] | None = None
-
-
-def load_bundle(path: Path, cache_dir: Path | None = None) -> tuple[Path, Manifest, Head]:
-    """Verify a bundle folder or archive and load its factory head.
-
-    Returns (folder, manifest, head). Raises BundleError when anything does not verify, leaving
-    nothing behind. With cache_dir (the agent's `state_dir / "bundles"`), the bundle is installed
-    there by `BundleStore(cache_dir).install(path)` and the installed copy is returned (the same
-    folder each time for the same content; see bundle_store). Without cache_dir a folder is used
-    where it is, and an archive goes to a temporary folder that lives until the process exits:
-    long-running callers pass cache_dir, short ones use `opened_bundle()`.
-    """
-    from edge_agent.contract.bundle_store import BundleStore  # it builds on this module
-
-    path = Path(path)
-    if not path.exists():
-        raise BundleError(f"{path}: no such bundle (folder or .tar.gz)")
-    if cache_dir is None and path.is_dir():
-        manifest, head = check_bundle(path)
-        return path, manifest, head
-    root = _session_store() if cache_dir is None else Path(cache_dir)
-    folder = BundleStore(root).install(path)
-    manifest, head = check_bundle(folder)
-    return folder, manifest, head
-
-
-@contextmanager
-def opened_bundle(path: Path) -> Iterator[tuple[Path, Manifest, Head]]:
-    """`load_bundle()` for a look at a bundle: an archive's extracted copy is removed on exit."""
-    path = Path(path)
-    if not path.is_file():
-        yield load_bundle(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="faultwatch-bundle-") as tmp:
-        yield load_bundle(path, Path(tmp))

@@ -30,8 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, ValidationError, model_validator
 
-from edge_agent.contract.events import SCHEMA_VERSION, WireModel
-from edge_agent.contract.wire import StrictModel, error_lines, utc_now
+from edge_agent.contract.wire import SCHEMA_VERSION, StrictModel, WireModel, error_lines, utc_now
 
 logger = logging.getLogger(__name__)
 

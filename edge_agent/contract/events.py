@@ -19,11 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter
 
-from edge_agent.contract.wire import StrictModel, utc_now
+from edge_agent.contract.wire import SCHEMA_VERSION, WireModel, utc_now
 
-SCHEMA_VERSION = 1
 SCHEMA_FOLDER = Path(__file__).resolve().parent / "schemas"
 
 EventKind = Literal[
@@ -51,13 +50,6 @@ def new_event_id() -> str:
 def encode(message: BaseModel) -> bytes:
     """The UTF-8 JSON payload of a message, as published."""
     return message.model_dump_json().encode()
-
-
-class WireModel(StrictModel):
-    """A message on the wire: its JSON Schema (serialization mode) lists every field as required,
-    because every field is always present in what the agent publishes (null when unknown)."""
-
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class WindowStats(WireModel):

@@ -12,11 +12,20 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+SCHEMA_VERSION = 1  # of every MQTT payload (`schema_version` field)
+
 
 class StrictModel(BaseModel):
     """Forbids unknown fields, so a typo is an error naming the field; immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireModel(StrictModel):
+    """A message on the wire: its JSON Schema (serialization mode) lists every field as required,
+    because every field is always present in what the agent publishes (null when unknown)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 def error_lines(exc: ValidationError, prefix: str = "") -> list[str]:

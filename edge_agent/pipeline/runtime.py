@@ -12,8 +12,8 @@ from pathlib import Path
 
 from edge_agent.backends import Backend, load_backend, self_test
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
-from edge_agent.contract.bundle import Manifest, load_bundle
-from edge_agent.contract.bundle_store import BundleStore, Origin
+from edge_agent.contract.bundle import Manifest
+from edge_agent.contract.bundle_store import BundleStore, Origin, load_bundle
 from edge_agent.contract.formats import encoder_format
 from edge_agent.contract.preprocess import PreprocessSpec
 from edge_agent.physics.view import PhysicsHead

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.contract.bundle import BundleError, load_bundle, sha256_file, verify
+from edge_agent.contract.bundle import BundleError, sha256_file, verify
+from edge_agent.contract.bundle_store import load_bundle
 from edge_agent.pipeline.head import Head
 from export.bundle import ExportOptions, export_bundle, load_run
 from export.formats import FORMATS, ExportError

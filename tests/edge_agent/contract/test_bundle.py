@@ -21,14 +21,13 @@ from edge_agent.cli import app
 from edge_agent.contract import bundle as bundle_module
 from edge_agent.contract.bundle import (
     BundleError,
-    load_bundle,
-    opened_bundle,
     pack,
     read_manifest,
     unpack,
     verify,
     write_manifest,
 )
+from edge_agent.contract.bundle_store import load_bundle, opened_bundle
 from edge_agent.pipeline.head import Head
 
 D, C = 8, 4

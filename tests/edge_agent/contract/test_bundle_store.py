@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edge_agent.contract import bundle_store as store_module
-from edge_agent.contract.bundle import BundleError, load_bundle, pack, verify, write_manifest
-from edge_agent.contract.bundle_store import ACTIVE, BundleStore
+from edge_agent.contract.bundle import BundleError, pack, verify, write_manifest
+from edge_agent.contract.bundle_store import ACTIVE, BundleStore, load_bundle
 from edge_agent.pipeline.head import Head
 
 D, C = 8, 2
