@@ -173,7 +173,11 @@ class Agent:
             ch.cfg.mqtt.asset for ch in self.channels if ch.cfg.mqtt.asset != self.cfg.mqtt.asset
         ]
         try:
-            self.link = MqttLink(self.cfg.mqtt, self.outbox, self.commands.submit, assets=assets)
+            gateway_is_channel = any(
+                ch.cfg.mqtt.asset == self.cfg.mqtt.asset for ch in self.channels
+            )
+            self.link = MqttLink(self.cfg.mqtt, self.outbox, self.commands.submit, assets=assets,
+                                 gateway_is_channel=gateway_is_channel)  # fmt: skip
         except (OSError, ValueError) as exc:  # TLS files unreadable, bad certificate...
             self._stop_source()
             raise ConfigError([f"mqtt: cannot set up the connection: {exc}"]) from exc

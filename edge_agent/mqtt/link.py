@@ -41,7 +41,9 @@ class MqttLink:
     """Publishes the agent's messages and hands it commands (`submit`); see the module docstring.
 
     Starts connecting at once (in the background: a broker that is down is not an error, events
-    wait in the outbox). Call `close()` to say offline, flush and disconnect.
+    wait in the outbox). Call `close()` to say offline, flush and disconnect. `assets`: the
+    channels' assets besides `mqtt.asset`; `gateway_is_channel`: whether `mqtt.asset` is one
+    channel's too (a multi-channel gateway's own asset may be none: then no Sparkplug device).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class MqttLink:
         submit: Submit,
         *,
         assets: Sequence[str] = (),
+        gateway_is_channel: bool = True,
         reconnect_min_delay_s: float = 1.0,
         reconnect_max_delay_s: float = 60.0,
         max_inflight: int = 20,
@@ -68,7 +71,9 @@ class MqttLink:
             if cfg.dialect == "sparkplug_b":
                 from edge_agent.mqtt.sparkplug_b import SparkplugB  # needs protobuf
 
-                self.dialect: JsonV1 | SparkplugB = SparkplugB(cfg, self.transport, submit, assets)
+                self.dialect: JsonV1 | SparkplugB = SparkplugB(
+                    cfg, self.transport, submit, assets, gateway_is_channel
+                )
             else:
                 self.dialect = JsonV1(cfg, self.transport, submit, assets)
         except (ValueError, ImportError):  # bad assets: release the outbox writer first

@@ -1,9 +1,10 @@
 """The Sparkplug B 3.0 dialect: the gateway is a Sparkplug edge node, each channel a device.
 
 Topics `spBv1.0/<group>/<NBIRTH|NDATA|NDEATH|DBIRTH|DDATA|DDEATH|NCMD|DCMD>/<node>[/<device>]`:
-group and node from `mqtt.sparkplug` (node defaults to `mqtt.device`), one device per served asset
-(`mqtt.asset` and the link's `assets`). Payloads are Sparkplug B protobuf (`spb_payload.proto`,
-compiled by protoc; the protobuf package encodes). The session rules are owned here:
+group and node from `mqtt.sparkplug` (node defaults to `mqtt.device`), one device per channel
+asset (the link's `assets`, and `mqtt.asset` when it is a channel's). Payloads are Sparkplug B
+protobuf (`spb_payload.proto`, compiled by protoc; the protobuf package encodes). The session
+rules are owned here:
 
 - bdSeq 0..255, +1 per connection attempt, kept in `<state>/sparkplug_bdseq`: the will is an
   NDEATH {bdSeq} at QoS 1, renewed before every connect (the transport's `will_per_connect`);
@@ -258,6 +259,7 @@ class SparkplugB:
         transport: MqttTransport,
         submit: Submit,
         assets: Sequence[str] = (),
+        gateway_is_channel: bool = True,
     ) -> None:
         check_assets(assets)
         if cfg.sparkplug is None:
@@ -267,7 +269,7 @@ class SparkplugB:
         self.transport = transport
         self.submit = submit
         self.node = self.spb.edge_node_id or cfg.device
-        self.devices = list(dict.fromkeys((cfg.asset, *assets)))
+        self.devices = list(dict.fromkeys([cfg.asset] * gateway_is_channel + [*assets]))
         base = f"{NAMESPACE}/{self.spb.group_id}"
         self.namespace = f"{base}/+/{self.node}"
         self._node_topic = {kind: f"{base}/{kind}/{self.node}" for kind in ("NBIRTH", "NDATA")}

@@ -10,6 +10,7 @@ from edge_agent.contract.events import FaultEvent, StateMessage, Telemetry
 from edge_agent.mqtt.json_v1 import topics
 from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox
+from tests.conftest import poll_until
 from tests.edge_agent.mqtt.fake_agent import FakeAgent
 
 SITE = dict(site="plant", device="dev1")
@@ -110,6 +111,16 @@ def test_an_asset_that_is_not_one_topic_level_is_refused(tmp_path):
             MqttLink(cfg, Outbox(tmp_path / "o.sqlite3"), lambda c, a: None, assets=[bad])
 
 
+def subscribed(raw, t, tries: int = 40) -> None:
+    """Ping until one is answered: the link's cmd/ subscription is in place at the broker (a
+    command sent on another connection before its SUBACK would be dropped)."""
+    for i in range(tries):
+        raw.publish(t.cmd("ping"), f'{{"id": "warm{i}"}}'.encode())
+        if poll_until(lambda i=i: any(p["id"] == f"warm{i}" for p in raw.on(t.cmd_result)), 0.5):
+            return
+    raise AssertionError(f"no ping answered on {t.cmd_result} in {tries} tries")
+
+
 def test_a_submit_that_raises_is_answered_and_the_link_keeps_taking_commands(
     mosquitto, collect, tmp_path, wait_until, make_link
 ):
@@ -125,9 +136,10 @@ def test_a_submit_that_raises_is_answered_and_the_link_keeps_taking_commands(
 
     link = make_link(cfg, Outbox(tmp_path / "outbox.sqlite3"), Broken(), assets=[OTHER])
     assert wait_until(lambda: link.connected)
+    subscribed(raw, t)
     raw.publish(t.cmd("ping"), b'{"id": "boom"}')
-    error = raw.wait_for(t.error, lambda p: True)
+    error = raw.wait_for(t.error, lambda p: True, timeout_s=15)
     assert error["id"] == "boom" and "RuntimeError: queue gone" in error["reason"]
     raw.publish(t.cmd("ping"), b'{"id": "next"}')
-    assert raw.wait_for(t.cmd_result, lambda p: True)["id"] == "next"
+    assert raw.wait_for(t.cmd_result, lambda p: p["id"] == "next", timeout_s=15)
     assert link.counters.callback_errors == 0

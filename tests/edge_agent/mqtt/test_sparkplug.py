@@ -323,6 +323,7 @@ def test_agent_with_two_channels_as_sparkplug_devices(mosquitto, collect, tmp_pa
     with agent, running(agent):
         wire.wait(wait_until, "DBIRTH", "pump-nde", t=30)
         assert wire.of("DBIRTH", "pump-de")
+        assert not wire.of("DBIRTH", "a1")  # the gateway's own asset is no channel's here
 
         def events(device: str) -> list[FaultEvent]:
             return [
