@@ -196,7 +196,7 @@ class SparkplugSubscriber(EventSubscriber):
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         from google.protobuf.message import DecodeError
 
-        from edge_agent.mqtt.sparkplug_b import decode, metric_value, parse_topic
+        from edge_agent.mqtt.sparkplug_payload import decode, metric_value, parse_topic
 
         parsed = parse_topic(msg.topic)
         try:
@@ -227,7 +227,7 @@ class SparkplugSubscriber(EventSubscriber):
             logger.warning("ignoring an unusable message on %r: %s", msg.topic, exc)
 
     def _ask_rebirth(self, group: str, node: str) -> None:
-        from edge_agent.mqtt.sparkplug_b import REBIRTH, DataType, add_metric, now_ms, pb
+        from edge_agent.mqtt.sparkplug_payload import REBIRTH, DataType, add_metric, now_ms, pb
 
         asked = self._asked.get((group, node), -REBIRTH_EVERY_S)
         if time.monotonic() - asked < REBIRTH_EVERY_S:

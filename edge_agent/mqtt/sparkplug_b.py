@@ -27,7 +27,8 @@ rules are owned here:
   a row replayed after a reconnect, a primary-host outage or a restart has every metric marked
   `is_historical` (decided at send time: the outbox keeps bytes, the dialect knows the epoch).
 
-Metrics of a device: `DEVICE_METRICS` plus `Probability/<class>`; the event travels whole as
+Metrics of a device (tables and protobuf helpers in `mqtt.sparkplug_payload`): `DEVICE_METRICS`
+plus `Probability/<class>`; the event travels whole as
 `Event/JSON` (faultwatch tools rebuild the FaultEvent from it, de-duplicated by event_id).
 Deviations, for durability: events go at `mqtt.qos_events` (the outbox needs PUBACKs; the spec's
 data is QoS 0); no DDEATH on close (an NDEATH ends every device of the node).
@@ -48,8 +49,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import datetime
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,184 +66,34 @@ from edge_agent.contract.events import (
     utc_now,
 )
 from edge_agent.mqtt.json_v1 import RATE_REPLY_S, RateLimiter, Submit, check_assets
+from edge_agent.mqtt.sparkplug_payload import (
+    COMMAND,
+    DEVICE_METRICS,
+    NAMESPACE,
+    NODE_METRICS,
+    PROBABILITY,
+    REBIRTH,
+    RESULT,
+    DataType,
+    DecodeError,
+    add_metric,
+    decode,
+    event_metrics,
+    metric_value,
+    now_ms,
+    parse_topic,
+    pb,
+    state_metrics,
+    telemetry_metrics,
+    to_ms,
+)
 from edge_agent.mqtt.spool import Pending
 from edge_agent.mqtt.transport import MqttTransport, Outbound
 
-try:
-    from google.protobuf.message import DecodeError
-
-    from edge_agent.mqtt import spb_payload_pb2 as pb
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        f'mqtt.dialect = "sparkplug_b" needs protobuf>=7.35 ({exc}); pip install "faultwatch[edge]"'
-    ) from exc
-
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "spBv1.0"
 BDSEQ_FILE = "sparkplug_bdseq"
-REBIRTH = "Node Control/Rebirth"
-COMMAND = "Command/"
-RESULT = "Command/Result"
-PROBABILITY = "Probability/"
 REMEMBERED_REQUESTS = 1000  # NCMD request ids awaiting a reply (answered on NDATA)
-
-
-class DataType(IntEnum):
-    """Sparkplug B data types used here."""
-
-    INT64 = 4
-    UINT64 = 8
-    DOUBLE = 10
-    BOOLEAN = 11
-    STRING = 12
-    DATETIME = 13  # ms since the epoch
-
-
-_COMMAND_METRICS = {COMMAND + name: DataType.STRING for name in COMMANDS} | {
-    RESULT: DataType.STRING
-}
-NODE_METRICS: dict[str, DataType] = {
-    "bdSeq": DataType.INT64,
-    REBIRTH: DataType.BOOLEAN,
-    "Properties/Agent Version": DataType.STRING,
-    "Properties/Started": DataType.DATETIME,
-    "Status/Outbox Pending": DataType.UINT64,
-    "Status/Last Error": DataType.STRING,
-    "Status/Storage Error": DataType.STRING,
-    **_COMMAND_METRICS,
-}
-DEVICE_METRICS: dict[str, DataType] = {
-    "State": DataType.STRING,
-    "State Since": DataType.DATETIME,
-    "Class": DataType.STRING,
-    "Confidence": DataType.DOUBLE,
-    "Unknown Score": DataType.DOUBLE,
-    "Drift Score": DataType.DOUBLE,
-    "Model Name": DataType.STRING,
-    "Model Version": DataType.STRING,
-    "Head Version": DataType.STRING,
-    "Event/JSON": DataType.STRING,
-    "Event/Kind": DataType.STRING,
-    "Event/Severity": DataType.STRING,
-    "Condition/RMS g": DataType.DOUBLE,
-    "Condition/Peak g": DataType.DOUBLE,
-    "Condition/Crest Factor": DataType.DOUBLE,
-    "Condition/Kurtosis": DataType.DOUBLE,
-    "Condition/Velocity RMS mm/s": DataType.DOUBLE,
-    "Condition/Envelope RMS g": DataType.DOUBLE,
-    "Condition/ISO Zone": DataType.STRING,
-    "Condition/Health Score": DataType.DOUBLE,
-    "Telemetry/Inference ms": DataType.DOUBLE,
-    "Telemetry/Windows": DataType.UINT64,
-    "Telemetry/Dropped Samples": DataType.UINT64,
-    "Telemetry/Overruns": DataType.UINT64,
-    "Telemetry/Commissioning": DataType.BOOLEAN,
-    **_COMMAND_METRICS,
-}
-
-
-# ---- payload helpers (also used by the SCADA listener) ------------------------------------
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def to_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-def add_metric(
-    payload: pb.Payload, name: str, datatype: DataType, value: Any, timestamp_ms: int
-) -> None:
-    """Append metric `name` with `value` (None: is_null) as `datatype`."""
-    metric = payload.metrics.add(name=name, datatype=int(datatype), timestamp=timestamp_ms)
-    if value is None:
-        metric.is_null = True
-    elif datatype == DataType.BOOLEAN:
-        metric.boolean_value = bool(value)
-    elif datatype == DataType.STRING:
-        metric.string_value = str(value)
-    elif datatype == DataType.DOUBLE:
-        metric.double_value = float(value)
-    elif datatype == DataType.DATETIME:
-        metric.long_value = to_ms(value) if isinstance(value, datetime) else int(value)
-    else:  # Int64 as two's complement, UInt64 as is
-        metric.long_value = int(value) & 0xFFFF_FFFF_FFFF_FFFF
-
-
-def metric_value(metric: pb.Payload.Metric) -> Any:
-    """The Python value of `metric` (None when null or unset); Int64 sign restored."""
-    field = metric.WhichOneof("value")
-    if metric.is_null or field is None:
-        return None
-    value = getattr(metric, field)
-    if metric.datatype == DataType.INT64 and value >= 1 << 63:
-        value -= 1 << 64
-    return value
-
-
-def decode(payload: bytes) -> pb.Payload:
-    """A Sparkplug B payload; raises google.protobuf.message.DecodeError when it is not one."""
-    return pb.Payload.FromString(payload)
-
-
-def parse_topic(topic: str) -> tuple[str, str, str, str | None] | None:
-    """(group, message type, edge node, device or None) of a Sparkplug topic, else None."""
-    levels = topic.split("/")
-    if levels[0] != NAMESPACE or len(levels) not in (4, 5) or levels[1] == "STATE":
-        return None
-    return levels[1], levels[2], levels[3], levels[4] if len(levels) == 5 else None
-
-
-def _state_metrics(state: StateMessage) -> dict[str, Any]:
-    return {
-        "State": state.state,
-        "State Since": state.since_utc,
-        "Class": state.class_name,
-        "Confidence": state.confidence,
-        "Model Version": state.model_version,
-        "Head Version": state.head_version,
-    }
-
-
-def _event_metrics(event: FaultEvent) -> dict[str, Any]:
-    values = {
-        "Event/JSON": event.model_dump_json(),
-        "Event/Kind": event.kind,
-        "Event/Severity": event.severity,
-        "State": event.state,
-        "Class": event.class_name,
-        "Confidence": event.confidence,
-        "Unknown Score": event.unknown_score,
-        "Drift Score": event.drift_score,
-        "Model Name": event.model_name,
-        "Model Version": event.model_version,
-        "Head Version": event.head_version,
-    }
-    values |= {PROBABILITY + name: p for name, p in event.probabilities.items()}
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def _telemetry_metrics(t: Telemetry) -> dict[str, Any]:
-    values = {
-        "Condition/RMS g": t.rms_g,
-        "Condition/Peak g": t.peak_g,
-        "Condition/Crest Factor": t.crest_factor,
-        "Condition/Kurtosis": t.kurtosis,
-        "Condition/Velocity RMS mm/s": t.velocity_rms_mm_s,
-        "Condition/Envelope RMS g": t.envelope_rms_g,
-        "Condition/ISO Zone": t.iso_zone,
-        "Condition/Health Score": t.health_score,
-        "Drift Score": t.drift_score,
-        "Telemetry/Inference ms": t.inference_ms,
-        "Telemetry/Windows": t.windows_total,
-        "Telemetry/Dropped Samples": t.dropped_samples,
-        "Telemetry/Overruns": t.overruns,
-        "Telemetry/Commissioning": t.commissioning,
-    }
-    return {name: value for name, value in values.items() if value is not None}
 
 
 class SparkplugB:
@@ -456,9 +305,9 @@ class SparkplugB:
         if isinstance(message, FaultEvent):
             return self._send_event(message)
         if isinstance(message, StateMessage):
-            values, when = _state_metrics(message), message.time_utc
+            values, when = state_metrics(message), message.time_utc
         elif isinstance(message, Telemetry):
-            values, when = _telemetry_metrics(message), message.time_utc
+            values, when = telemetry_metrics(message), message.time_utc
         else:
             raise TypeError(f"the Sparkplug dialect does not send {type(message).__name__}")
         topic = self.subtree(message.asset)
@@ -471,7 +320,7 @@ class SparkplugB:
         topic = self.subtree(event.asset)
         if self._learn_classes(list(event.probabilities)) and self._born:
             self.rebirth()  # Probability/<new class> is born before the event uses it
-        values = _event_metrics(event)
+        values = event_metrics(event)
         with self._lock:
             self._values[event.asset] |= {k: v for k, v in values.items() if k != "Event/JSON"}
             payload = self._payload(event.asset, values, to_ms(event.time_utc))

@@ -17,7 +17,8 @@ import pytest
 from edge_agent.config import MqttConfig, SparkplugConfig
 from edge_agent.contract.events import FaultEvent, StateMessage, Telemetry
 from edge_agent.mqtt.outbox import Outbox
-from edge_agent.mqtt.sparkplug_b import BDSEQ_FILE, decode, metric_value, parse_topic
+from edge_agent.mqtt.sparkplug_b import BDSEQ_FILE
+from edge_agent.mqtt.sparkplug_payload import decode, metric_value, parse_topic
 from edge_agent.mqtt.spb_payload_pb2 import Payload
 
 REPO = Path(__file__).resolve().parents[3]
