@@ -103,6 +103,7 @@ class RateLimiter:
     def __init__(self, per_minute: int, burst: int = RATE_BURST) -> None:
         self.rate_s, self.burst = per_minute / 60.0, float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+        self._refused: dict[str, tuple[int, float]] = {}  # key -> (refused, last notice time)
 
     def allow(self, key: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -111,6 +112,17 @@ class RateLimiter:
         allowed = tokens >= 1.0
         self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
+
+    def notice(self, key: str, now: float | None = None) -> int | None:
+        """Count one refusal of `key`; the refusals since the last notice when one is due (at
+        most every RATE_REPLY_S), else None: a flood is answered now and then, not echoed."""
+        now = time.monotonic() if now is None else now
+        refused, told_at = self._refused.get(key, (0, -RATE_REPLY_S))
+        if now - told_at < RATE_REPLY_S:
+            self._refused[key] = (refused + 1, told_at)
+            return None
+        self._refused[key] = (0, now)
+        return refused + 1
 
 
 class JsonV1:
@@ -130,7 +142,6 @@ class JsonV1:
         self.topics = {asset: topics(cfg, asset) for asset in (cfg.asset, *assets)}
         self.started_utc = utc_now()
         self._limiter = RateLimiter(cfg.commands_per_minute)
-        self._limited: dict[str, tuple[int, float]] = {}  # name -> (refused, last reply time)
 
     # ---- the transport's session ----------------------------------------------------------
 
@@ -250,13 +261,9 @@ class JsonV1:
     def _rate_limited(self, topic: str, name: str, asset: str) -> None:
         """Count the refusal; answer at most once per `RATE_REPLY_S` per command name."""
         self.transport.counters.commands_rate_limited += 1
-        refused, replied_at = self._limited.get(name, (0, -RATE_REPLY_S))
-        refused += 1
-        now = time.monotonic()
-        if now - replied_at < RATE_REPLY_S:
-            self._limited[name] = (refused, replied_at)
+        refused = self._limiter.notice(name)
+        if refused is None:
             return
-        self._limited[name] = (0, now)
         logger.warning("rate limit: refused %d %s commands", refused, name)
         self._refuse(
             CommandError(

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +64,7 @@ from edge_agent.contract.events import (
     encode,
     utc_now,
 )
-from edge_agent.mqtt.json_v1 import RATE_REPLY_S, RateLimiter, Submit, check_assets
+from edge_agent.mqtt.json_v1 import RateLimiter, Submit, check_assets
 from edge_agent.mqtt.sparkplug_payload import (
     COMMAND,
     DEVICE_METRICS,
@@ -144,7 +143,6 @@ class SparkplugB:
         self._values: dict[str | None, dict[str, Any]] = {None: {}} | {d: {} for d in self.devices}
         self._node_requests: OrderedDict[str, None] = OrderedDict()
         self._limiter = RateLimiter(cfg.commands_per_minute)
-        self._limited: dict[str, tuple[int, float]] = {}
         for name, datatype in NODE_METRICS.items():
             self._register(None, name, datatype)
         for device in self.devices:
@@ -435,13 +433,9 @@ class SparkplugB:
 
     def _rate_limited(self, where: str, name: str, asset: str, node: bool) -> None:
         self.transport.counters.commands_rate_limited += 1
-        refused, replied_at = self._limited.get(name, (0, -RATE_REPLY_S))
-        refused += 1
-        now = time.monotonic()
-        if now - replied_at < RATE_REPLY_S:
-            self._limited[name] = (refused, replied_at)
+        refused = self._limiter.notice(name)
+        if refused is None:
             return
-        self._limited[name] = (0, now)
         reason = (
             f"rate limited: {refused} {name} command(s) refused since the last notice "
             f"(mqtt.commands_per_minute={self.cfg.commands_per_minute}); retry later"

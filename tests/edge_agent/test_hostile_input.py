@@ -187,3 +187,12 @@ def test_a_dead_network_thread_is_restarted(mosquitto, collect, link_for, wait_u
     assert wait_until(lambda: link.connected, 10)
     collector.publish(BASE + "cmd/ping", b'{"id": "back"}')
     assert collector.wait_for(BASE + "cmd_result", lambda p: p["id"] == "back", 10)["ok"]
+
+
+def test_refusal_notices_are_paced_per_command_name():
+    limiter = RateLimiter(per_minute=60)
+    assert limiter.notice("ping", now=100.0) == 1  # the first refusal is told at once
+    assert [limiter.notice("ping", now=100.0 + i) for i in range(1, 5)] == [None] * 4
+    assert limiter.notice("status", now=102.0) == 1  # another name has its own pace
+    assert limiter.notice("ping", now=105.0) == 5  # counted since the last notice
+    assert limiter.notice("ping", now=105.1) is None
