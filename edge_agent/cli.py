@@ -48,6 +48,7 @@ from edge_agent.config import (
 )
 from edge_agent.contract.bundle import BundleError, Manifest
 from edge_agent.contract.bundle_store import opened_bundle
+from edge_agent.contract.wire import one_line
 from edge_agent.mqtt.link import topics
 from edge_agent.mqtt.outbox import OutboxError
 from edge_agent.sources import SourceError
@@ -147,17 +148,11 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, ConfigError):
-        return "; ".join(exc.messages)
-    return str(exc).replace("\n", "; ")
-
-
 def _load(config: Path) -> AgentConfig:
     try:
         return load_config(config)
     except ConfigError as exc:
-        raise _fail(f"invalid config {config}: {_one_line(exc)}") from None
+        raise _fail(f"invalid config {config}: {one_line(exc)}") from None
 
 
 def _channel(cfg: AgentConfig, name: str | None) -> AgentConfig:
@@ -239,12 +234,12 @@ def run(
         try:
             agent = Agent(cfg)
         except STARTUP_ERRORS as exc:
-            raise _fail(f"cannot start: {_one_line(exc)}") from None
+            raise _fail(f"cannot start: {one_line(exc)}") from None
         with agent:
             try:
                 summary = agent.run(stop, max_windows=max_windows, max_seconds=max_seconds)
             except (SourceError, ConfigError) as exc:
-                raise _fail(f"cannot start: {_one_line(exc)}") from None
+                raise _fail(f"cannot start: {one_line(exc)}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -280,7 +275,7 @@ def check_config(
             with opened_bundle(cfg.inference.bundle) as (folder, manifest, _):
                 problems = check_against_bundle(cfg, manifest)
         except BundleError as exc:
-            typer.echo(f"inference.bundle: {_one_line(exc)}")
+            typer.echo(f"inference.bundle: {one_line(exc)}")
             raise typer.Exit(1) from None
         if problems:
             for message in problems:
@@ -332,7 +327,7 @@ def verify_bundle(
         with opened_bundle(path) as (folder, m, head):  # an archive's copy is removed after
             sizes = {e.file: (folder / e.file).stat().st_size for e in m.encoders}
     except BundleError as exc:
-        raise _fail(f"bundle does not verify: {_one_line(exc)}") from None
+        raise _fail(f"bundle does not verify: {one_line(exc)}") from None
     p = m.preprocessing
     classes = ", ".join(f"{c}*" if c == m.normal_class else c for c in m.class_names)
     encoders = ", ".join(
@@ -372,7 +367,7 @@ def _offline_model(config: Path, channel: str | None):
         store.init_from_factory(model.factory, model.manifest.model_version)
         return cfg, store, model
     except STARTUP_ERRORS as exc:
-        raise _fail(f"cannot load the model: {_one_line(exc)}") from None
+        raise _fail(f"cannot load the model: {one_line(exc)}") from None
 
 
 RateOption = Annotated[
@@ -405,7 +400,7 @@ def _embed_files(
             max_windows=max_windows,
         )
     except SourceError as exc:
-        raise _fail(_one_line(exc)) from None
+        raise _fail(one_line(exc)) from None
 
 
 @app.command()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from edge_agent.contract.wire import utc
 from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.pipeline.channel import Channel
+from edge_agent.pipeline.decisions import UNKNOWN
 from edge_agent.pipeline.runtime import ModelRuntime, load_runtime
 from edge_agent.sources import Chunk, Source, SourceError, make_source
 from edge_agent.sources.base import SourceChannel
@@ -122,6 +124,14 @@ class Agent:
     @property
     def windows_total(self) -> int:
         return sum(ch.windows_total for ch in self.channels)
+
+    def use_model(self, model: ModelRuntime) -> None:
+        """Every channel runs `model` (reload, update, rollback); decisions restart from
+        'unknown', as each channel's retained state says."""
+        self.model = model
+        for ch in self.channels:
+            ch.bind(model)
+            self.publisher.state(ch, UNKNOWN, None, None, None)
 
     def channel_for(self, asset: str | None) -> Channel | None:
         """The channel reporting as `asset`; the only channel of a single-channel agent."""
@@ -237,14 +247,11 @@ class Agent:
 
     def push(self, chunk: Chunk) -> None:
         """Give each channel its column of `chunk` (one column: the whole chunk)."""
-        if chunk.samples.ndim == 1:
-            columns = [chunk.samples] * len(self.channels)
-        else:
-            columns = [chunk.samples[:, j] for j in range(chunk.samples.shape[1])]
-        for ch, samples in zip(self.channels, columns, strict=True):
+        one = chunk.samples.ndim == 1
+        for j, ch in enumerate(self.channels):
             if chunk.shaft_hz is not None and ch.monitor.evidence is not None:
                 ch.monitor.evidence.measured_shaft_hz = chunk.shaft_hz
-            ch.buffer.push(Chunk(samples, chunk.t_first, chunk.dropped, chunk.shaft_hz))
+            ch.buffer.push(chunk if one else replace(chunk, samples=chunk.samples[:, j]))
 
     def _read_chunk(self, stop: threading.Event) -> Chunk | None:
         """Next chunk; a failing source is reported once and restarted with backoff."""

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.agent.log import log_fields
-from edge_agent.agent.notify import notify, watchdog_interval_s
+from edge_agent.agent.notify import kick_watchdog
 from edge_agent.agent.ota import apply_update, refusal
 from edge_agent.calibration.embedding_log import calibrate_with_set, embed_recordings
-from edge_agent.config import ConfigError
 from edge_agent.contract.commands import (
     CalibrateCommand,
     Command,
@@ -34,7 +33,7 @@ from edge_agent.contract.commands import (
     UpdateBundleCommand,
     execute,
 )
-from edge_agent.contract.wire import utc
+from edge_agent.contract.wire import one_line, utc
 from edge_agent.pipeline.channel import Channel
 from edge_agent.pipeline.decisions import UNKNOWN
 from edge_agent.pipeline.runtime import load_runtime
@@ -110,12 +109,6 @@ def handle(agent: Agent, command: Command, asset: str | None = None) -> CommandR
         detail=result.message,
     )
     return result
-
-
-def kick_watchdog() -> None:
-    """WATCHDOG=1 around work that may take a while (calibration, reloads)."""
-    if watchdog_interval_s() is not None:
-        notify(WATCHDOG=1)
 
 
 def _fail(command: Command, message: str, **data: Any) -> CommandResult:
@@ -208,12 +201,8 @@ def reload_bundle(agent: Agent, ch: Channel, command: Command) -> CommandResult:
     try:
         model = load_runtime(agent.cfg, path, source_rate_hz=agent.source.sample_rate_hz)
     except Exception as exc:  # BundleError, ConfigError, BackendError, ValueError
-        text = "; ".join(exc.messages) if isinstance(exc, ConfigError) else str(exc)
-        return _fail(command, f"reload_bundle: kept the running bundle: {text}")
-    agent.model = model
-    for channel in agent.channels:
-        channel.bind(model)
-        agent.publisher.state(channel, UNKNOWN, None, None, None)
+        return _fail(command, f"reload_bundle: kept the running bundle: {one_line(exc)}")
+    agent.use_model(model)
     m = model.manifest
     return CommandResult(
         id=command.id,

@@ -55,3 +55,9 @@ def watchdog_interval_s() -> float | None:
     except ValueError:
         return None
     return timeout_us / 2e6 if timeout_us > 0 else None
+
+
+def kick_watchdog() -> None:
+    """WATCHDOG=1 now, around work that may take a while (calibration, reloads, downloads)."""
+    if watchdog_interval_s() is not None:
+        notify(WATCHDOG=1)

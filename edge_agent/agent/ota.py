@@ -20,7 +20,6 @@ change with it; the device heads restart from the new factory head, as on any ve
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -32,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from edge_agent.agent.notify import notify, watchdog_interval_s
+from edge_agent.agent.notify import kick_watchdog
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
-from edge_agent.contract.bundle import Manifest, read_manifest
+from edge_agent.contract.bundle import Manifest, read_manifest, sha256_file
 from edge_agent.contract.bundle_store import BundleStore
 from edge_agent.contract.commands import UpdateBundleCommand
 from edge_agent.contract.events import AGENT_VERSION
 from edge_agent.contract.signing import SignatureError, load_public_keys, verify_signature
+from edge_agent.contract.wire import one_line
 from edge_agent.pipeline.decisions import UNKNOWN
 from edge_agent.pipeline.runtime import ModelRuntime, load_runtime
 
@@ -75,7 +75,7 @@ def apply_update(agent: Agent, command: UpdateBundleCommand) -> dict[str, Any]:
     remove_stale_downloads(cfg.state_dir)
     archive = download(command.source, cfg.state_dir, cfg.updates.max_bytes, cfg.updates.timeout_s)
     try:
-        digest = _sha256(archive)
+        digest = sha256_file(archive)
         if digest != command.sha256.lower():
             raise UpdateError(
                 f"sha256 of the download is {digest}, the command says {command.sha256.lower()}: "
@@ -208,14 +208,6 @@ def _too_big(where: str, max_bytes: int, what: str) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def remove_stale_downloads(folder: Path) -> None:
     """Remove `.download-*` files a power cut left behind (one update runs at a time)."""
     for stale in Path(folder).glob(f"{DOWNLOAD_PREFIX}*"):
@@ -227,19 +219,10 @@ def remove_stale_downloads(folder: Path) -> None:
 
 
 def rebind(agent: Agent, model: ModelRuntime) -> None:
-    """Every channel runs `model`; decisions restart from 'unknown'."""
-    agent.model = model
-    for channel in agent.channels:
-        channel.bind(model)
-        agent.publisher.state(channel, UNKNOWN, None, None, None)
+    """Every channel runs `model` (decisions restart from 'unknown'); the status says so."""
+    agent.use_model(model)
     if agent.link is not None:
         agent.link.publish_status()
-
-
-def kick_watchdog() -> None:
-    """WATCHDOG=1 around work that may take a while."""
-    if watchdog_interval_s() is not None:
-        notify(WATCHDOG=1)
 
 
 @dataclass
@@ -296,8 +279,6 @@ class Probation:
 
 def refusal(exc: Exception) -> str:
     """One line for an update that failed with `exc`."""
-    if isinstance(exc, ConfigError):
-        return "; ".join(exc.messages)
     if isinstance(exc, SignatureError):
         return f"signature refused: {exc}"
-    return str(exc)
+    return one_line(exc)

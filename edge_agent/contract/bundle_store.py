@@ -107,6 +107,8 @@ class BundleStore:
         source = Path(source)
         if not source.exists():
             raise BundleError(f"{source}: no such bundle (folder or .tar.gz)")
+        if check is None and source.is_dir() and source.parent.resolve() == self.root.resolve():
+            return self._installed(source)  # already here (a rollback, a restart): verify only
         try:
             tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
             try:

@@ -37,6 +37,11 @@ def error_lines(exc: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (a ConfigError's `field: problem` lines joined by '; ')."""
+    return str(exc).replace("\n", "; ")
+
+
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)

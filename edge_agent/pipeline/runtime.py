@@ -12,8 +12,8 @@ from pathlib import Path
 
 from edge_agent.backends import Backend, load_backend, self_test
 from edge_agent.config import AgentConfig, ConfigError, check_against_bundle
-from edge_agent.contract.bundle import Manifest
-from edge_agent.contract.bundle_store import BundleStore, Origin, load_bundle
+from edge_agent.contract.bundle import Manifest, check_bundle
+from edge_agent.contract.bundle_store import BundleStore, Origin
 from edge_agent.contract.formats import encoder_format
 from edge_agent.contract.preprocess import PreprocessSpec
 from edge_agent.physics.view import PhysicsHead
@@ -56,15 +56,15 @@ def load_runtime(
     origin: why the bundle becomes active (default: "config" without `bundle`, else "reload").
     """
     store = BundleStore(cfg.state_dir / "bundles")
-    folder, manifest, factory = load_bundle(bundle or cfg.inference.bundle, store.root)
+    folder = store.install(bundle or cfg.inference.bundle)
     if bundle is None:
         chosen = store.start_bundle(folder)
         if chosen != folder:
             logger.info("running %s, installed over the air (the config names %s, as then)",
                         chosen.name, folder.name)  # fmt: skip
-            folder, manifest, factory = load_bundle(chosen, store.root)
-            origin = origin or "update"
+            folder, origin = chosen, origin or "update"
     origin = origin or ("config" if bundle is None else "reload")
+    manifest, factory = check_bundle(folder)
     problems = check_against_bundle(cfg, manifest)
     rate = manifest.preprocessing.sample_rate_hz
     if source_rate_hz is not None and rate != source_rate_hz:
