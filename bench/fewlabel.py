@@ -39,7 +39,7 @@ from train.loop import finetune, pretrain
 from train.metrics import classification_metrics
 from train.records import Record
 from train.runs import evaluate
-from train.workflow import frozen_embedding_metrics, run_baselines
+from train.workflow import frozen_embedding_metrics, run_baselines, spectral_template_metrics
 
 console = Console()
 RESULTS = Path("bench/results/fewlabel.json")
@@ -159,9 +159,8 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
     }
     results.update(frozen_embedding_metrics(encoder, split, cfg.uncertain_below))
     if baselines:
-        results.update(
-            {k: m for k, (_, m) in run_baselines(cfg, split, show_progress=False).items()}
-        )
+        results.update(run_baselines(cfg, split, show_progress=False))
+    results.update(spectral_template_metrics(cfg, split))
     results[ENVELOPE] = envelope_baseline(
         raw_test_records(cfg), machine_geometry(cfg.data), cfg.hop
     )
@@ -330,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-baselines",
         action="store_true",
-        help="skip supervised only and pseudo-labeling (the envelope row is cheap and stays)",
+        help="skip supervised only and pseudo-labeling (the envelope and spectral template rows "
+        "are cheap and stay)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

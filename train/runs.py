@@ -23,13 +23,19 @@ PRETRAINED = "pretrained.pt"
 CALIBRATION_WINDOWS = 512
 
 
+def test_metrics(probs: np.ndarray, split: Split, uncertain_below: float) -> dict[str, Any]:
+    """Classification metrics of (N, C) test probabilities, with the expected calibration error."""
+    metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
+    metrics["ece"] = expected_calibration_error(probs, split.test.y)
+    return metrics
+
+
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
     """Test metrics, with calibration ("ece", pipeline.confidence) beside the uncertain rate
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
     model_probs = model.probabilities(split.test.x)
     probs = model_probs if model.physics is None else model.physics.fuse(model_probs, split.test)
-    metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
-    metrics["ece"] = expected_calibration_error(probs, split.test.y)
+    metrics = test_metrics(probs, split, uncertain_below)
     if model.physics_report:
         metrics["physics"] = model.physics_report
     if model.physics is not None:

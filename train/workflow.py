@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from train.baselines import pseudo_label, supervised
+from train.baselines import SpectralTemplate, pseudo_label, supervised
 from train.config import TrainConfig
 from train.data import build_split
 from train.loop import (
-    Classifier,
     PretrainResult,
     embed,
     finetune,
@@ -25,10 +24,11 @@ from train.loop import (
 from train.metrics import classification_metrics
 from train.neighbors import knn_probabilities, prototype_probabilities
 from train.report import plot_confusion, plot_embeddings, plot_losses, write_report
-from train.runs import PRETRAINED, evaluate, save_run
+from train.runs import PRETRAINED, evaluate, save_run, test_metrics
 from train.splits import Split, split_summary
 
 logger = logging.getLogger(__name__)
+SPECTRAL = "spectral template (linear)"
 
 
 def frozen_embedding_metrics(
@@ -54,14 +54,19 @@ def frozen_embedding_metrics(
     }
 
 
-def run_baselines(
-    cfg: TrainConfig, split: Split, show_progress: bool
-) -> dict[str, tuple[Classifier, dict[str, Any]]]:
+def run_baselines(cfg: TrainConfig, split: Split, show_progress: bool) -> dict[str, dict[str, Any]]:
+    """Test metrics of the trained baselines: supervised only and pseudo-labeling."""
     out = {}
     for name, fn in (("supervised only", supervised), ("pseudo-labeling", pseudo_label)):
         model = fn(cfg, split, show_progress=show_progress)
-        out[name] = (model, evaluate(model, split, cfg.uncertain_below))
+        out[name] = evaluate(model, split, cfg.uncertain_below)
     return out
+
+
+def spectral_template_metrics(cfg: TrainConfig, split: Split) -> dict[str, dict[str, Any]]:
+    """The spectral template baseline (train.baselines.SpectralTemplate): cheap, no pool."""
+    probs = SpectralTemplate(cfg, split).probabilities(split.test.x)
+    return {SPECTRAL: test_metrics(probs, split, cfg.uncertain_below)}
 
 
 def provenance(cfg: TrainConfig, split: Split) -> dict[str, Any]:
@@ -108,9 +113,8 @@ def run_all(
     results["SimCLR + fine-tune"] = evaluate(model, split, cfg.uncertain_below)
     results.update(frozen)
     if baselines:
-        results.update(
-            {name: m for name, (_, m) in run_baselines(cfg, split, show_progress).items()}
-        )
+        results.update(run_baselines(cfg, split, show_progress))
+        results.update(spectral_template_metrics(cfg, split))
     metrics = {
         "test": results,
         "temperature": model.temperature,

@@ -77,6 +77,7 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
         "supervised only",
         "pseudo-labeling",
         "kNN on SimCLR embeddings",
+        "spectral template (linear)",
     ):
         assert method in report
     with np.load(run_dir / "heldout.npz") as held:
