@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from bench import fewlabel
 from edge_agent.physics.bearing_sim import SKF_6205
 from train.records import Record
 from train.scenarios import lab_records
+from train.workflow import SPECTRAL
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,25 @@ def test_unseen_bearing_pretrains_on_its_own_pool_and_targets_are_registered():
     assert len({fewlabel.pretrain_group(supcon, t) for t in fewlabel.GROUPS["cwru"]}) == len(
         {fewlabel.TASKS[t][0] for t in fewlabel.GROUPS["cwru"]}
     )
+
+
+def test_cheap_only_runs_the_untrained_rows_on_every_seed_without_pretraining(tmp_path, capsys):
+    out = tmp_path / "fewlabel.json"
+    small = [
+        "labels_per_class=4",
+        "unlabeled_windows=20",
+        "sim_seconds_per_record=1.0",
+        "window=512",
+        "hop=256",
+    ]
+    args = ["--tasks", "sim", "--seeds", "2", "--cheap-only", "--out", str(out)]
+    assert fewlabel.main([*args, *(a for s in small for a in ("--set", s))]) == 0
+    result = json.loads(out.read_text())
+    assert not any(key.startswith("pretrain") for key in result["seconds"])
+    (task,) = result["summary"]
+    rows = result["summary"][task]
+    assert set(rows) == {SPECTRAL, fewlabel.ENVELOPE}
+    template = rows[SPECTRAL]
+    assert template["seeds"] == 2 and 0 <= template["macro_f1_mean"] <= 1
+    assert template["ece_mean"] is not None
+    assert "spectral template" in capsys.readouterr().out
