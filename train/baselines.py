@@ -128,7 +128,7 @@ class SpectralTemplate:
             self.temperature = max(float(fitted), MIN_TEMPERATURE)
 
     def _log_probs(self, x: np.ndarray) -> np.ndarray:
-        """(N, n_classes) log-probabilities; a class with no labeled window gets -inf-ish."""
+        """(N, n_classes) log-probabilities; a class without labeled windows gets -30."""
         out = np.full((len(x), self.n_classes), -30.0)
         out[:, self.model.classes_] = self.model.predict_log_proba(log_spectrum(x))
         return out

@@ -23,7 +23,7 @@ PRETRAINED = "pretrained.pt"
 CALIBRATION_WINDOWS = 512
 
 
-def test_metrics(probs: np.ndarray, split: Split, uncertain_below: float) -> dict[str, Any]:
+def probability_metrics(probs: np.ndarray, split: Split, uncertain_below: float) -> dict[str, Any]:
     """Classification metrics of (N, C) test probabilities, with the expected calibration error."""
     metrics = classification_metrics(probs, split.test.y, split.class_names, uncertain_below)
     metrics["ece"] = expected_calibration_error(probs, split.test.y)
@@ -35,7 +35,7 @@ def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[st
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
     model_probs = model.probabilities(split.test.x)
     probs = model_probs if model.physics is None else model.physics.fuse(model_probs, split.test)
-    metrics = test_metrics(probs, split, uncertain_below)
+    metrics = probability_metrics(probs, split, uncertain_below)
     if model.physics_report:
         metrics["physics"] = model.physics_report
     if model.physics is not None:

@@ -24,7 +24,7 @@ from train.loop import (
 from train.metrics import classification_metrics
 from train.neighbors import knn_probabilities, prototype_probabilities
 from train.report import plot_confusion, plot_embeddings, plot_losses, write_report
-from train.runs import PRETRAINED, evaluate, save_run, test_metrics
+from train.runs import PRETRAINED, evaluate, probability_metrics, save_run
 from train.splits import Split, split_summary
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def run_baselines(cfg: TrainConfig, split: Split, show_progress: bool) -> dict[s
 def spectral_template_metrics(cfg: TrainConfig, split: Split) -> dict[str, dict[str, Any]]:
     """The spectral template baseline (train.baselines.SpectralTemplate): cheap, no pool."""
     probs = SpectralTemplate(cfg, split).probabilities(split.test.x)
-    return {SPECTRAL: test_metrics(probs, split, cfg.uncertain_below)}
+    return {SPECTRAL: probability_metrics(probs, split, cfg.uncertain_below)}
 
 
 def provenance(cfg: TrainConfig, split: Split) -> dict[str, Any]:
