@@ -1,5 +1,6 @@
 """`python -m bench fewlabel`: SimCLR + fine-tune vs supervised only vs pseudo-labeling (and kNN /
-prototype on frozen embeddings, and a zero-label envelope analysis), macro-F1 mean ± std and the
+prototype on frozen embeddings, a spectral template, and a zero-label envelope analysis),
+macro-F1 mean ± std and the
 worst seed, with each method's rank per task, on the simulator's reference scenario and real
 CWRU tasks: in distribution, and transfer (unseen bearing, cross-load both ways, leave one load
 out). Prints a table and writes bench/results/fewlabel.json (updated after every task).
