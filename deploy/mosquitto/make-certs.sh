@@ -65,11 +65,20 @@ refuse_existing() {  # never replace a key a device may already use
 
 new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 
-sign() {  # sign NAME's CSR with the CA, with the extensions in $work/NAME.ext
-  openssl x509 -req -in "$work/$1.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
+issue() {  # issue NAME CN USAGE [SUBJECT_ALT_NAMES]: NAME.key and NAME.crt, signed by the CA
+  local name=$1 cn=$2 usage=$3 san=${4-}
+  new_key "$out/$name.key"
+  openssl req -new -key "$out/$name.key" -subj "/CN=$cn" -out "$work/$name.csr"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature"
+    echo "extendedKeyUsage=$usage"
+    [[ -z $san ]] || echo "subjectAltName=$san"
+  } > "$work/$name.ext"
+  openssl x509 -req -in "$work/$name.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days "$days" -sha256 \
-    -extfile "$work/$1.ext" -out "$out/$1.crt" 2>/dev/null
-  chmod 644 "$out/$1.crt"
+    -extfile "$work/$name.ext" -out "$out/$name.crt" 2>/dev/null
+  chmod 644 "$out/$name.crt"
 }
 
 if [[ ! -e $out/ca.crt ]]; then
@@ -89,27 +98,12 @@ if [[ -n $hosts ]]; then
     [[ -n $name ]] || continue
     if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then san+="IP:$name,"; else san+="DNS:$name,"; fi
   done
-  new_key "$out/broker.key"
-  openssl req -new -key "$out/broker.key" -subj "/CN=${names[0]}" -out "$work/broker.csr"
-  cat > "$work/broker.ext" <<EOF
-basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth
-subjectAltName=${san%,}
-EOF
-  sign broker
+  issue broker "${names[0]}" serverAuth "${san%,}"
   echo "made broker $out/broker.crt for ${san%,}"
 fi
 
 for identity in "$@"; do
   refuse_existing "$identity"
-  new_key "$out/$identity.key"
-  openssl req -new -key "$out/$identity.key" -subj "/CN=$identity" -out "$work/$identity.csr"
-  cat > "$work/$identity.ext" <<EOF
-basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature
-extendedKeyUsage=clientAuth
-EOF
-  sign "$identity"
+  issue "$identity" "$identity" clientAuth
   echo "made client $out/$identity.crt (CN=$identity)"
 done
