@@ -161,7 +161,7 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
             cfg.uncertain_below,
         )
         used = bool(recipe.get("physics", {}).get("used"))
-        alone = recipe["without_physics"] if used else recipe
+        alone = recipe.get("model_alone", recipe)
         results[RECIPE] = {**recipe, "physics_used": used}
         results[MODEL_ALONE] = {**alone, "ece": None}
         results.update(frozen_embedding_metrics(encoder, split, cfg.uncertain_below))

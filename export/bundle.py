@@ -34,6 +34,7 @@ from edge_agent.contract.bundle import (
 )
 from edge_agent.contract.bundle import write_manifest as write_bundle_manifest
 from edge_agent.contract.wire import error_lines
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.physics.view import PhysicsHead, line_view
 from edge_agent.pipeline.head import HEAD_KEYS, Head
 from export.formats import (
@@ -44,7 +45,7 @@ from export.formats import (
     build_order,
     run_format,
 )
-from export.parity import ParityReport, compare, embed_torch, gate
+from export.parity import Fusion, ParityReport, compare, embed_torch, gate
 from export.quantize import DEFAULT_CALIBRATION_CAP, CalibrationMethod, select_calibration
 from train.encoder import build_encoder
 
@@ -77,6 +78,7 @@ class Checkpoint(BaseModel):
     reference_stats: dict[str, Any] = {}
     open_set: dict[str, Any] = {}
     physics: dict[str, Any] | None = None
+    spectral: dict[str, Any] | None = None
 
 
 @dataclass
@@ -94,6 +96,7 @@ class RunInputs:
     calibration: np.ndarray | None
     physics: PhysicsHead | None = None
     heldout_shaft_hz: np.ndarray | None = None  # (N,) speed of each held-out window, NaN unknown
+    spectral: SpectralHead | None = None
 
 
 SELF_TEST_FILE = "selftest.npz"  # what the device's self-test must reproduce
@@ -195,6 +198,15 @@ def load_run(path: Path) -> RunInputs:
             f"{len(ckpt.class_names)}"
         )
     speeds = _load_speeds(folder / "heldout.npz", len(heldout_x)) if physics else None
+    try:
+        spectral = SpectralHead.from_dict(ckpt.spectral) if ckpt.spectral else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{ckpt_path}: invalid spectral template: {exc}") from exc
+    if spectral is not None and spectral.num_classes != len(ckpt.class_names):
+        raise ExportError(
+            f"{ckpt_path}: spectral template has {spectral.num_classes} classes, the model "
+            f"{len(ckpt.class_names)}"
+        )
     return RunInputs(
         ckpt_path,
         ckpt,
@@ -207,6 +219,7 @@ def load_run(path: Path) -> RunInputs:
         calibration,
         physics,
         speeds,
+        spectral,
     )
 
 
@@ -221,19 +234,32 @@ def _load_speeds(path: Path, n: int) -> np.ndarray | None:
     return speeds
 
 
-def heldout_physics_logits(run: RunInputs) -> np.ndarray | None:
-    """(N, C) physics logits of the held-out windows (0 where the speed is unknown), or None
-    without a physics head. They do not depend on the encoder: every format gets the same."""
-    if run.physics is None or run.heldout_shaft_hz is None:
+def heldout_fusion(run: RunInputs) -> Fusion | None:
+    """What the device does to the head's probabilities of the held-out windows: fuse the
+    physics view (where the speed is known) and then the spectral template, as the bundle
+    carries them; None without either. The views are computed once: they do not depend on
+    the encoder, so every format gets the same."""
+    physics_view = None
+    if run.physics is not None and run.heldout_shaft_hz is not None:
+        physics_view = line_view(
+            run.heldout_x,
+            run.preprocessing.sample_rate_hz,
+            run.heldout_shaft_hz,
+            str(run.checkpoint.config.get("bearing", "6205")),
+            run.physics.band_hz,
+        )
+    template = run.spectral.logits(run.heldout_x) if run.spectral is not None else None
+    if physics_view is None and template is None:
         return None
-    view = line_view(
-        run.heldout_x,
-        run.preprocessing.sample_rate_hz,
-        run.heldout_shaft_hz,
-        str(run.checkpoint.config.get("bearing", "6205")),
-        run.physics.band_hz,
-    )
-    return np.nan_to_num(run.physics.logits(view), nan=0.0)
+
+    def fuse(probs: np.ndarray) -> np.ndarray:
+        if run.physics is not None and physics_view is not None:
+            probs = run.physics.fuse(probs, physics_view)
+        if run.spectral is not None and template is not None:
+            probs = run.spectral.fuse_logits(probs, template)
+        return probs
+
+    return fuse
 
 
 @dataclass
@@ -330,9 +356,7 @@ def export_bundle(
 
         reference = embed_torch(run.encoder, run.heldout_x)
         candidates = {f.name: f.embed(done[f.name].exported.path, run.heldout_x) for f in exported}
-        result.report = compare(
-            reference, candidates, run.head, run.heldout_y, heldout_physics_logits(run)
-        )
+        result.report = compare(reference, candidates, run.head, run.heldout_y, heldout_fusion(run))
         result.failures = gate(
             result.report, options.min_agreement, options.max_accuracy_drop_points
         )
@@ -466,6 +490,7 @@ def _manifest_fields(
         "metrics": {**_jsonable(ckpt.metrics), "heldout_accuracy": heldout},
         "parity": parity,
         "physics": run.physics.to_dict() if run.physics else None,
+        "spectral": run.spectral.to_dict() if run.spectral else None,
     }
 
 

@@ -1,8 +1,8 @@
 """Parity of exported encoders with the FP32 torch encoder, on held-out windows, and its gate.
 
 Every model's embeddings go through the checkpoint's numpy head (the same head the device runs)
-to class decisions, fused with the physics view when the bundle carries one, as on the device.
-Per model: top-1 agreement with the FP32 decisions, accuracy, accuracy drop
+to class decisions, fused with the physics view and the spectral template when the bundle carries
+them, as on the device. Per model: top-1 agreement with the FP32 decisions, accuracy, accuracy drop
 in percentage points, the mean cosine similarity of embeddings and the embedding error relative
 to the spread of the FP32 embeddings (cosine stays near 1 when embeddings share a large common
 offset; the relative error does not).
@@ -10,6 +10,7 @@ offset; the relative error does not).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,15 +66,14 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def decisions(head: Head, emb: np.ndarray, physics_logits: np.ndarray | None) -> np.ndarray:
-    """Class index per window: the head's, or with a physics view (edge_agent.physics.view) the
-    fused one (the fused temperature does not move an argmax)."""
-    z = head.logits(emb)
-    if physics_logits is None:
-        return z.argmax(axis=1)
-    log_p = z - z.max(axis=1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
-    return (log_p + physics_logits).argmax(axis=1)
+Fusion = Callable[[np.ndarray], np.ndarray]  # the head's probabilities -> the fused ones
+
+
+def decisions(head: Head, emb: np.ndarray, fuse: Fusion | None) -> np.ndarray:
+    """Class index per window: the head's, or with the bundle's views (physics, spectral
+    template) the fused one, as the device decides."""
+    probs = head.probabilities(emb)
+    return (probs if fuse is None else fuse(probs)).argmax(axis=1)
 
 
 def compare(
@@ -81,24 +81,25 @@ def compare(
     candidates: dict[str, np.ndarray],
     head: Head,
     labels: np.ndarray,
-    physics_logits: np.ndarray | None = None,
+    fuse: Fusion | None = None,
 ) -> ParityReport:
     """Compare candidate embeddings (format -> (N, D)) with the FP32 reference (N, D).
 
-    labels: (N,) int class indices into the head's outputs. physics_logits: (N, C) of the
-    bundle's physics head, when it has one: decisions are then the fused ones, as on the device.
+    labels: (N,) int class indices into the head's outputs. fuse: what the device does to the
+    head's probabilities of these windows when the bundle carries views to fuse (they do not
+    depend on the encoder, so every format gets the same); decisions are then the fused ones.
     """
     labels = np.asarray(labels)
     if reference.shape[0] != labels.shape[0]:
         raise ValueError(f"{reference.shape[0]} embeddings but {labels.shape[0]} labels")
     spread = float(np.linalg.norm(reference - reference.mean(axis=0)))
-    ref_pred = decisions(head, reference, physics_logits)
+    ref_pred = decisions(head, reference, fuse)
     ref_acc = float((ref_pred == labels).mean())
     models = []
     for name, emb in candidates.items():
         if emb.shape != reference.shape:
             raise ValueError(f"{name}: embeddings {emb.shape}, reference {reference.shape}")
-        pred = decisions(head, emb, physics_logits)
+        pred = decisions(head, emb, fuse)
         acc = float((pred == labels).mean())
         models.append(
             ModelParity(

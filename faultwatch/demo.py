@@ -56,15 +56,21 @@ def train(out: Path, quick: bool) -> Path:
         f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}, "
         f"ECE {test['ece']:.3f}"
     )
-    physics = test.get("physics", {})
-    alone = test.get("without_physics")
+    views = {
+        "physics": "physics view (defect lines at the shaft speed)",
+        "spectral": "spectral template",
+    }
+    used = [text for key, text in views.items() if test.get(key, {}).get("used")]
+    alone = test.get("model_alone")
     if alone:
         console.print(
-            f"  with the physics view (defect lines at the shaft speed); the model alone: "
+            f"  with the {' and the '.join(used)}; the model alone: "
             f"macro-F1 {alone['macro_f1']:.3f}, uncertain {alone['uncertain_rate']:.1%}"
         )
-    elif physics:
-        console.print(f"  physics view not used: {physics.get('reason')}")
+    for key, text in views.items():
+        report = test.get(key, {})
+        if report and not report.get("used"):
+            console.print(f"  {text} not used: {report.get('reason')}")
     return Path(result["checkpoint"])
 
 

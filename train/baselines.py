@@ -1,18 +1,15 @@
-"""Baselines on the same split: supervised only, pseudo-labeling, a spectral template, and
-nearest-prototype / kNN classifiers on frozen embeddings (train.neighbors)."""
+"""Baselines on the same split: supervised only and pseudo-labeling (the spectral template is in
+train.spectral, the kNN / prototype classifiers on frozen embeddings in train.neighbors)."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import torch
 
 from train.config import TrainConfig
 from train.encoder import build_encoder
-from train.heads import fit_temperature
 from train.loop import (
-    MIN_TEMPERATURE,
     Classifier,
     calibrate_temperature,
     encoder_spec,
@@ -83,58 +80,3 @@ def pseudo_label(
         )
         model = supervised(cfg, split, labeled=data, show_progress=show_progress)
     return model
-
-
-SPECTRUM_BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
-SPECTRAL_C = 0.1  # inverse L2 strength: a strongly regularized linear template transfers best
-
-
-def log_spectrum(windows: np.ndarray, bands: int = SPECTRUM_BANDS) -> np.ndarray:
-    """(N, W) or (N, 1, W) windows -> (N, bands) log power in equal-width bands from the first
-    bin above DC up to Nyquist (Hann window), less each window's mean level: the shape of the
-    spectrum, free of sensor gain and offset."""
-    x = np.asarray(windows, np.float64).reshape(len(windows), -1)
-    x = x - x.mean(axis=1, keepdims=True)
-    power = np.abs(np.fft.rfft(x * np.hanning(x.shape[1]), axis=1))[:, 1:] ** 2
-    bands = min(bands, power.shape[1])
-    width = power.shape[1] // bands
-    level = np.log(power[:, : bands * width].reshape(len(x), bands, width).mean(axis=2) + 1e-20)
-    return (level - level.mean(axis=1, keepdims=True)).astype(np.float32)
-
-
-class SpectralTemplate:
-    """Spectral template: L2 logistic regression (scikit-learn) on the standardized log
-    spectrum of the labeled windows, temperature-scaled on validation. No pretraining, no pool:
-    what a plain linear model of one machine's fault spectra carries to other loads and bearings
-    of that machine (and, fitted to one rig's resonances, not to other machines)."""
-
-    def __init__(self, cfg: TrainConfig, split: Split) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        self.model = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(C=SPECTRAL_C, max_iter=3000, random_state=cfg.seed),
-        )
-        self.model.fit(log_spectrum(split.labeled.x), split.labeled.y)
-        self.n_classes = len(split.class_names)
-        self.temperature = 1.0
-        val = split.val
-        if len(val) >= 2 and set(np.unique(val.y)) <= set(self.model.classes_):
-            fitted = fit_temperature(
-                torch.from_numpy(self._log_probs(val.x)), torch.from_numpy(val.y)
-            )
-            self.temperature = max(float(fitted), MIN_TEMPERATURE)
-
-    def _log_probs(self, x: np.ndarray) -> np.ndarray:
-        """(N, n_classes) log-probabilities; a class without labeled windows gets -30."""
-        out = np.full((len(x), self.n_classes), -30.0)
-        out[:, self.model.classes_] = self.model.predict_log_proba(log_spectrum(x))
-        return out
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        z = self._log_probs(x) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)

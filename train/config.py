@@ -150,6 +150,25 @@ class TrainConfig(BaseModel):
         le=1,
         description="The physics head's cross-validated and validation accuracy must reach this.",
     )
+    spectral: bool = Field(
+        True,
+        description="Fuse the spectral template (edge_agent.physics.spectral: a linear model of "
+        "the labeled windows' log spectra) with the model, where the unlabeled pool looks like "
+        "the labeled machine (train.spectral).",
+    )
+    spectral_max_domain_gap: float = Field(
+        0.90,
+        ge=0.5,
+        le=1,
+        description="The template is fused only while a linear classifier tells labeled from "
+        "pool windows by their spectra with a cross-validated ROC AUC at most this.",
+    )
+    spectral_model_weight: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Weight of the model's log-probabilities beside the template's logits.",
+    )
     bearing: str = Field(
         "6205", description="Catalogue designation of the bearing the records come from."
     )

@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.pipeline.head import softmax
 from train.augment import build_pipeline
 from train.collapse import check_collapse, embedding_stats
@@ -36,6 +37,7 @@ from train.heads import (
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
 from train.multitask import TaskTargets, build_task_head, task_loss
 from train.physics import PhysicsFusion, fit_fused_temperature, fit_physics
+from train.spectral import fit_spectral
 from train.splits import Split, WindowSet
 
 logger = logging.getLogger(__name__)
@@ -379,6 +381,8 @@ class Classifier:
     task_targets: TaskTargets | None = None
     physics: PhysicsFusion | None = None
     physics_report: dict[str, Any] = field(default_factory=dict)
+    spectral: SpectralHead | None = None
+    spectral_report: dict[str, Any] = field(default_factory=dict)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         return embed(self.encoder, x)
@@ -390,7 +394,18 @@ class Classifier:
         return self.head(torch.from_numpy(self.embed(x)).to(device)).float().cpu().numpy()
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """The model's own probabilities (head and temperature)."""
         return softmax(self.logits(x) / self.temperature)
+
+    def fused_probabilities(self, ws: WindowSet) -> np.ndarray:
+        """The recipe's probabilities: the model's, fused with the physics view and then the
+        spectral template where training kept them (as the agent fuses them)."""
+        probs = self.probabilities(ws.x)
+        if self.physics is not None:
+            probs = self.physics.fuse(probs, ws)
+        if self.spectral is not None:
+            probs = self.spectral.fuse(probs, ws.x)
+        return probs
 
     @torch.no_grad()
     def task_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -538,7 +553,8 @@ def finetune(
     """Frozen-encoder probe at probe_lr; optionally propagate the labels to agreeing pool windows
     and probe again on the wider set; end-to-end at finetune_lr (BN statistics frozen, since a
     handful of labels cannot re-estimate them); temperature scaling on validation windows; the
-    physics view fused in where it proves reliable (train.physics)."""
+    physics view fused in where it proves reliable (train.physics), then the spectral template
+    where the pool looks like the labeled machine (train.spectral)."""
     device = next(encoder.parameters()).device
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
     n_classes = len(split.class_names)
@@ -593,4 +609,8 @@ def finetune(
         probs = model.probabilities(split.val.x)
         model.physics = fit_fused_temperature(fusion, probs, split.val, MIN_TEMPERATURE)
     logger.info("physics view: %s", model.physics_report["reason"])
+    model.spectral, model.spectral_report = fit_spectral(
+        cfg, split, model.fused_probabilities(split.val), MIN_TEMPERATURE
+    )
+    logger.info("spectral view: %s", model.spectral_report["reason"])
     return model

@@ -33,17 +33,17 @@ def probability_metrics(probs: np.ndarray, split: Split, uncertain_below: float)
 def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[str, Any]:
     """Test metrics, with calibration ("ece", pipeline.confidence) beside the uncertain rate
     and the accuracy of confident windows; with multi-head fine-tuning also per task ("tasks")."""
-    model_probs = model.probabilities(split.test.x)
-    probs = model_probs if model.physics is None else model.physics.fuse(model_probs, split.test)
+    probs = model.fused_probabilities(split.test)
     metrics = probability_metrics(probs, split, uncertain_below)
     if model.physics_report:
         metrics["physics"] = model.physics_report
-    if model.physics is not None:
-        alone = classification_metrics(
-            model_probs, split.test.y, split.class_names, uncertain_below
-        )
-        metrics["without_physics"] = {
-            k: alone[k] for k in ("accuracy", "macro_f1", "uncertain_rate", "confident_accuracy")
+    if model.spectral_report:
+        metrics["spectral"] = model.spectral_report
+    if model.physics is not None or model.spectral is not None:
+        alone = probability_metrics(model.probabilities(split.test.x), split, uncertain_below)
+        metrics["model_alone"] = {
+            k: alone[k]
+            for k in ("accuracy", "macro_f1", "uncertain_rate", "confident_accuracy", "ece")
         }
     if model.task_head is not None and model.task_targets is not None:
         metrics["tasks"] = task_metrics(
@@ -156,6 +156,8 @@ def save_run(
             "task_heads": task_heads(model),
             "physics": model.physics.head.to_dict() if model.physics else None,
             "physics_report": model.physics_report,
+            "spectral": model.spectral.to_dict() if model.spectral else None,
+            "spectral_report": model.spectral_report,
         },
         checkpoint,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from train.baselines import SpectralTemplate, pseudo_label, supervised
+from train.baselines import pseudo_label, supervised
 from train.config import TrainConfig
 from train.data import build_split
 from train.loop import (
@@ -25,6 +25,7 @@ from train.metrics import classification_metrics
 from train.neighbors import knn_probabilities, prototype_probabilities
 from train.report import plot_confusion, plot_embeddings, plot_losses, write_report
 from train.runs import PRETRAINED, evaluate, probability_metrics, save_run
+from train.spectral import spectral_template
 from train.splits import Split, split_summary
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def run_baselines(cfg: TrainConfig, split: Split, show_progress: bool) -> dict[s
 
 
 def spectral_template_metrics(cfg: TrainConfig, split: Split) -> dict[str, dict[str, Any]]:
-    """The spectral template baseline (train.baselines.SpectralTemplate): cheap, no pool."""
-    probs = SpectralTemplate(cfg, split).probabilities(split.test.x)
+    """The spectral template baseline (train.spectral): cheap, no pool."""
+    probs = spectral_template(cfg, split).alone(split.test.x)
     return {SPECTRAL: probability_metrics(probs, split, cfg.uncertain_below)}
 
 

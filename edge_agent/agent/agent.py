@@ -108,6 +108,7 @@ class Agent:
             hop=m.preprocessing.hop,
             source=cfg.source.type,
             physics=physics,
+            spectral="none" if m.spectral is None else "on (factory head)",
             **({"channels": len(self.channels)} if cfg.channels else {}),
         )
 

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from edge_agent.contract.formats import ENCODER_FORMATS, check_format_name
 from edge_agent.contract.preprocess import NORMALIZATIONS, PreprocessSpec
 from edge_agent.contract.wire import StrictModel, error_lines, utc_iso
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.physics.view import PhysicsHead
 from edge_agent.pipeline.head import Head
 
@@ -105,6 +106,22 @@ class PhysicsView(StrictModel):
         return PhysicsHead.from_dict(self.model_dump())
 
 
+class SpectralView(StrictModel):
+    """The spectral template fused with the factory head (edge_agent.physics.spectral); absent:
+    model only."""
+
+    features: Literal["log-spectrum-v1"]
+    mean: list[float]
+    scale: list[float]
+    weights: list[list[float]] = Field(description="(classes, bands) of the linear template.")
+    bias: list[float]
+    model_weight: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0)
+
+    def head(self) -> SpectralHead:
+        return SpectralHead.from_dict(self.model_dump())
+
+
 class Manifest(StrictModel):
     schema_version: int
     model_name: str
@@ -123,6 +140,7 @@ class Manifest(StrictModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     parity: dict[str, Any] = Field(default_factory=dict)
     physics: PhysicsView | None = None
+    spectral: SpectralView | None = None
     self_test: str | None = Field(
         None,
         description="NPZ of each encoder format's embeddings of the fixed self-test windows, as "
@@ -142,6 +160,21 @@ class Manifest(StrictModel):
                 raise ValueError(
                     f"physics: the head has {head.num_classes} classes, class_names "
                     f"{len(self.class_names)}"
+                )
+        if self.spectral is not None:
+            try:
+                template = self.spectral.head()
+            except ValueError as exc:
+                raise ValueError(f"spectral: {exc}") from exc
+            if template.num_classes != len(self.class_names):
+                raise ValueError(
+                    f"spectral: the template has {template.num_classes} classes, class_names "
+                    f"{len(self.class_names)}"
+                )
+            if template.bands > self.preprocessing.window // 2:
+                raise ValueError(
+                    f"spectral: {template.bands} bands, a {self.preprocessing.window}-sample "
+                    f"window has {self.preprocessing.window // 2}"
                 )
         listed = {e.file for e in self.encoders} | {self.head_file}
         missing = sorted(listed - set(self.files))

@@ -171,15 +171,18 @@ class Channel:
         ok = [i for i, c in enumerate(checks) if c.ok]
         probs = None
         novel = unknown = np.zeros(0)
+        factory_head = self.factory_head  # once per batch: the head changes between batches
         if ok:
             assert emb is not None and len(emb) == len(ok)
             probs = self.head.probabilities(emb)
             probs = self._fuse_physics(probs, self.batch[ok])
+            if factory_head and self.model.spectral is not None:
+                # the template describes the training machine; a refitted head, this one
+                probs = self.model.spectral.fuse(probs, self.batch[ok])
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))
                 threshold = self.unknown_threshold()
                 novel = unknown > threshold if threshold is not None else np.zeros(len(ok), bool)
-        factory_head = self.factory_head  # once per batch: the head changes between batches
         codes = np.empty(len(ok), dtype=np.int16)  # label code of each embedded window
         outcomes = []
         j = 0

@@ -1,4 +1,4 @@
-"""What the agent runs on: the verified bundle with its backend, factory head and physics head.
+"""What the agent runs on: the verified bundle with its backend, factory head and fused views.
 
 `load_runtime()` gives a `ModelRuntime`, shared by every channel (each channel keeps its own
 device head, see `pipeline.channel`); the `reload_bundle` command builds a new one.
@@ -16,6 +16,7 @@ from edge_agent.contract.bundle import Manifest, check_bundle
 from edge_agent.contract.bundle_store import BundleStore, Origin
 from edge_agent.contract.formats import encoder_format
 from edge_agent.contract.preprocess import PreprocessSpec
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.physics.view import PhysicsHead
 from edge_agent.pipeline.decisions import DecisionMachine
 from edge_agent.pipeline.head import Head
@@ -32,6 +33,7 @@ class ModelRuntime:
     factory: Head
     backend: Backend
     physics: PhysicsHead | None = None  # fused with each channel's device head
+    spectral: SpectralHead | None = None  # fused only while a channel runs the factory head
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -87,4 +89,5 @@ def load_runtime(
     encoder = encoder_format(inference.backend, inference.precision).name
     store.activate(folder, lambda f: self_test(f, manifest, backend, encoder), origin)
     physics = manifest.physics.head() if manifest.physics else None
-    return ModelRuntime(folder, manifest, factory, backend, physics)
+    spectral = manifest.spectral.head() if manifest.spectral else None
+    return ModelRuntime(folder, manifest, factory, backend, physics, spectral)

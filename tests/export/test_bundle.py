@@ -137,3 +137,32 @@ def test_every_format_reproduces_its_recorded_self_test_outputs(exported, backen
         assert recorded[name].shape == (4, 32)
     runtime = load_backend(folder, manifest, backend, precision=precision)
     self_test(folder, manifest, runtime, name)
+
+
+def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
+    trained, make_run, tmp_path
+):
+    """A run whose recipe kept the spectral template: the manifest carries it as the agent loads
+    it, and the parity gate scores the fused decisions (here the template alone decides)."""
+    from edge_agent.physics.spectral import SpectralHead, log_spectrum
+    from train.spectral import fit_template
+
+    x, y = trained["heldout"]
+    template = fit_template(log_spectrum(x), y, len(CLASS_NAMES), seed=0)
+    template = SpectralHead(
+        template.mean, template.scale, template.weights, template.bias, 0.0, 1.0
+    )
+    ckpt = {**trained["checkpoint"], "spectral": template.to_dict()}
+    run = load_run(make_run(tmp_path / "run", {**trained, "checkpoint": ckpt}))
+    options = ExportOptions(formats=[FORMATS["onnx"]], out=tmp_path / "out", name="s", version="1")
+    result = export_bundle(run, options)
+    assert result.folder is not None, result.failures
+    manifest = verify(result.folder)
+    carried = manifest.spectral.head()
+    np.testing.assert_allclose(carried.weights, template.weights)
+    fused_accuracy = float((template.alone(x).argmax(1) == y).mean())
+    assert result.report.reference_accuracy == pytest.approx(fused_accuracy)
+
+    ckpt["spectral"] = {**template.to_dict(), "bias": [0.0, 0.0]}
+    with pytest.raises(ExportError, match="invalid spectral template"):
+        load_run(make_run(tmp_path / "bad", {**trained, "checkpoint": ckpt}))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from edge_agent.pipeline.head import Head
+from edge_agent.pipeline.head import Head, softmax
 from export.parity import ModelParity, ParityReport, compare, gate, parity_table
 
 
@@ -33,8 +33,8 @@ def test_compare_counts_agreement_accuracy_drop_and_cosine():
     assert same.relative_error == 0.0 and int8.relative_error > 0.5
 
 
-def test_compare_decides_as_the_device_does_with_a_physics_view():
-    """The fused decision is log softmax(head) + physics logits: a near tie that INT8 flips is
+def test_compare_decides_as_the_device_does_with_fused_views():
+    """Decisions are the fused ones (here log p + physics logits): a near tie that INT8 flips is
     settled by a clear defect line, and a window of unknown speed (0 logits) keeps the head's."""
     labels = np.array([1, 1, 0])
     reference = np.array([[1.0, 0.9, 0.0], [1.0, 0.9, 0.0], [1.0, 0.0, 0.0]], np.float32)
@@ -42,7 +42,11 @@ def test_compare_decides_as_the_device_does_with_a_physics_view():
     candidate[0] = [0.9, 1.0, 0.0]  # INT8 noise flips the first near tie
     physics = np.array([[0.0, 8.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 0.0]])
     plain = compare(reference, {"int8": candidate}, _identity_head(), labels)
-    fused = compare(reference, {"int8": candidate}, _identity_head(), labels, physics)
+
+    def fuse(probs: np.ndarray) -> np.ndarray:
+        return softmax(np.log(probs) + physics)
+
+    fused = compare(reference, {"int8": candidate}, _identity_head(), labels, fuse)
     assert plain.reference_accuracy == pytest.approx(1 / 3)
     assert plain.models[0].agreement == pytest.approx(2 / 3)
     assert fused.reference_accuracy == 1.0 and fused.models[0].agreement == 1.0

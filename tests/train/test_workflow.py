@@ -69,6 +69,8 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
         "name": "cnn",
         "kwargs": {"embedding_dim": 16, "norm": "batch", "width": 0.25},
     }
+    spectral = state["spectral_report"]  # the simulator's pool: other machines
+    assert state["spectral"] is None and spectral["domain_gap"] > 0.90, spectral
     split = json.loads((run_dir / "split.json").read_text())
     assert split["scheme"].startswith("by record") and split["counts"]["labeled"]["ball"] == 4
     report = (run_dir / "report.md").read_text()

@@ -1,0 +1,141 @@
+"""The spectral view of a window and the linear template on it, fused with the model's head.
+
+A window's spectral view is the shape of its log power spectrum: log power in equal-width bands
+from the first bin above DC to Nyquist (Hann window), less the window's mean level, so sensor
+gain and offset drop out. A strongly regularized linear template on it, fitted on the labeled
+windows of one machine, carries the diagnosis to other loads and other bearings of that machine
+(CWRU, README "Benchmarks") but not to machines with other resonances. Training keeps it only
+where the unlabeled pool looks like the labeled machine (train.spectral), and the agent fuses it
+only while a channel runs on the factory head: a device head describes its own machine.
+
+    p = softmax((model_weight * log p_model + W @ standardize(view) + b) / T)
+
+numpy only; the same code runs in training, in the export parity check and on the gateway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.pipeline.head import softmax
+
+FEATURES = "log-spectrum-v1"
+BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
+
+
+def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
+    """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32 log band power less each
+    window's mean level. A window with no vibration (flat) reads all zeros."""
+    x = np.asarray(windows, np.float64).reshape(len(windows), -1)
+    x = np.nan_to_num(x - x.mean(axis=1, keepdims=True))
+    power = np.abs(np.fft.rfft(x * np.hanning(x.shape[1]), axis=1))[:, 1:] ** 2
+    bands = min(bands, power.shape[1])
+    width = power.shape[1] // bands
+    level = np.log(power[:, : bands * width].reshape(len(x), bands, width).mean(axis=2) + 1e-20)
+    return (level - level.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SpectralHead:
+    """Standardization and linear template on the spectral view, and how it fuses with the model:
+    the weight of the model's log-probabilities and the temperature of the fused logits."""
+
+    mean: np.ndarray  # (bands,)
+    scale: np.ndarray  # (bands,)
+    weights: np.ndarray  # (C, bands)
+    bias: np.ndarray  # (C,)
+    model_weight: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        arrays = {k: np.asarray(getattr(self, k), np.float64) for k in ("mean", "scale", "weights")}
+        bias = np.asarray(self.bias, np.float64)
+        w = arrays["weights"]
+        bands = w.shape[-1]
+        if (
+            w.ndim != 2
+            or bias.shape != (w.shape[0],)
+            or arrays["mean"].shape != (bands,)
+            or arrays["scale"].shape != (bands,)
+        ):
+            raise ValueError(
+                "spectral head needs weights (C, bands), bias (C,), mean and scale (bands,); got "
+                f"{w.shape}, {bias.shape}, {arrays['mean'].shape}, {arrays['scale'].shape}"
+            )
+        if not all(np.isfinite(a).all() for a in (*arrays.values(), bias)):
+            raise ValueError("spectral head arrays must be finite")
+        if not (arrays["scale"] > 0).all():
+            raise ValueError("spectral head scale must be > 0")
+        if not (math.isfinite(self.model_weight) and 0 <= self.model_weight <= 1):
+            raise ValueError(f"spectral model_weight must be in [0, 1], got {self.model_weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"spectral temperature must be > 0, got {self.temperature}")
+        for key, value in arrays.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "bias", bias)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def bands(self) -> int:
+        return int(self.weights.shape[1])
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        """(N, W) windows -> (N, C) template logits."""
+        view = log_spectrum(windows, self.bands)
+        if view.shape[1] != self.bands:
+            raise ValueError(
+                f"a {np.asarray(windows).shape[-1]}-sample window has {view.shape[1]} spectral "
+                f"bands; the head needs {self.bands}"
+            )
+        return ((view - self.mean) / self.scale) @ self.weights.T + self.bias
+
+    def fused_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
+        """model_weight * log p_model + template logits: the fused logits before the temperature."""
+        log_p = np.log(np.clip(np.asarray(model_probs, np.float64), 1e-12, 1.0))
+        return self.model_weight * log_p + template_logits
+
+    def fuse(self, model_probs: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Fused probabilities (N, C) of `windows` given the model's probabilities of them."""
+        return self.fuse_logits(model_probs, self.logits(windows))
+
+    def fuse_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
+        """Fused probabilities (N, C) given template logits already computed."""
+        return softmax(self.fused_logits(model_probs, template_logits) / self.temperature)
+
+    def alone(self, windows: np.ndarray) -> np.ndarray:
+        """The template's own probabilities (N, C), without the model."""
+        return softmax(self.logits(windows) / self.temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": FEATURES,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": self.weights.tolist(),
+            "bias": self.bias.tolist(),
+            "model_weight": float(self.model_weight),
+            "temperature": float(self.temperature),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpectralHead:
+        if data.get("features") != FEATURES:
+            raise ValueError(
+                f"spectral features {data.get('features')!r} are not {FEATURES!r}; this agent "
+                "cannot compute them"
+            )
+        return cls(
+            np.asarray(data["mean"]),
+            np.asarray(data["scale"]),
+            np.asarray(data["weights"]),
+            np.asarray(data["bias"]),
+            float(data["model_weight"]),
+            float(data["temperature"]),
+        )

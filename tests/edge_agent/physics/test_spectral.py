@@ -1,0 +1,183 @@
+"""The spectral view (the log spectrum's shape) and the template fused with the model's head: the
+view ignores gain and offset and survives any window, the head refuses what it cannot use, and
+the agent fuses it only while a channel runs on the factory head."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.signal import butter, sosfilt
+
+from edge_agent.agent.agent import Agent
+from edge_agent.config import load_config
+from edge_agent.contract.bundle import BundleError, read_manifest, verify
+from edge_agent.mqtt.memory import MemoryLink
+from edge_agent.physics.spectral import SpectralHead, log_spectrum
+from tests.edge_agent.bundle_fixture import CLASS_NAMES, SEVERITY, simulator_source, write_config
+
+FS, W = 12_000, 2048
+
+
+def resonance_windows(centre_hz: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n windows of noise ringing in a 600 Hz band at `centre_hz` over a white floor."""
+    sos = butter(2, [centre_hz - 300, centre_hz + 300], "bandpass", fs=FS, output="sos")
+    ringing = sosfilt(sos, rng.standard_normal((n, W + 512)), axis=1)[:, 512:]
+    return ringing / ringing.std(axis=1, keepdims=True) + 0.3 * rng.standard_normal((n, W))
+
+
+def test_the_view_peaks_at_the_resonance_and_ignores_gain_and_offset() -> None:
+    x = resonance_windows(2300.0, 2, np.random.default_rng(0))
+    view = log_spectrum(x)
+    assert view.shape == (2, 512) and view.dtype == np.float32
+    band_hz = FS / 2 / 512
+    peak_hz = (np.convolve(view[0], np.ones(25) / 25, "same").argmax() + 0.5) * band_hz
+    assert abs(peak_hz - 2300.0) < 150
+    np.testing.assert_allclose(log_spectrum(7.0 * x + 3.0), view, atol=1e-4)
+    np.testing.assert_allclose(view.mean(axis=1), 0.0, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    width=st.integers(16, 600),
+    bands=st.integers(1, 700),
+    scale=st.floats(1e-3, 1e3),
+    broken=st.sampled_from(["none", "flat", "nan", "clipped"]),
+)
+def test_any_window_gives_a_finite_view_of_the_right_size(n, width, bands, scale, broken) -> None:
+    x = np.random.default_rng(width).standard_normal((n, 1, width)) * scale
+    if broken == "flat":  # a dead sensor
+        x[:] = 0.0
+    elif broken == "nan":
+        x[0, 0, width // 2] = np.nan
+    elif broken == "clipped":
+        x = np.clip(x, -0.1 * scale, 0.1 * scale)
+    view = log_spectrum(x, bands)
+    assert view.shape == (n, min(bands, width // 2)) and np.isfinite(view).all()
+
+
+def template(bands: int = 8, classes: int = 3, **fields) -> SpectralHead:
+    rng = np.random.default_rng(1)
+    return SpectralHead(
+        **{
+            "mean": np.zeros(bands),
+            "scale": np.ones(bands),
+            "weights": rng.normal(size=(classes, bands)),
+            "bias": np.zeros(classes),
+            "model_weight": 0.5,
+            "temperature": 2.0,
+            **fields,
+        }
+    )
+
+
+def test_fusion_weighs_the_model_against_the_template() -> None:
+    x = np.random.default_rng(2).standard_normal((5, 16))
+    head = template()
+    z = head.logits(x)
+    model = np.full((5, 3), 0.05)
+    model[:, 2] = 0.9
+    log_p = np.log(model)
+    expected = np.exp((0.5 * log_p + z) / 2.0)
+    np.testing.assert_allclose(head.fuse(model, x), expected / expected.sum(1, keepdims=True))
+    alone = replace(head, model_weight=0.0)
+    np.testing.assert_allclose(alone.fuse(model, x), head.alone(x))
+    np.testing.assert_allclose(alone.fuse(model, x), alone.fuse(np.full((5, 3), 1 / 3), x))
+    deaf = replace(head, weights=np.zeros((3, 8)), model_weight=1.0, temperature=1.0)
+    np.testing.assert_allclose(deaf.fuse(model, x), model)  # a template with no opinion
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"bias": np.zeros(2)}, "bias"),
+        ({"mean": np.zeros(7)}, "mean"),
+        ({"scale": np.zeros(8)}, "scale"),
+        ({"weights": np.full((3, 8), np.nan)}, "finite"),
+        ({"model_weight": 1.5}, "model_weight"),
+        ({"temperature": 0.0}, "temperature"),
+    ],
+)
+def test_a_malformed_template_is_refused(fields, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        template(**fields)
+
+
+def test_a_window_too_short_for_the_bands_is_an_error() -> None:
+    with pytest.raises(ValueError, match="bands"):
+        template(bands=8).logits(np.zeros((2, 10)))  # 5 bins: 5 bands at most
+
+
+def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> None:
+    head = template()
+    back = SpectralHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    assert np.array_equal(back.weights, head.weights)
+    assert (back.model_weight, back.temperature) == (0.5, 2.0)
+    with pytest.raises(ValueError, match="cannot compute"):
+        SpectralHead.from_dict({**head.to_dict(), "features": "log-spectrum-v9"})
+
+
+# -- in a bundle, on the agent -----------------------------------------------------------------
+
+
+def bundle_with_spectral(agent_bundle: Path, tmp_path: Path, spectral: dict) -> Path:
+    folder = tmp_path / "tiny-spectral"
+    shutil.copytree(agent_bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "spectral": spectral}))
+    return folder
+
+
+def outer_race_template(bands: int = 64) -> dict:
+    """A template that says outer race whatever the window (bias only): who listens is visible."""
+    bias = np.full(len(CLASS_NAMES), -30.0)
+    bias[CLASS_NAMES.index("outer_race")] = 30.0
+    head = template(bands, len(CLASS_NAMES), weights=np.zeros((len(CLASS_NAMES), bands)))
+    return replace(head, bias=bias, model_weight=0.25, temperature=1.0).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("spectral", "match"),
+    [
+        (template(classes=5).to_dict(), "5 classes"),
+        (template(bands=600, classes=3).to_dict(), "600 bands"),  # the window has 512 bins
+        ({**template().to_dict(), "features": "mel-v1"}, "features"),
+    ],
+)
+def test_a_bundle_template_the_agent_cannot_use_is_refused(
+    agent_bundle, tmp_path, spectral, match
+) -> None:
+    with pytest.raises(BundleError, match=match):
+        verify(bundle_with_spectral(agent_bundle, tmp_path, spectral))
+
+
+def push_windows(agent: Agent, n: int) -> None:
+    goal = agent.windows_total + n
+    while agent.windows_total < goal:
+        agent.channels[0].buffer.push(agent.source.read(0.5))
+        agent._drain(None)
+
+
+def test_the_agent_fuses_the_template_only_on_the_factory_head(agent_bundle, tmp_path) -> None:
+    folder = bundle_with_spectral(agent_bundle, tmp_path, outer_race_template())
+    assert read_manifest(folder).spectral is not None
+    source = simulator_source([{"at_s": 0.0, "fault": "normal", "severity": SEVERITY}])
+    agent = Agent(load_config(write_config(tmp_path / "dev", folder, 1, source=source)))
+    agent.link = MemoryLink()
+    agent.source.start()
+    with agent:
+        channel = agent.channels[0]
+        push_windows(agent, 30)
+        assert channel.factory_head and channel.decisions.state == "outer_race"
+        # a head refitted on the device describes its own machine: the template stays out
+        channel.head = replace(channel.head, b2=channel.head.b2 + 1e-6)
+        channel.decisions.reset()
+        push_windows(agent, 30)
+        assert not channel.factory_head and channel.decisions.state == "normal"

@@ -1,0 +1,136 @@
+"""The spectral template (a linear model of the labeled windows' log spectra): as a baseline it
+names a resonance at gains it never saw; in the recipe it is fused only where the unlabeled pool
+looks like the labeled machine, and the fused model decides as the template and model together."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfilt
+
+from train.config import load_config
+from train.spectral import domain_gap, fit_spectral, spectral_template
+from train.splits import Segment, SegmentPool, Split, WindowSet
+
+FS, W = 12_000, 2048
+MACHINES = {  # one structural resonance per class on each machine
+    "lab": (900.0, 2300.0, 4100.0),
+    "other": (3200.0, 700.0, 5200.0),
+}
+
+
+def resonance_signal(
+    machine: str, label: int, samples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Noise ringing in the class's resonance band (600 Hz wide) over a white floor."""
+    centre = MACHINES[machine][label]
+    sos = butter(2, [centre - 300, centre + 300], "bandpass", fs=FS, output="sos")
+    ringing = sosfilt(sos, rng.standard_normal(samples + 512))[512:]
+    return (ringing / ringing.std() + 0.3 * rng.standard_normal(samples)).astype(np.float32)
+
+
+def resonance_windows(label: int, n: int, rng: np.random.Generator, machine="lab") -> np.ndarray:
+    """n windows of class `label` with random gain and offset."""
+    x = np.stack([resonance_signal(machine, label, W, rng) for _ in range(n)])
+    return (rng.uniform(0.2, 5.0, (n, 1)) * x + rng.normal(0, 1, (n, 1))).astype(np.float32)
+
+
+def toy_split(per_class: int, seed: int, classes: int = 3, pool_machine: str = "lab") -> Split:
+    """Labeled windows of the first `classes` classes of the lab machine; validation and test of
+    all three; an unlabeled pool of every class on `pool_machine`."""
+    rng = np.random.default_rng(seed)
+
+    def windows(n: int, which: range) -> WindowSet:
+        x = np.concatenate([resonance_windows(c, n, rng) for c in which])
+        y = np.repeat(np.array(list(which)), n)
+        return WindowSet(x[:, None, :], y.astype(np.int64))
+
+    segments = [
+        Segment(f"pool-{c}", resonance_signal(pool_machine, c, 40 * W, rng), -1, 0)
+        for c in range(3)
+    ]
+    return Split(
+        ["normal", "inner_race", "outer_race"],
+        windows(per_class, range(classes)),
+        windows(4, range(3)),
+        windows(30, range(3)),
+        pool=SegmentPool(segments, W, W, "zscore"),
+        description={},
+    )
+
+
+def test_the_template_names_the_resonance_at_gains_it_never_saw() -> None:
+    split = toy_split(per_class=5, seed=1)
+    probs = spectral_template(load_config(None, ["seed=1"]), split).alone(split.test.x)
+    assert probs.shape == (90, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert (probs.argmax(axis=1) == split.test.y).mean() == 1.0
+
+
+def test_a_class_without_labels_gets_no_probability() -> None:
+    split = toy_split(per_class=5, seed=2, classes=2)  # no labeled window of class 2
+    probs = spectral_template(load_config(None, []), split).alone(split.test.x)
+    assert probs.shape == (90, 3) and probs[:, 2].max() < 1e-6
+    known = split.test.y < 2
+    assert probs[known].argmax(axis=1).tolist() == split.test.y[known].tolist()
+    with pytest.raises(ValueError, match="two classes"):
+        spectral_template(load_config(None, []), toy_split(per_class=5, seed=3, classes=1))
+
+
+def test_the_domain_gap_tells_another_machine_from_more_of_the_same() -> None:
+    rng = np.random.default_rng(4)
+    from edge_agent.physics.spectral import log_spectrum
+
+    lab = log_spectrum(np.concatenate([resonance_windows(c, 20, rng) for c in range(3)]))
+    same = log_spectrum(np.concatenate([resonance_windows(c, 40, rng) for c in range(3)]))
+    other = log_spectrum(
+        np.concatenate([resonance_windows(c, 40, rng, machine="other") for c in range(3)])
+    )
+    assert domain_gap(lab, same, seed=0) < 0.75
+    assert domain_gap(lab, other, seed=0) > 0.95
+    assert domain_gap(lab[:3], other, seed=0) is None  # too few to cross-validate
+
+
+def wrong_and_sure(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Model probabilities that call every class the next one, at 0.9: a model that learned
+    its training records and not the fault."""
+
+    def probs(ws: WindowSet) -> np.ndarray:
+        p = np.full((len(ws), 3), 0.05)
+        p[np.arange(len(ws)), (ws.y + 1) % 3] = 0.9
+        return p
+
+    return probs(split.val), probs(split.test)
+
+
+def test_on_the_labeled_machine_the_template_is_fused_and_outvotes_a_wrong_model() -> None:
+    split = toy_split(per_class=8, seed=5)
+    cfg = load_config(None, ["seed=5"])
+    val_probs, test_probs = wrong_and_sure(split)
+    head, report = fit_spectral(cfg, split, val_probs, floor=0.5)
+    assert head is not None and report["used"], report
+    assert report["domain_gap"] < cfg.spectral_max_domain_gap
+    assert head.model_weight == cfg.spectral_model_weight
+    fused = head.fuse(test_probs, split.test.x)
+    assert (fused.argmax(axis=1) == split.test.y).mean() == 1.0
+    uniform = np.full_like(test_probs, 1 / 3)  # and with an undecided model it is the template
+    np.testing.assert_array_equal(head.fuse(uniform, split.test.x).argmax(1), split.test.y)
+
+
+def test_a_pool_of_other_machines_keeps_the_template_out() -> None:
+    split = toy_split(per_class=8, seed=6, pool_machine="other")
+    cfg = load_config(None, ["seed=6"])
+    head, report = fit_spectral(cfg, split, wrong_and_sure(split)[0], floor=0.5)
+    assert head is None and not report["used"]
+    assert report["domain_gap"] > cfg.spectral_max_domain_gap
+    assert "other machines" in report["reason"]
+
+
+def test_the_template_stays_out_when_switched_off_or_a_class_has_no_labels() -> None:
+    split = toy_split(per_class=8, seed=7)
+    off = load_config(None, ["spectral=false"])
+    val_probs = wrong_and_sure(split)[0]
+    assert "spectral = false" in fit_spectral(off, split, val_probs, 0.5)[1]["reason"]
+    partial = toy_split(per_class=8, seed=7, classes=2)
+    reason = fit_spectral(load_config(None, []), partial, val_probs, 0.5)[1]["reason"]
+    assert "not every class" in reason
