@@ -71,7 +71,11 @@ TARGETS = {
 }
 TARGET_TEXT = {"sim-reference (200 labels)": ">= 0.95 and +10 pts vs supervised"}
 RECIPE = "SimCLR + fine-tune"
-MODEL_ALONE = "SimCLR + fine-tune, model alone"  # the recipe without its physics view
+MODEL_ALONE = "SimCLR + fine-tune, model alone"  # the recipe without its fused views
+VIEWS = {  # what the recipe fuses with the model where each view passes its gate
+    "physics": "physics view (on the labeled data)",
+    "spectral": "spectral template (pool like the labeled machine)",
+}
 # --tasks accepts these group names, a data name (`cwru-lolo-2`) or a task name
 GROUPS: dict[str, list[str]] = {
     "sim": [t for t, (d, _) in TASKS.items() if d == "sim-reference"],
@@ -160,9 +164,9 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
             split,
             cfg.uncertain_below,
         )
-        used = bool(recipe.get("physics", {}).get("used"))
+        used = {f"{view}_used": bool(recipe.get(view, {}).get("used")) for view in VIEWS}
         alone = recipe.get("model_alone", recipe)
-        results[RECIPE] = {**recipe, "physics_used": used}
+        results[RECIPE] = {**recipe, **used}
         results[MODEL_ALONE] = {**alone, "ece": None}
         results.update(frozen_embedding_metrics(encoder, split, cfg.uncertain_below))
         if baselines:
@@ -179,7 +183,7 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
             "confident_accuracy": m["confident_accuracy"],
             "ece": m.get("ece"),  # methods scored through evaluate(); None for the others
             **({"scored_on": m["scored_on"]} if "scored_on" in m else {}),
-            **({"physics_used": m["physics_used"]} if "physics_used" in m else {}),
+            **{f"{v}_used": m[f"{v}_used"] for v in VIEWS if f"{v}_used" in m},
         }
         for name, m in results.items()
     }
@@ -213,9 +217,12 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
                     for key in ("ece", "uncertain_rate", "confident_accuracy")
                 },
                 "seeds": len(seeds),
-                "physics_used_seeds": sum(bool(s[method].get("physics_used")) for s in seeds),
+                **{
+                    f"{v}_used_seeds": sum(bool(s[method].get(f"{v}_used")) for s in seeds)
+                    for v in VIEWS
+                },
             }
-        # the model-alone row shows what the physics view adds; it does not compete
+        # the model-alone row shows what the fused views add; it does not compete
         rank = ranks({m: r["macro_f1_mean"] for m, r in out[task].items() if m != MODEL_ALONE})
         for method, r in out[task].items():
             r["rank"] = rank.get(method)
@@ -253,16 +260,17 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     )
     if not any(RECIPE in r for r in summary.values()):
         return
-    used = [
-        f"{task} ({r[RECIPE]['physics_used_seeds']}/{r[RECIPE]['seeds']} seeds)"
-        for task, r in summary.items()
-        if RECIPE in r and r[RECIPE]["physics_used_seeds"]
-    ]
-    console.print(
-        f"{RECIPE} fuses the physics view where it passed its gate on the labeled data: "
-        + (", ".join(used) if used else "on no task")
-        + f"; '{MODEL_ALONE}' is the same model without it (not ranked)."
-    )
+    for view, text in VIEWS.items():
+        used = [
+            f"{task} ({r[RECIPE][f'{view}_used_seeds']}/{r[RECIPE]['seeds']} seeds)"
+            for task, r in summary.items()
+            if RECIPE in r and r[RECIPE][f"{view}_used_seeds"]
+        ]
+        console.print(
+            f"{RECIPE} fuses the {text} where it passed its gate: "
+            + (", ".join(used) if used else "on no task")
+        )
+    console.print(f"'{MODEL_ALONE}' is the same model without them (not ranked).")
 
 
 def select_tasks(spec: str) -> list[str]:

@@ -188,25 +188,11 @@ def load_run(path: Path) -> RunInputs:
     calibration = None
     if (folder / "calibration.npz").is_file():
         calibration, _ = _load_windows(folder / "calibration.npz", window, with_labels=False)
-    try:
-        physics = PhysicsHead.from_dict(ckpt.physics) if ckpt.physics else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{ckpt_path}: invalid physics head: {exc}") from exc
-    if physics is not None and physics.num_classes != len(ckpt.class_names):
-        raise ExportError(
-            f"{ckpt_path}: physics head has {physics.num_classes} classes, the model "
-            f"{len(ckpt.class_names)}"
-        )
+    physics = _view_head(PhysicsHead, ckpt.physics, "physics head", ckpt_path, ckpt.class_names)
     speeds = _load_speeds(folder / "heldout.npz", len(heldout_x)) if physics else None
-    try:
-        spectral = SpectralHead.from_dict(ckpt.spectral) if ckpt.spectral else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{ckpt_path}: invalid spectral template: {exc}") from exc
-    if spectral is not None and spectral.num_classes != len(ckpt.class_names):
-        raise ExportError(
-            f"{ckpt_path}: spectral template has {spectral.num_classes} classes, the model "
-            f"{len(ckpt.class_names)}"
-        )
+    spectral = _view_head(
+        SpectralHead, ckpt.spectral, "spectral template", ckpt_path, ckpt.class_names
+    )
     return RunInputs(
         ckpt_path,
         ckpt,
@@ -221,6 +207,21 @@ def load_run(path: Path) -> RunInputs:
         speeds,
         spectral,
     )
+
+
+def _view_head(kind: Any, data: dict | None, what: str, path: Path, class_names: list[str]) -> Any:
+    """`kind.from_dict(data)` (a fused view's head from the checkpoint), None without data."""
+    if not data:
+        return None
+    try:
+        head = kind.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{path}: invalid {what}: {exc}") from exc
+    if head.num_classes != len(class_names):
+        raise ExportError(
+            f"{path}: {what} has {head.num_classes} classes, the model {len(class_names)}"
+        )
+    return head
 
 
 def _load_speeds(path: Path, n: int) -> np.ndarray | None:

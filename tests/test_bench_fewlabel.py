@@ -69,11 +69,12 @@ def test_summary_gives_worst_seed_and_rank_with_ties_shared():
     assert [summary[m]["rank"] for m in "ABC"] == [1, 1, 3]  # A and B both average 0.8
 
 
-def test_the_model_alone_row_is_not_ranked_and_physics_use_is_counted():
+def test_the_model_alone_row_is_not_ranked_and_view_use_is_counted():
     def seed(recipe: float, alone: float, used: bool) -> dict:
         row = {"accuracy": 0.0, "uncertain_rate": 0.0}
+        views = {"physics_used": used, "spectral_used": not used}
         return {
-            fewlabel.RECIPE: {**row, "macro_f1": recipe, "physics_used": used},
+            fewlabel.RECIPE: {**row, "macro_f1": recipe, **views},
             fewlabel.MODEL_ALONE: {**row, "macro_f1": alone},
             "supervised only": {**row, "macro_f1": 0.8},
         }
@@ -82,6 +83,7 @@ def test_the_model_alone_row_is_not_ranked_and_physics_use_is_counted():
     assert summary[fewlabel.RECIPE]["rank"] == 1 and summary["supervised only"]["rank"] == 2
     assert summary[fewlabel.MODEL_ALONE]["rank"] is None
     assert summary[fewlabel.RECIPE]["physics_used_seeds"] == 1
+    assert summary[fewlabel.RECIPE]["spectral_used_seeds"] == 1
 
 
 def test_task_selection_by_group_data_or_name():

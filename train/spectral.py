@@ -7,8 +7,9 @@ unlabeled pool in the spectral view (cross-validated ROC AUC). Near 0.5 the pool
 machine (other loads, other times, other bearings of one rig: CWRU 0.35-0.87), where a template
 transfers and the fine-tuned model can be confidently wrong; near 1 the pool is other machines
 with other resonances (the simulator: 0.986-1.0, 0.94 on the tests' tiny splits), where a
-template of the labeled machine misleads (the default gate, 0.90, lies between the two). Labels cannot make this call: on both data sets the template and the model are
-perfect on validation windows of their own records.
+template of the labeled machine misleads; the default gate, 0.90, lies between. Labels cannot
+make this call: on both data sets the template and the model are perfect on validation windows
+of their own records.
 """
 
 from __future__ import annotations

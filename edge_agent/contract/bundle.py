@@ -151,31 +151,24 @@ class Manifest(StrictModel):
     def _consistent(self) -> Manifest:
         if self.normal_class not in self.class_names:
             raise ValueError(f"normal_class {self.normal_class!r} is not in class_names")
-        if self.physics is not None:
+        for name, view in (("physics", self.physics), ("spectral", self.spectral)):
+            if view is None:
+                continue
             try:
-                head = self.physics.head()
+                head = view.head()
             except ValueError as exc:
-                raise ValueError(f"physics: {exc}") from exc
+                raise ValueError(f"{name}: {exc}") from exc
             if head.num_classes != len(self.class_names):
                 raise ValueError(
-                    f"physics: the head has {head.num_classes} classes, class_names "
+                    f"{name}: the head has {head.num_classes} classes, class_names "
                     f"{len(self.class_names)}"
                 )
-        if self.spectral is not None:
-            try:
-                template = self.spectral.head()
-            except ValueError as exc:
-                raise ValueError(f"spectral: {exc}") from exc
-            if template.num_classes != len(self.class_names):
-                raise ValueError(
-                    f"spectral: the template has {template.num_classes} classes, class_names "
-                    f"{len(self.class_names)}"
-                )
-            if template.bands > self.preprocessing.window // 2:
-                raise ValueError(
-                    f"spectral: {template.bands} bands, a {self.preprocessing.window}-sample "
-                    f"window has {self.preprocessing.window // 2}"
-                )
+        bins = self.preprocessing.window // 2
+        if self.spectral is not None and self.spectral.head().bands > bins:
+            raise ValueError(
+                f"spectral: {self.spectral.head().bands} bands, a "
+                f"{self.preprocessing.window}-sample window has {bins}"
+            )
         listed = {e.file for e in self.encoders} | {self.head_file}
         missing = sorted(listed - set(self.files))
         if missing:

@@ -174,6 +174,16 @@ def agent_bundle_folder(
     return folder
 
 
+def bundle_with(agent_bundle: Path, folder: Path, **fields: Any) -> Path:
+    """A copy of the agent bundle at `folder` whose manifest has `fields` set (unsigned)."""
+    import json
+
+    shutil.copytree(agent_bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, **fields}))
+    return folder
+
+
 def write_config(
     folder: Path,
     bundle: Path,

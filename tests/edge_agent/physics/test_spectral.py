@@ -5,9 +5,7 @@ the agent fuses it only while a channel runs on the factory head."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,13 @@ from edge_agent.config import load_config
 from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
 from edge_agent.physics.spectral import SpectralHead, log_spectrum
-from tests.edge_agent.bundle_fixture import CLASS_NAMES, SEVERITY, simulator_source, write_config
+from tests.edge_agent.bundle_fixture import (
+    CLASS_NAMES,
+    SEVERITY,
+    bundle_with,
+    simulator_source,
+    write_config,
+)
 
 FS, W = 12_000, 2048
 
@@ -127,14 +131,6 @@ def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> No
 # -- in a bundle, on the agent -----------------------------------------------------------------
 
 
-def bundle_with_spectral(agent_bundle: Path, tmp_path: Path, spectral: dict) -> Path:
-    folder = tmp_path / "tiny-spectral"
-    shutil.copytree(agent_bundle, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "spectral": spectral}))
-    return folder
-
-
 def outer_race_template(bands: int = 64) -> dict:
     """A template that says outer race whatever the window (bias only): who listens is visible."""
     bias = np.full(len(CLASS_NAMES), -30.0)
@@ -155,7 +151,7 @@ def test_a_bundle_template_the_agent_cannot_use_is_refused(
     agent_bundle, tmp_path, spectral, match
 ) -> None:
     with pytest.raises(BundleError, match=match):
-        verify(bundle_with_spectral(agent_bundle, tmp_path, spectral))
+        verify(bundle_with(agent_bundle, tmp_path / "tiny-spectral", spectral=spectral))
 
 
 def push_windows(agent: Agent, n: int) -> None:
@@ -166,7 +162,7 @@ def push_windows(agent: Agent, n: int) -> None:
 
 
 def test_the_agent_fuses_the_template_only_on_the_factory_head(agent_bundle, tmp_path) -> None:
-    folder = bundle_with_spectral(agent_bundle, tmp_path, outer_race_template())
+    folder = bundle_with(agent_bundle, tmp_path / "tiny-spectral", spectral=outer_race_template())
     assert read_manifest(folder).spectral is not None
     source = simulator_source([{"at_s": 0.0, "fault": "normal", "severity": SEVERITY}])
     agent = Agent(load_config(write_config(tmp_path / "dev", folder, 1, source=source)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,13 @@ from edge_agent.mqtt.memory import MemoryLink
 from edge_agent.physics.bearing_sim import SKF_6205, BearingSimulator, Conditions
 from edge_agent.physics.evidence import HARMONICS, LINES
 from edge_agent.physics.view import N_FEATURES, PhysicsHead, default_band, line_view
-from tests.edge_agent.bundle_fixture import CLASS_NAMES, SEVERITY, simulator_source, write_config
+from tests.edge_agent.bundle_fixture import (
+    CLASS_NAMES,
+    SEVERITY,
+    bundle_with,
+    simulator_source,
+    write_config,
+)
 
 FS = 12_000
 BAND = default_band(FS)
@@ -130,14 +135,6 @@ def test_the_head_round_trips_and_refuses_features_it_cannot_compute() -> None:
 # -- in a bundle, on the agent -----------------------------------------------------------------
 
 
-def bundle_with_physics(agent_bundle: Path, tmp_path: Path, physics: dict) -> Path:
-    folder = tmp_path / "tiny-physics"
-    shutil.copytree(agent_bundle, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "physics": physics}))
-    return folder
-
-
 def outer_race_physics() -> dict:
     """A head that says outer race whatever the window (bias only): who listens is visible."""
     bias = np.full(len(CLASS_NAMES), -30.0)
@@ -146,7 +143,7 @@ def outer_race_physics() -> dict:
 
 
 def test_a_bundle_head_for_other_classes_is_refused(agent_bundle, tmp_path) -> None:
-    folder = bundle_with_physics(agent_bundle, tmp_path, head(classes=5).to_dict())
+    folder = bundle_with(agent_bundle, tmp_path / "tiny-physics", physics=head(classes=5).to_dict())
     with pytest.raises(BundleError, match="physics"):
         verify(folder)
 
@@ -165,7 +162,7 @@ def run_windows(tmp_path: Path, bundle: Path, n: int, **sections) -> Agent:
 def test_the_agent_fuses_the_physics_view_when_it_knows_the_bearing_and_speed(
     agent_bundle, tmp_path, caplog
 ) -> None:
-    folder = bundle_with_physics(agent_bundle, tmp_path, outer_race_physics())
+    folder = bundle_with(agent_bundle, tmp_path / "tiny-physics", physics=outer_race_physics())
     assert read_manifest(folder).physics is not None
     bearing = {"designation": "6205", "shaft_rpm": 1500.0}
     with run_windows(tmp_path / "with", folder, 30, bearing=bearing) as agent:
