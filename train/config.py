@@ -164,10 +164,12 @@ class TrainConfig(BaseModel):
         "pool windows by their spectra with a cross-validated ROC AUC at most this.",
     )
     spectral_model_weight: float = Field(
-        0.25,
+        0.0,
         ge=0,
         le=1,
-        description="Weight of the model's log-probabilities beside the template's logits.",
+        description="Weight of the model's log-probabilities beside the template's logits where "
+        "the template is fused (0: the template decides; on CWRU any weight let the model, "
+        "confidently wrong on bearings it never saw, outvote it).",
     )
     bearing: str = Field(
         "6205", description="Catalogue designation of the bearing the records come from."
