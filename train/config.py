@@ -163,6 +163,12 @@ class TrainConfig(BaseModel):
         description="The template is fused only while a linear classifier tells labeled from "
         "pool windows by their spectra with a cross-validated ROC AUC at most this.",
     )
+    spectral_pool_labels: int = Field(
+        100,
+        ge=0,
+        description="Where the template is fused, it labels pool windows it is sure of (p >= "
+        "0.9), at most this many per class, and is refitted on them too (0: labels only).",
+    )
     spectral_model_weight: float = Field(
         0.0,
         ge=0,

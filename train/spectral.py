@@ -32,6 +32,7 @@ TEMPLATE_C = 0.1  # inverse L2 strength: a strongly regularized template transfe
 GAP_FOLDS = 5
 GAP_POOL_WINDOWS = 2000  # pool windows the domain gap compares with the labeled ones
 ABSENT_CLASS_BIAS = -30.0  # template logit of a class without labeled windows
+POOL_LABEL_CONFIDENCE = 0.9  # a pool window the template labels for itself: p >= this
 
 
 def fit_template(spectra: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> SpectralHead:
@@ -55,6 +56,31 @@ def fit_template(spectra: np.ndarray, y: np.ndarray, n_classes: int, seed: int) 
     else:
         weights[classes], bias[classes] = linear.coef_, linear.intercept_
     return SpectralHead(scaler.mean_, scale, weights, bias, model_weight=0.0)
+
+
+def self_trained_template(
+    labeled: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int, seed: int, per_class: int
+) -> tuple[SpectralHead, dict[int, int]]:
+    """The template refitted on the labeled spectra plus the pool spectra it labels itself with
+    probability >= POOL_LABEL_CONFIDENCE, at most `per_class` of the surest per class (one round
+    of self-training), and how many pool windows each class gained. Only sound where the pool
+    is the labeled machine, which is where `fit_spectral` calls it."""
+    head = fit_template(labeled, y, n_classes, seed)
+    if per_class == 0 or len(pool) == 0:
+        return head, {}
+    logits = head.view_logits(pool)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    confidence, label = probs.max(axis=1), probs.argmax(axis=1)
+    chosen = {}
+    for c in range(n_classes):
+        sure = np.flatnonzero((label == c) & (confidence >= POOL_LABEL_CONFIDENCE))
+        chosen[c] = sure[np.argsort(-confidence[sure], kind="stable")][:per_class]
+    keep = np.concatenate(list(chosen.values()))
+    if len(keep) == 0:
+        return head, {}
+    head = fit_template(np.vstack([labeled, pool[keep]]), np.r_[y, label[keep]], n_classes, seed)
+    return head, {c: len(idx) for c, idx in chosen.items() if len(idx)}
 
 
 def spectral_template(cfg: TrainConfig, split: Split) -> SpectralHead:
@@ -108,8 +134,8 @@ def fit_spectral(
     n_classes = len(split.class_names)
     if len(np.unique(split.labeled.y)) < n_classes:
         return None, {**report, "reason": "not every class has labeled windows"}
-    labeled = log_spectrum(split.labeled.x)
-    gap = domain_gap(labeled, pool_spectra(split, cfg.seed), cfg.seed)
+    labeled, pool = log_spectrum(split.labeled.x), pool_spectra(split, cfg.seed)
+    gap = domain_gap(labeled, pool, cfg.seed)
     report["domain_gap"] = gap
     if gap is None:
         return None, {**report, "reason": f"fewer than {GAP_FOLDS} labeled or pool windows"}
@@ -119,7 +145,10 @@ def fit_spectral(
             "reason": f"domain gap {gap:.3f} > {cfg.spectral_max_domain_gap:.2f}: the pool is "
             "other machines, which a template of the labeled one would mislead",
         }
-    template = fit_template(labeled, split.labeled.y, n_classes, cfg.seed)
+    template, added = self_trained_template(
+        labeled, split.labeled.y, pool, n_classes, cfg.seed, cfg.spectral_pool_labels
+    )
+    report["pool_labels"] = {split.class_names[c]: n for c, n in added.items()}
     head = replace(template, model_weight=cfg.spectral_model_weight)
     if len(split.val) >= 2:
         z = head.fused_logits(model_val_probs, head.logits(split.val.x))

@@ -94,7 +94,13 @@ class SpectralHead:
                 f"a {np.asarray(windows).shape[-1]}-sample window has {view.shape[1]} spectral "
                 f"bands; the head needs {self.bands}"
             )
-        return ((view - self.mean) / self.scale) @ self.weights.T + self.bias
+        return self.view_logits(view)
+
+    def view_logits(self, view: np.ndarray) -> np.ndarray:
+        """(N, bands) spectral views -> (N, C) template logits."""
+        return (
+            (np.asarray(view, np.float64) - self.mean) / self.scale
+        ) @ self.weights.T + self.bias
 
     def fused_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
         """model_weight * log p_model + template logits: the fused logits before the temperature."""

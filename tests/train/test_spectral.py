@@ -114,6 +114,7 @@ def test_on_the_labeled_machine_the_template_is_fused_and_outvotes_a_wrong_model
     assert head is not None and report["used"], report
     assert report["domain_gap"] < cfg.spectral_max_domain_gap
     assert head.model_weight == model_weight
+    assert 0 < sum(report["pool_labels"].values()) <= 3 * cfg.spectral_pool_labels
     fused = head.fuse(test_probs, split.test.x)
     assert (fused.argmax(axis=1) == split.test.y).mean() == 1.0
     uniform = np.full_like(test_probs, 1 / 3)  # and with an undecided model it is the template
@@ -137,3 +138,30 @@ def test_the_template_stays_out_when_switched_off_or_a_class_has_no_labels() -> 
     partial = toy_split(per_class=8, seed=7, classes=2)
     reason = fit_spectral(load_config(None, []), partial, val_probs, 0.5)[1]["reason"]
     assert "not every class" in reason
+
+
+def test_the_template_labels_the_pool_windows_it_is_sure_of_and_refits_on_them() -> None:
+    from edge_agent.physics.spectral import log_spectrum
+    from train.spectral import POOL_LABEL_CONFIDENCE, fit_template, self_trained_template
+
+    rng = np.random.default_rng(8)
+    labeled = log_spectrum(np.concatenate([resonance_windows(c, 4, rng) for c in range(3)]))
+    y = np.repeat(np.arange(3), 4)
+    truth = np.repeat(np.arange(3), 30)
+    pool = log_spectrum(np.concatenate([resonance_windows(c, 30, rng) for c in range(3)]))
+    plain = fit_template(labeled, y, 3, seed=0)
+    refit, added = self_trained_template(labeled, y, pool, 3, seed=0, per_class=10)
+    assert added == {0: 10, 1: 10, 2: 10}  # capped per class; every pool window here is clear
+    assert not np.array_equal(refit.weights, plain.weights)
+    assert (refit.view_logits(pool).argmax(axis=1) == truth).all()
+    same, none = self_trained_template(labeled, y, pool, 3, seed=0, per_class=0)
+    np.testing.assert_array_equal(same.weights, plain.weights)
+    assert none == {}
+    # a pool of noise: nothing reaches the confidence, nothing is added
+    noise = log_spectrum(rng.standard_normal((40, W)))
+    probs = np.exp(plain.view_logits(noise))
+    probs /= probs.sum(axis=1, keepdims=True)
+    unsure = self_trained_template(
+        labeled, y, noise[probs.max(1) < POOL_LABEL_CONFIDENCE], 3, 0, 10
+    )
+    assert unsure[1] == {}
