@@ -135,3 +135,27 @@ def test_cheap_only_runs_the_untrained_rows_on_every_seed_without_pretraining(tm
     assert template["seeds"] == 2 and 0 <= template["macro_f1_mean"] <= 1
     assert template["ece_mean"] is not None
     assert "spectral template" in capsys.readouterr().out
+
+
+def test_a_row_missing_on_some_seeds_is_summarized_over_the_seeds_it_has():
+    row = {"accuracy": 0.5, "uncertain_rate": 0.0}
+    seeds = [
+        {"A": {**row, "macro_f1": 0.9}, "B": {**row, "macro_f1": 0.5}},
+        {"A": {**row, "macro_f1": 0.7}},  # B's gate kept it out on this seed
+    ]
+    summary = fewlabel.summarize({"t": seeds})["t"]
+    assert summary["B"]["seeds"] == 1 and summary["B"]["macro_f1_mean"] == pytest.approx(0.5)
+    assert summary["A"]["seeds"] == 2 and summary["A"]["macro_f1_mean"] == pytest.approx(0.8)
+
+
+def test_cheap_only_scores_the_recipe_where_its_template_decides_on_real_cwru(tmp_path):
+    from train.cwru import default_data_root
+
+    if not (default_data_root() / "cwru" / "12k_DE").is_dir():
+        pytest.skip(f"real CWRU records not found under {default_data_root() / 'cwru'}")
+    out = tmp_path / "fewlabel.json"
+    args = ["--tasks", "cwru-10class", "--seeds", "1", "--cheap-only", "--out", str(out)]
+    assert fewlabel.main(args) == 0
+    rows = json.loads(out.read_text())["summary"]["cwru 10-class, 5/class"]
+    assert set(rows) == {fewlabel.FUSED_TEMPLATE, SPECTRAL, fewlabel.ENVELOPE}
+    assert rows[fewlabel.FUSED_TEMPLATE]["macro_f1_mean"] >= 0.95  # 0.999 over 5 seeds
