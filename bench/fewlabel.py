@@ -39,6 +39,7 @@ from train.data import LOCATION_CLASSES, build_split, pool_name, raw_test_record
 from train.loop import MIN_TEMPERATURE, finetune, pretrain
 from train.metrics import classification_metrics
 from train.records import Record
+from train.report import VIEWS  # what the recipe fuses with the model, each behind its gate
 from train.runs import evaluate, probability_metrics
 from train.spectral import fit_spectral
 from train.workflow import (
@@ -74,10 +75,6 @@ TARGET_TEXT = {"sim-reference (200 labels)": ">= 0.95 and +10 pts vs supervised"
 RECIPE = "SimCLR + fine-tune"
 MODEL_ALONE = "SimCLR + fine-tune, model alone"  # the recipe without its fused views
 FUSED_TEMPLATE = "SimCLR + fine-tune where its template decides (--cheap-only)"
-VIEWS = {  # what the recipe fuses with the model where each view passes its gate
-    "physics": "physics view (on the labeled data)",
-    "spectral": "spectral template (pool like the labeled machine)",
-}
 # --tasks accepts these group names, a data name (`cwru-lolo-2`) or a task name
 GROUPS: dict[str, list[str]] = {
     "sim": [t for t, (d, _) in TASKS.items() if d == "sim-reference"],

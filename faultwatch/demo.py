@@ -44,6 +44,7 @@ def step(title: str) -> None:
 
 def train(out: Path, quick: bool) -> Path:
     from train.config import load_config
+    from train.report import VIEWS
     from train.workflow import run_all
 
     fields = dict(DEMO_TRAINING, out_dir=out, run_name="train")
@@ -56,18 +57,14 @@ def train(out: Path, quick: bool) -> Path:
         f"macro-F1 {test['macro_f1']:.3f}, uncertain {test['uncertain_rate']:.1%}, "
         f"ECE {test['ece']:.3f}"
     )
-    views = {
-        "physics": "physics view (defect lines at the shaft speed)",
-        "spectral": "spectral template",
-    }
-    used = [text for key, text in views.items() if test.get(key, {}).get("used")]
+    used = [text for key, text in VIEWS.items() if test.get(key, {}).get("used")]
     alone = test.get("model_alone")
     if alone:
         console.print(
             f"  with the {' and the '.join(used)}; the model alone: "
             f"macro-F1 {alone['macro_f1']:.3f}, uncertain {alone['uncertain_rate']:.1%}"
         )
-    for key, text in views.items():
+    for key, text in VIEWS.items():
         report = test.get(key, {})
         if report and not report.get("used"):
             console.print(f"  {text} not used: {report.get('reason')}")

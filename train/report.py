@@ -100,6 +100,29 @@ def task_table(tasks: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+VIEWS = {
+    "physics": "physics view (defect lines at the shaft speed)",
+    "spectral": "spectral template (where the pool looks like the labeled machine)",
+}
+
+
+def views_section(main: dict[str, Any]) -> list[str]:
+    """What the recipe fused with its model, why, and the model alone."""
+    lines = [
+        f"- {text}: **{'fused' if main[key].get('used') else 'not used'}**, "
+        f"{main[key].get('reason', '')}"
+        for key, text in VIEWS.items()
+        if main.get(key)
+    ]
+    alone = main.get("model_alone")
+    if alone:
+        lines.append(
+            f"- the model alone: accuracy {alone['accuracy']:.3f}, macro-F1 "
+            f"{alone['macro_f1']:.3f}, uncertain {alone['uncertain_rate']:.3f}"
+        )
+    return ["## What the first method fused", "", *lines, ""] if lines else []
+
+
 def write_report(
     run_dir: Path,
     *,
@@ -122,6 +145,7 @@ def write_report(
         "ECE: expected calibration error over 15 equal-width confidence bins (0 = a window's "
         "confidence is its chance of being right); confident = not uncertain.",
         "",
+        *views_section(main),
         "## Split",
         "",
         "```",

@@ -82,6 +82,9 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
         "spectral template (linear)",
     ):
         assert method in report
+    assert "spectral template (where the pool looks like the labeled machine): **not used**" in (
+        report
+    )
     with np.load(run_dir / "heldout.npz") as held:
         assert held["x"].shape[1:] == (1, 512) and len(held["x"]) == len(held["y"])
 
