@@ -4,6 +4,7 @@ twin in `edge_agent.pipeline.head`), a multi-task head and temperature scaling."
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
@@ -161,3 +162,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     after = F.cross_entropy(logits / temperature, labels).item()
     logger.info("temperature %.3f: NLL %.4f -> %.4f", temperature, before, after)
     return temperature
+
+
+def calibrated_temperature(logits: np.ndarray, y: np.ndarray, floor: float) -> float:
+    """`fit_temperature` on numpy logits and labels, never below `floor` (1.0 if it diverges)."""
+    fitted = float(fit_temperature(torch.from_numpy(logits), torch.from_numpy(y)))
+    return max(fitted, floor) if math.isfinite(fitted) else 1.0

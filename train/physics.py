@@ -11,7 +11,6 @@ the recipe stays with the model there (see the README's benchmarks).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,16 +129,13 @@ def fit_fused_temperature(
 ) -> PhysicsFusion:
     """`fusion` with the temperature that calibrates the fused probabilities on `val` (never
     below `floor`; unchanged with fewer than two validation windows of known speed)."""
-    import torch
-
-    from train.heads import fit_temperature
+    from train.heads import calibrated_temperature
 
     view = fusion.view(val)
     known = np.isfinite(view).all(axis=1)
     if known.sum() < 2:
         return fusion
     z = np.log(np.clip(model_probs[known], 1e-12, 1.0)) + fusion.head.logits(view[known])
-    t = float(fit_temperature(torch.from_numpy(z).float(), torch.from_numpy(val.y[known])))
-    t = max(t, floor) if math.isfinite(t) else 1.0
+    t = calibrated_temperature(z, val.y[known], floor)
     head = PhysicsHead(fusion.head.weights, fusion.head.bias, fusion.head.band_hz, t)
     return PhysicsFusion(head, fusion.bearing, fusion.sample_rate_hz)

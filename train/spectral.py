@@ -15,13 +15,13 @@ of their own records.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.physics.spectral import SpectralHead, log_spectrum
+from train.heads import calibrated_temperature
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -155,16 +155,6 @@ def fit_spectral(
         head = replace(head, temperature=calibrated_temperature(z, split.val.y, floor))
     logger.info("spectral view kept: domain gap %.3f", gap)
     return head, {**report, "used": True, "reason": f"domain gap {gap:.3f}: passed the gate"}
-
-
-def calibrated_temperature(logits: np.ndarray, y: np.ndarray, floor: float) -> float:
-    """Temperature scaling of `logits` on labels `y` (train.heads), never below `floor`."""
-    import torch
-
-    from train.heads import fit_temperature
-
-    fitted = float(fit_temperature(torch.from_numpy(logits), torch.from_numpy(y)))
-    return max(fitted, floor) if math.isfinite(fitted) else 1.0
 
 
 def pool_spectra(split: Split, seed: int) -> np.ndarray:
