@@ -294,7 +294,7 @@ def select_tasks(spec: str) -> list[str]:
     if spec == "all":
         return list(TASKS)
     chosen: list[str] = []
-    for item in (s.strip() for s in spec.split(",")):
+    for item in _items(spec):
         found = GROUPS.get(item) or [t for t, (d, _) in TASKS.items() if item in (t, d)]
         if not found:
             raise ValueError(
@@ -303,6 +303,18 @@ def select_tasks(spec: str) -> list[str]:
             )
         chosen += [t for t in found if t not in chosen]
     return chosen
+
+
+def _items(spec: str) -> list[str]:
+    """The comma list's items; a task name holds commas of its own ("cwru 4-class, 5/class"), so
+    the longest run of parts that names a task is one item."""
+    parts = [part.strip() for part in spec.split(",")]
+    items, i = [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i + 1, -1) if ", ".join(parts[i:j]) in TASKS), i + 1)
+        items.append(", ".join(parts[i:j]))
+        i = j
+    return items
 
 
 def pretrain_group(base: TrainConfig, task: str) -> str:

@@ -94,6 +94,12 @@ def test_task_selection_by_group_data_or_name():
         "cwru-crossload-3to0",
         *(f"cwru-lolo-{k}" for k in range(4)),
     ]
+    by_name = fewlabel.select_tasks("cwru 4-class, 5/class,cwru-crossload, sim")
+    assert by_name == [
+        "cwru 4-class, 5/class",
+        "cwru cross-load 0->3, 50/class",
+        "sim-reference (200 labels)",
+    ]
     with pytest.raises(ValueError, match=r"unknown task 'cwru-lol'.*valid: sim, cwru"):
         fewlabel.select_tasks("cwru-lol")
 
