@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.physics.spectral import SpectralHead, log_spectrum
+from edge_agent.pipeline.head import softmax
 from train.heads import calibrated_temperature
 
 if TYPE_CHECKING:
@@ -68,9 +69,7 @@ def self_trained_template(
     head = fit_template(labeled, y, n_classes, seed)
     if per_class == 0 or len(pool) == 0:
         return head, {}
-    logits = head.view_logits(pool)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax(head.view_logits(pool))
     confidence, label = probs.max(axis=1), probs.argmax(axis=1)
     chosen = {}
     for c in range(n_classes):

@@ -151,6 +151,7 @@ class Manifest(StrictModel):
     def _consistent(self) -> Manifest:
         if self.normal_class not in self.class_names:
             raise ValueError(f"normal_class {self.normal_class!r} is not in class_names")
+        bins = self.preprocessing.window // 2
         for name, view in (("physics", self.physics), ("spectral", self.spectral)):
             if view is None:
                 continue
@@ -163,12 +164,11 @@ class Manifest(StrictModel):
                     f"{name}: the head has {head.num_classes} classes, class_names "
                     f"{len(self.class_names)}"
                 )
-        bins = self.preprocessing.window // 2
-        if self.spectral is not None and self.spectral.head().bands > bins:
-            raise ValueError(
-                f"spectral: {self.spectral.head().bands} bands, a "
-                f"{self.preprocessing.window}-sample window has {bins}"
-            )
+            if isinstance(head, SpectralHead) and head.bands > bins:
+                raise ValueError(
+                    f"spectral: {head.bands} bands, a {self.preprocessing.window}-sample "
+                    f"window has {bins}"
+                )
         listed = {e.file for e in self.encoders} | {self.head_file}
         missing = sorted(listed - set(self.files))
         if missing:
