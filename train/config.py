@@ -153,8 +153,8 @@ class TrainConfig(BaseModel):
     spectral: bool = Field(
         True,
         description="Fuse the spectral template (edge_agent.physics.spectral: a linear model of "
-        "the labeled windows' log spectra) with the model, where the unlabeled pool looks like "
-        "the labeled machine (train.spectral).",
+        "the ranked shape of the labeled windows' log spectra) with the model, where the "
+        "unlabeled pool looks like the labeled machine (train.spectral).",
     )
     spectral_max_domain_gap: float = Field(
         0.90,

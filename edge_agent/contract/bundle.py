@@ -110,7 +110,7 @@ class SpectralView(StrictModel):
     """The spectral template fused with the factory head (edge_agent.physics.spectral); absent:
     model only."""
 
-    features: Literal["log-spectrum-v1"]
+    features: Literal["ranked-log-spectrum-v1"]
     mean: list[float]
     scale: list[float]
     weights: list[list[float]] = Field(description="(classes, bands) of the linear template.")

@@ -1,16 +1,22 @@
 """The spectral view of a window and the linear template on it, fused with the model's head.
 
-A window's spectral view is the shape of its log power spectrum: log power in equal-width bands
-from the first bin above DC to Nyquist (Hann window), less the window's mean level, so sensor
-gain and offset drop out. A strongly regularized linear template on it, fitted on the labeled
-windows of one machine, carries the diagnosis to other loads and other bearings of that machine
-(CWRU, README "Benchmarks") but not to machines with other resonances. Training keeps it only
-where the unlabeled pool looks like the labeled machine (train.spectral), and the agent fuses it
-only while a channel runs on the factory head: a device head describes its own machine.
+A window's spectral view is the shape of its log power spectrum, ranked: log power in equal-width
+bands from the first bin above DC to Nyquist (Hann window), smoothed over SMOOTH_BANDS bands
+(117 Hz), then replaced by each band's rank within the window (scaled to [-0.5, 0.5]). Ranks keep
+where the window's energy sits (its resonances) and drop how deep they are, which changes with
+sensor gain, load and the size of the defect: on CWRU the ranked view carries a few labels of
+two bearings to a third (0.93 against 0.81 for the plain log spectrum, README "Benchmarks");
+smoothing first keeps the fine shaft-speed lines, which move with load, out of the ranks. A
+strongly regularized linear template on it, fitted on the labeled windows of one machine,
+carries the diagnosis to other loads and other bearings of that machine but not to machines
+with other resonances. Training keeps it only where the unlabeled pool looks like the labeled
+machine (train.spectral), and the agent fuses it only while a channel runs on the factory head:
+a device head describes its own machine.
 
     p = softmax((model_weight * log p_model + W @ standardize(view) + b) / T)
 
-numpy only; the same code runs in training, in the export parity check and on the gateway.
+numpy and scipy only; the same code runs in training, in the export parity check and on the
+gateway.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import numpy as np
 
 from edge_agent.pipeline.head import softmax
 
-FEATURES = "log-spectrum-v1"
+FEATURES = "ranked-log-spectrum-v1"
 BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
+SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 score alike)
 
 
 def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
@@ -37,6 +44,20 @@ def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
     width = power.shape[1] // bands
     level = np.log(power[:, : bands * width].reshape(len(x), bands, width).mean(axis=2) + 1e-20)
     return (level - level.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def spectral_view(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
+    """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32: each band's rank in the
+    window's smoothed log spectrum, scaled to [-0.5, 0.5] (ties share their mean rank, so a flat
+    window reads all zeros)."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.stats import rankdata
+
+    level = log_spectrum(windows, bands)
+    width = min(SMOOTH_BANDS, level.shape[1])
+    smooth = uniform_filter1d(level.astype(np.float64), width, axis=1, mode="nearest")
+    n = level.shape[1]
+    return ((rankdata(smooth, axis=1) - (n + 1) / 2) / n).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,7 @@ class SpectralHead:
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """(N, W) windows -> (N, C) template logits."""
-        view = log_spectrum(windows, self.bands)
+        view = spectral_view(windows, self.bands)
         if view.shape[1] != self.bands:
             raise ValueError(
                 f"a {np.asarray(windows).shape[-1]}-sample window has {view.shape[1]} spectral "

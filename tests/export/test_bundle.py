@@ -144,11 +144,11 @@ def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
 ):
     """A run whose recipe kept the spectral template: the manifest carries it as the agent loads
     it, and the parity gate scores the fused decisions (here the template alone decides)."""
-    from edge_agent.physics.spectral import SpectralHead, log_spectrum
+    from edge_agent.physics.spectral import SpectralHead, spectral_view
     from train.spectral import fit_template
 
     x, y = trained["heldout"]
-    template = fit_template(log_spectrum(x), y, len(CLASS_NAMES), seed=0)
+    template = fit_template(spectral_view(x), y, len(CLASS_NAMES), seed=0)
     template = SpectralHead(
         template.mean, template.scale, template.weights, template.bias, 0.0, 1.0
     )

@@ -1,6 +1,7 @@
-"""The spectral template (a linear model of the labeled windows' log spectra): as a baseline it
-names a resonance at gains it never saw; in the recipe it is fused only where the unlabeled pool
-looks like the labeled machine, and the fused model decides as the template and model together."""
+"""The spectral template (a linear model of the ranked shape of the labeled windows' log spectra):
+as a baseline it names a resonance at gains it never saw; in the recipe it is fused only where
+the unlabeled pool looks like the labeled machine, and the fused model decides as the template
+and model together."""
 
 from __future__ import annotations
 
@@ -141,14 +142,14 @@ def test_the_template_stays_out_when_switched_off_or_a_class_has_no_labels() -> 
 
 
 def test_the_template_labels_the_pool_windows_it_is_sure_of_and_refits_on_them() -> None:
-    from edge_agent.physics.spectral import log_spectrum
+    from edge_agent.physics.spectral import spectral_view
     from train.spectral import POOL_LABEL_CONFIDENCE, fit_template, self_trained_template
 
     rng = np.random.default_rng(8)
-    labeled = log_spectrum(np.concatenate([resonance_windows(c, 4, rng) for c in range(3)]))
+    labeled = spectral_view(np.concatenate([resonance_windows(c, 4, rng) for c in range(3)]))
     y = np.repeat(np.arange(3), 4)
     truth = np.repeat(np.arange(3), 30)
-    pool = log_spectrum(np.concatenate([resonance_windows(c, 30, rng) for c in range(3)]))
+    pool = spectral_view(np.concatenate([resonance_windows(c, 30, rng) for c in range(3)]))
     plain = fit_template(labeled, y, 3, seed=0)
     refit, added = self_trained_template(labeled, y, pool, 3, seed=0, per_class=10)
     assert added == {0: 10, 1: 10, 2: 10}  # capped per class; every pool window here is clear
@@ -158,7 +159,7 @@ def test_the_template_labels_the_pool_windows_it_is_sure_of_and_refits_on_them()
     np.testing.assert_array_equal(same.weights, plain.weights)
     assert none == {}
     # a pool of noise: nothing reaches the confidence, nothing is added
-    noise = log_spectrum(rng.standard_normal((40, W)))
+    noise = spectral_view(rng.standard_normal((40, W)))
     probs = np.exp(plain.view_logits(noise))
     probs /= probs.sum(axis=1, keepdims=True)
     unsure = self_trained_template(

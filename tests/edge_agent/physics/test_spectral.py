@@ -1,6 +1,7 @@
-"""The spectral view (the log spectrum's shape) and the template fused with the model's head: the
-view ignores gain and offset and survives any window, the head refuses what it cannot use, and
-the agent fuses it only while a channel runs on the factory head."""
+"""The spectral view (the ranked shape of the log spectrum) and the template fused with the
+model's head: the view ignores gain, offset and how deep a resonance is, and survives any window;
+the head refuses what it cannot use, and the agent fuses it only while a channel runs on the
+factory head."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from edge_agent.agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
-from edge_agent.physics.spectral import SpectralHead, log_spectrum
+from edge_agent.physics.spectral import SpectralHead, log_spectrum, spectral_view
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     SEVERITY,
@@ -47,6 +48,30 @@ def test_the_view_peaks_at_the_resonance_and_ignores_gain_and_offset() -> None:
     np.testing.assert_allclose(view.mean(axis=1), 0.0, atol=1e-4)
 
 
+def ringing_at(centre_hz: float, depth: float, phases: np.ndarray) -> np.ndarray:
+    """A window whose spectrum is a falling floor with a resonance at `centre_hz`, every level
+    `depth` times as far in dB as at depth 1 (random phases, so the floor carries no lines)."""
+    f = np.fft.rfftfreq(W, 1 / FS)
+    gain = ((1 + 30 * np.exp(-(((f - centre_hz) / 300) ** 2))) / (1 + f / 1000)) ** depth
+    return np.fft.irfft(gain * np.exp(1j * phases), W)
+
+
+def test_the_ranked_view_keeps_where_a_resonance_is_and_drops_how_deep() -> None:
+    phases = np.random.default_rng(3).uniform(0, 2 * np.pi, W // 2 + 1)
+    shallow, deep = ringing_at(2300.0, 1.0, phases), ringing_at(2300.0, 2.0, phases)
+    view = spectral_view(np.stack([shallow, deep]))
+    assert view.shape == (2, 512) and view.dtype == np.float32
+    assert view.min() >= -0.5 and view.max() <= 0.5
+    top = (np.flatnonzero(view[0] > 0.45) + 0.5) * FS / 2 / 512  # the top 5 % of bands
+    assert np.all(np.abs(top - 2300.0) < 300)
+    np.testing.assert_allclose(spectral_view(7.0 * deep[None] + 3.0), view[1:], atol=1e-6)
+    plain = log_spectrum(np.stack([shallow, deep]))
+    assert np.abs(plain[0] - plain[1]).max() > 3.0  # the plain spectrum sees the depth
+    assert np.abs(view[0] - view[1]).mean() < 0.03  # the ranks barely move (window leakage)
+    other = spectral_view(ringing_at(4500.0, 1.0, phases)[None])
+    assert np.abs(view[0] - other[0]).mean() > 0.1  # a resonance elsewhere is another view
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     n=st.integers(1, 4),
@@ -63,8 +88,13 @@ def test_any_window_gives_a_finite_view_of_the_right_size(n, width, bands, scale
         x[0, 0, width // 2] = np.nan
     elif broken == "clipped":
         x = np.clip(x, -0.1 * scale, 0.1 * scale)
-    view = log_spectrum(x, bands)
-    assert view.shape == (n, min(bands, width // 2)) and np.isfinite(view).all()
+    size = (n, min(bands, width // 2))
+    for view in (log_spectrum(x, bands), spectral_view(x, bands)):
+        assert view.shape == size and np.isfinite(view).all()
+    ranked = spectral_view(x, bands)
+    assert np.all(np.abs(ranked) <= 0.5)
+    if broken == "flat":  # no vibration, no shape: every band ties
+        assert not ranked.any()
 
 
 def template(bands: int = 8, classes: int = 3, **fields) -> SpectralHead:
@@ -125,7 +155,7 @@ def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> No
     assert np.array_equal(back.weights, head.weights)
     assert (back.model_weight, back.temperature) == (0.5, 2.0)
     with pytest.raises(ValueError, match="cannot compute"):
-        SpectralHead.from_dict({**head.to_dict(), "features": "log-spectrum-v9"})
+        SpectralHead.from_dict({**head.to_dict(), "features": "log-spectrum-v1"})
 
 
 # -- in a bundle, on the agent -----------------------------------------------------------------
