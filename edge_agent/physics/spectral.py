@@ -5,7 +5,7 @@ bands from the first bin above DC to Nyquist (Hann window), smoothed over SMOOTH
 (117 Hz), then replaced by each band's rank within the window (scaled to [-0.5, 0.5]). Ranks keep
 where the window's energy sits (its resonances) and drop how deep they are, which changes with
 sensor gain, load and the size of the defect: on CWRU the ranked view carries a few labels of
-two bearings to a third (0.93 against 0.81 for the plain log spectrum, README "Benchmarks");
+two bearings to a third (0.92 against 0.81 for the plain log spectrum, README "Benchmarks");
 smoothing first keeps the fine shaft-speed lines, which move with load, out of the ranks. A
 strongly regularized linear template on it, fitted on the labeled windows of one machine,
 carries the diagnosis to other loads and other bearings of that machine but not to machines
