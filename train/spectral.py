@@ -4,7 +4,7 @@ and fuse it into the model's probabilities.
 
 The decision is the domain gap: how well a linear classifier tells the labeled windows from the
 unlabeled pool by their plain log spectra (cross-validated ROC AUC; they tell the simulator's
-machines apart more clearly than the template's ranked view: 0.998-1.0 against 0.95-0.97).
+machines apart more clearly than the template's ranked view: 0.986-1.0 against 0.95-0.97).
 Near 0.5 the pool is the labeled machine (other loads, other times, other bearings of one rig:
 CWRU 0.35-0.87), where a template transfers and the fine-tuned model can be confidently wrong;
 near 1 the pool is other machines with other resonances (the simulator: 0.986-1.0, 0.94 on the
