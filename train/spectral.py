@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.physics.spectral import SpectralHead, log_spectrum, spectral_view
+from edge_agent.physics.spectral import SpectralHead, log_spectrum, ranked_bands, spectral_view
 from edge_agent.pipeline.head import softmax
 from train.heads import calibrated_temperature
 
@@ -134,8 +134,8 @@ def fit_spectral(
     n_classes = len(split.class_names)
     if len(np.unique(split.labeled.y)) < n_classes:
         return None, {**report, "reason": "not every class has labeled windows"}
-    pool = pool_windows(split, cfg.seed)
-    gap = domain_gap(log_spectrum(split.labeled.x), log_spectrum(pool), cfg.seed)
+    labeled, pool = log_spectrum(split.labeled.x), log_spectrum(pool_windows(split, cfg.seed))
+    gap = domain_gap(labeled, pool, cfg.seed)
     report["domain_gap"] = gap
     if gap is None:
         return None, {**report, "reason": f"fewer than {GAP_FOLDS} labeled or pool windows"}
@@ -145,10 +145,10 @@ def fit_spectral(
             "reason": f"domain gap {gap:.3f} > {cfg.spectral_max_domain_gap:.2f}: the pool is "
             "other machines, which a template of the labeled one would mislead",
         }
-    template, added = self_trained_template(
-        spectral_view(split.labeled.x),
+    template, added = self_trained_template(  # on the ranked view of the same spectra
+        ranked_bands(labeled),
         split.labeled.y,
-        spectral_view(pool),
+        ranked_bands(pool),
         n_classes,
         cfg.seed,
         cfg.spectral_pool_labels,

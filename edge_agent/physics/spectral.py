@@ -47,16 +47,22 @@ def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
 
 
 def spectral_view(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
-    """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32: each band's rank in the
-    window's smoothed log spectrum, scaled to [-0.5, 0.5] (ties share their mean rank, so a flat
-    window reads all zeros)."""
+    """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32 ranked view
+    (`ranked_bands` of their `log_spectrum`)."""
+    return ranked_bands(log_spectrum(windows, bands))
+
+
+def ranked_bands(level: np.ndarray) -> np.ndarray:
+    """(N, bands) log spectra -> (N, bands) float32: each band's rank in the window's smoothed
+    log spectrum, scaled to [-0.5, 0.5] (ties share their mean rank, so a flat window reads all
+    zeros)."""
     from scipy.ndimage import uniform_filter1d
     from scipy.stats import rankdata
 
-    level = log_spectrum(windows, bands)
-    width = min(SMOOTH_BANDS, level.shape[1])
-    smooth = uniform_filter1d(level.astype(np.float64), width, axis=1, mode="nearest")
     n = level.shape[1]
+    smooth = uniform_filter1d(
+        np.asarray(level, np.float64), min(SMOOTH_BANDS, n), axis=1, mode="nearest"
+    )
     return ((rankdata(smooth, axis=1) - (n + 1) / 2) / n).astype(np.float32)
 
 
