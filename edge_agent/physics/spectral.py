@@ -37,7 +37,8 @@ SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 
 def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
     """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32 log band power less each
     window's mean level. A window with no vibration (flat) reads all zeros."""
-    x = np.asarray(windows, np.float64).reshape(len(windows), -1)
+    x = np.asarray(windows, np.float64)
+    x = x.reshape(x.shape[0], x.shape[-1])  # (N, W), N may be 0
     x = np.nan_to_num(x - x.mean(axis=1, keepdims=True))
     power = np.abs(np.fft.rfft(x * np.hanning(x.shape[1]), axis=1))[:, 1:] ** 2
     bands = min(bands, power.shape[1])

@@ -136,6 +136,9 @@ def test_the_template_stays_out_when_switched_off_or_a_class_has_no_labels() -> 
     off = load_config(None, ["spectral=false"])
     val_probs = wrong_and_sure(split)[0]
     assert "spectral = false" in fit_spectral(off, split, val_probs, 0.5)[1]["reason"]
+    empty = toy_split(per_class=8, seed=7)
+    empty.pool = []  # no unlabeled windows at all: no gap to measure, no crash
+    assert "fewer than" in fit_spectral(load_config(None, []), empty, val_probs, 0.5)[1]["reason"]
     partial = toy_split(per_class=8, seed=7, classes=2)
     reason = fit_spectral(load_config(None, []), partial, val_probs, 0.5)[1]["reason"]
     assert "not every class" in reason

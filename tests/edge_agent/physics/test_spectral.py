@@ -91,6 +91,8 @@ def test_any_window_gives_a_finite_view_of_the_right_size(n, width, bands, scale
     size = (n, min(bands, width // 2))
     for view in (log_spectrum(x, bands), spectral_view(x, bands)):
         assert view.shape == size and np.isfinite(view).all()
+    for none in (log_spectrum(x[:0], bands), spectral_view(x[:0], bands)):
+        assert none.shape == (0, size[1])
     ranked = spectral_view(x, bands)
     assert np.all(np.abs(ranked) <= 0.5)
     if broken == "flat":  # no vibration, no shape: every band ties
