@@ -388,7 +388,8 @@ MaxWindowsOption = Annotated[
 def _embed_files(
     cfg, model, files: list[Path], rate_hz: int | None = None, max_windows: int | None = None
 ):
-    """Embeddings, times and rejected-window count of recordings (exit 1 on a bad file)."""
+    """Embeddings, times, spectral views and rejected-window count of recordings (exit 1 on a
+    bad file)."""
     try:
         return embed_recordings(
             files,
@@ -423,7 +424,7 @@ def calibrate(
     m = model.manifest
     if label not in m.class_names:
         raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
-    emb, t, rejected = _embed_files(cfg, model, files, rate_hz, max_windows)
+    emb, t, views, rejected = _embed_files(cfg, model, files, rate_hz, max_windows)
     if not len(t):
         raise _fail(
             f"no window of {len(files)} file(s) passed the sensor checks ({rejected} failed)"
@@ -433,7 +434,7 @@ def calibrate(
     )
     labels = [m.class_names.index(label)] * len(t)
     try:
-        outcome = calibrate_with_set(store, model.factory, cal_set, emb, t, labels)
+        outcome = calibrate_with_set(store, model.factory, cal_set, emb, t, labels, views)
     except ValueError as exc:
         raise _fail(f"calibration: {exc}") from None
     r = outcome.result
@@ -474,7 +475,7 @@ def renormalize(
     reference = m.reference_stats.get(m.normal_class)
     if reference is None:
         raise _fail(f"the bundle has no reference statistics for {m.normal_class!r}")
-    emb, t, rejected = _embed_files(cfg, model, files, rate_hz)
+    emb, t, _, rejected = _embed_files(cfg, model, files, rate_hz)
     if len(t) < MIN_RENORMALIZE_WINDOWS:
         raise _fail(
             f"{len(t)} usable windows ({rejected} failed the sensor checks); re-normalization "

@@ -513,6 +513,12 @@ class AgentConfig(StrictModel):
         description="Recent window embeddings kept in memory for on-device calibration "
         "(20,000 = 28 min at 12 kHz with hop 1024; costs rows x embedding_dim x 4 bytes).",
     )
+    embedding_log_views: bool = Field(
+        True,
+        description="Also keep each logged window's spectral view (512 bands x 2 bytes a row; "
+        "about 0.5 ms a window on a Pi-class core), so labels given over MQTT can fit a device "
+        "template; off: MQTT time-range labels refit the head only.",
+    )
     device: DeviceConfig
     sensor: SensorConfig
     source: SourceConfig

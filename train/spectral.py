@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.physics.spectral import SpectralHead, log_spectrum, ranked_bands, spectral_view
+from edge_agent.physics.spectral import (
+    ABSENT_CLASS_BIAS,
+    TEMPLATE_C,
+    SpectralHead,
+    log_spectrum,
+    ranked_bands,
+    spectral_view,
+)
 from edge_agent.pipeline.head import softmax
 from train.heads import calibrated_temperature
 
@@ -30,10 +37,8 @@ if TYPE_CHECKING:
     from train.splits import Split
 
 logger = logging.getLogger(__name__)
-TEMPLATE_C = 0.1  # inverse L2 strength: a strongly regularized template transfers best (CWRU)
 GAP_FOLDS = 5
 GAP_POOL_WINDOWS = 2000  # pool windows the domain gap compares with the labeled ones
-ABSENT_CLASS_BIAS = -30.0  # template logit of a class without labeled windows
 POOL_LABEL_CONFIDENCE = 0.9  # a pool window the template labels for itself: p >= this
 
 

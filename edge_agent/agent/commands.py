@@ -136,7 +136,7 @@ def calibrate(agent: Agent, ch: Channel, command: Command) -> CommandResult:
         return _fail(command, f"unknown label {command.label!r}; valid: {', '.join(names)}")
     if command.files is not None:
         try:
-            emb, t, rejected = embed_recordings(
+            emb, t, views, rejected = embed_recordings(
                 [Path(f) for f in command.files],
                 ch.cfg.sensor,
                 ch.model.manifest,
@@ -151,7 +151,7 @@ def calibrate(agent: Agent, ch: Channel, command: Command) -> CommandResult:
     else:
         assert command.labels_from_utc is not None and command.labels_to_utc is not None
         t_from, t_to = command.labels_from_utc, command.labels_to_utc
-        emb, t, _ = ch.log.select(t_from.timestamp(), t_to.timestamp())
+        emb, t, _, views = ch.log.select(t_from.timestamp(), t_to.timestamp())
         span = ch.log.time_range()
         held = f"{utc(span[0]).isoformat()} to {utc(span[1]).isoformat()}" if span else "nothing"
         where = f"{t_from.isoformat()} to {t_to.isoformat()}"
@@ -165,7 +165,9 @@ def calibrate(agent: Agent, ch: Channel, command: Command) -> CommandResult:
     labels = np.full(len(t), names.index(command.label))
     kick_watchdog()
     try:
-        outcome = calibrate_with_set(ch.store, ch.model.factory, ch.calibration_set, emb, t, labels)
+        outcome = calibrate_with_set(
+            ch.store, ch.model.factory, ch.calibration_set, emb, t, labels, views
+        )
     except ValueError as exc:
         return _fail(command, f"calibrate: {exc}", set_counts=ch.calibration_set.counts())
     if outcome.result.accepted:

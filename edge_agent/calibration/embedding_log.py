@@ -1,17 +1,20 @@
 """The embeddings behind on-device calibration: recent windows, the labeled set, recordings.
 
 - `EmbeddingLog`: a fixed-size numpy ring of the last `capacity` windows that passed the sensor
-  checks: raw encoder embedding (D,), window end time (s, epoch) and the label the agent gave it.
-  Memory is capacity x D x 4 bytes plus 10 bytes a row: the default 20,000 rows (about 28 min at
-  12 kHz with a hop of 1024 samples; 14 min with a hop of 512) cost 10 MB at D = 128. A whole
-  shift does not fit: label a time range soon after it happened.
-- `CalibrationSet`: the labeled embeddings an operator has collected on this device, kept in
-  `state_dir/calibration_set.npz` (written atomically) for one bundle model version; labeling
-  the same window again replaces its label.
+  checks: raw encoder embedding (D,), window end time (s, epoch), the label the agent gave it
+  and, when kept, the window's spectral view (`view_bands`, float16) for a device template.
+  Memory is capacity x (D x 4 + view_bands x 2) bytes plus 10 bytes a row: the default 20,000
+  rows (about 28 min at 12 kHz with a hop of 1024 samples; 14 min with a hop of 512) cost 10 MB
+  at D = 128, and 20 MB more with 512-band views. A whole shift does not fit: label a time range
+  soon after it happened.
+- `CalibrationSet`: the labeled embeddings (and spectral views: NaN where a window had none) an
+  operator has collected on this device, kept in `state_dir/calibration_set.npz` (written
+  atomically) for one bundle model version; labeling the same window again replaces its label.
 - `embed_recordings()`: windows of recordings on the device (WAV/NPY/CSV, read by the replay
-  source) through the sensor checks and the encoder.
+  source) through the sensor checks, the encoder and the spectral view.
 - `calibrate_with_set()`: add rows to the set, refit the head on the whole set
-  (`calibration.calibrate`, held out by time) and commit it to the HeadStore when accepted.
+  (`calibration.calibrate`, held out by time), give it a device template where one helps
+  (`calibration.device_template`) and commit it to the HeadStore when accepted.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +35,7 @@ from edge_agent.config import FileSourceConfig, SensorConfig
 from edge_agent.contract.bundle import Manifest
 from edge_agent.contract.durable import atomic_write
 from edge_agent.contract.preprocess import frame, normalize
+from edge_agent.physics.spectral import BANDS, spectral_view
 from edge_agent.pipeline.head import Head
 from edge_agent.pipeline.sanity import check_window
 from edge_agent.sources.base import SourceError
@@ -46,20 +50,23 @@ MAX_CALIBRATION_ROWS = 50_000  # oldest rows go first beyond this
 
 
 class EmbeddingLog:
-    """Ring of (embedding (D,) float32, end time float64 s, label int16) for recent windows.
+    """Ring of (embedding (D,) float32, end time float64 s, label int16, spectral view
+    (view_bands,) float16) for recent windows; view_bands 0 keeps no views.
 
     Label codes: a class index, or UNCERTAIN_CODE. `append` copies into preallocated arrays.
     """
 
-    def __init__(self, capacity: int, dim: int) -> None:
-        if capacity < 1 or dim < 1:
+    def __init__(self, capacity: int, dim: int, view_bands: int = 0) -> None:
+        if capacity < 1 or dim < 1 or view_bands < 0:
             raise ValueError(
-                f"EmbeddingLog needs capacity >= 1 and dim >= 1, got {capacity=}, {dim=}"
+                "EmbeddingLog needs capacity >= 1, dim >= 1 and view_bands >= 0, got "
+                f"{capacity=}, {dim=}, {view_bands=}"
             )
-        self.capacity, self.dim = int(capacity), int(dim)
+        self.capacity, self.dim, self.view_bands = int(capacity), int(dim), int(view_bands)
         self._emb = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self._t = np.zeros(self.capacity, dtype=np.float64)
         self._labels = np.zeros(self.capacity, dtype=np.int16)
+        self._views = np.zeros((self.capacity, self.view_bands), dtype=np.float16)
         self._next = 0  # slot of the next row
         self._count = 0
 
@@ -68,23 +75,29 @@ class EmbeddingLog:
 
     @property
     def nbytes(self) -> int:
-        return self._emb.nbytes + self._t.nbytes + self._labels.nbytes
+        return self._emb.nbytes + self._t.nbytes + self._labels.nbytes + self._views.nbytes
 
-    def append(self, emb: np.ndarray, t: np.ndarray, labels: np.ndarray) -> None:
-        """Add rows: emb (n, D), t (n,) end times (s), labels (n,) codes; overwrites the oldest."""
+    def append(
+        self, emb: np.ndarray, t: np.ndarray, labels: np.ndarray, views: np.ndarray | None = None
+    ) -> None:
+        """Add rows: emb (n, D), t (n,) end times (s), labels (n,) codes, views (n, view_bands)
+        (None: NaN rows where views are kept); overwrites the oldest."""
         n = len(t)
         if n == 0:
             return
-        if emb.shape != (n, self.dim) or len(labels) != n:
+        if views is None:
+            views = np.full((n, self.view_bands), np.nan, np.float16)
+        if emb.shape != (n, self.dim) or len(labels) != n or views.shape != (n, self.view_bands):
             raise ValueError(
-                f"append needs emb ({n}, {self.dim}) and {n} labels, got {emb.shape} and "
-                f"{len(labels)}"
+                f"append needs emb ({n}, {self.dim}), {n} labels and views ({n}, "
+                f"{self.view_bands}), got {emb.shape}, {len(labels)} and {views.shape}"
             )
+        rows = [emb, t, labels, views]
         if n > self.capacity:
-            emb, t, labels = emb[-self.capacity :], t[-self.capacity :], labels[-self.capacity :]
+            rows = [a[-self.capacity :] for a in rows]
             n = self.capacity
         first = min(n, self.capacity - self._next)
-        for dst, src in ((self._emb, emb), (self._t, t), (self._labels, labels)):
+        for dst, src in zip((self._emb, self._t, self._labels, self._views), rows, strict=True):
             dst[self._next : self._next + first] = src[:first]
             dst[: n - first] = src[first:]
         self._next = (self._next + n) % self.capacity
@@ -97,12 +110,16 @@ class EmbeddingLog:
         t = self._t[: self._count]
         return float(t.min()), float(t.max())
 
-    def select(self, t_from: float, t_to: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Copies of the rows whose end time is in [t_from, t_to], oldest first: emb, t, labels."""
+    def select(
+        self, t_from: float, t_to: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the rows whose end time is in [t_from, t_to], oldest first: emb, t, labels,
+        views (n, view_bands) float32."""
         t = self._t[: self._count]
         idx = np.flatnonzero((t >= t_from) & (t <= t_to))
         idx = idx[np.argsort(t[idx], kind="stable")]
-        return self._emb[idx].copy(), t[idx].copy(), self._labels[idx].copy()
+        views = self._views[idx].astype(np.float32)
+        return self._emb[idx].copy(), t[idx].copy(), self._labels[idx].copy(), views
 
 
 class CalibrationSet:
@@ -128,6 +145,7 @@ class CalibrationSet:
         self.emb = np.zeros((0, self.dim), dtype=np.float32)
         self.t = np.zeros(0, dtype=np.float64)
         self.labels = np.zeros(0, dtype=np.int64)
+        self.views = np.zeros((0, BANDS), dtype=np.float16)  # NaN rows: no view
         self._load()
 
     def __len__(self) -> int:
@@ -146,6 +164,7 @@ class CalibrationSet:
                 version = str(data["model_version"])
                 names = [str(n) for n in data["class_names"]]
                 emb, t, labels = data["emb"], data["t"], data["labels"]
+                views = data["views"] if "views" in data.files else None  # older sets: none
         except Exception as exc:  # truncated file, missing keys: start over, never crash
             logger.warning(
                 "%s is unreadable (%s); starting an empty calibration set", self.path, exc
@@ -164,24 +183,38 @@ class CalibrationSet:
         self.emb = emb.astype(np.float32)
         self.t = t.astype(np.float64)
         self.labels = labels.astype(np.int64)
+        self.views = self._as_views(views, len(t))
 
-    def add(self, emb: np.ndarray, t: np.ndarray, labels: np.ndarray) -> int:
-        """Add rows (emb (n, D), t (n,), labels (n,) class indices) and save; returns n.
+    def add(
+        self, emb: np.ndarray, t: np.ndarray, labels: np.ndarray, views: np.ndarray | None = None
+    ) -> int:
+        """Add rows (emb (n, D), t (n,), labels (n,) class indices, views (n, bands) or None)
+        and save; returns n.
 
         A row whose time equals a stored row's replaces it (the newest label wins).
         """
         emb = np.asarray(emb, dtype=np.float32).reshape(-1, self.dim)
         t = np.asarray(t, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.int64)
+        views = self._as_views(views, len(t))
         keep = ~np.isin(self.t, t)
         self.emb = np.concatenate([self.emb[keep], emb])
         self.t = np.concatenate([self.t[keep], t])
         self.labels = np.concatenate([self.labels[keep], labels])
+        self.views = np.concatenate([self.views[keep], views])
         if len(self.t) > self.max_rows:
             newest = np.sort(np.argsort(self.t, kind="stable")[-self.max_rows :])
-            self.emb, self.t, self.labels = self.emb[newest], self.t[newest], self.labels[newest]
+            self.emb, self.t = self.emb[newest], self.t[newest]
+            self.labels, self.views = self.labels[newest], self.views[newest]
         self.save()
         return len(t)
+
+    @staticmethod
+    def _as_views(views: np.ndarray | None, n: int) -> np.ndarray:
+        """(n, BANDS) float16 views; NaN rows where none (or of another width) were given."""
+        if views is None or np.shape(views) != (n, BANDS):
+            return np.full((n, BANDS), np.nan, np.float16)
+        return np.asarray(views, np.float16)
 
     def save(self) -> None:
         buffer = io.BytesIO()
@@ -190,6 +223,7 @@ class CalibrationSet:
             emb=self.emb,
             t=self.t,
             labels=self.labels,
+            views=self.views,
             model_version=np.array(self.model_version),
             class_names=np.array(self.class_names),
         )
@@ -206,19 +240,19 @@ def embed_recordings(
     *,
     rate_hz: int | None = None,
     max_windows: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Embeddings of the windows of the recordings that pass the sensor checks.
+) -> Embedded:
+    """Embeddings and spectral views of the windows of the recordings that pass the sensor checks.
 
     Each file is read like a `file` source and resampled to the bundle's rate with the live
     source's resampler: a WAV at its header's rate (`rate_hz`, when given, must agree), NPY/CSV at
     `rate_hz`, which they cannot carry themselves (SourceError naming the file without it).
     Integer and WAV data are scaled with `sensor`. `max_windows`: at most this many windows per
-    file, spread evenly over it (an operator labels a few windows). Returns emb (N, D), t (N,)
-    window end times (s: file mtime taken as the end of the recording) and the number of windows
-    rejected by the sensor checks. SourceError for an unreadable or too-short file.
+    file, spread evenly over it (an operator labels a few windows). Window end times are taken
+    from the file's mtime as the end of the recording. SourceError for an unreadable or
+    too-short file.
     """
     spec = manifest.preprocessing.spec()
-    embs, times, rejected = [], [], 0
+    embs, times, views, rejected = [], [], [], 0
     for path in paths:
         path = Path(path)
         if path.suffix.lower() != ".wav" and rate_hz is None:
@@ -259,11 +293,22 @@ def embed_recordings(
         for i in range(0, len(good), batch_windows):
             idx = good[i : i + batch_windows]
             embs.append(backend.embed(normalize(windows[idx], spec.normalization)))
+            views.append(spectral_view(windows[idx]))
             end = positions[idx] * spec.hop + spec.window - 1
             times.append(start + end / spec.sample_rate_hz)
     if not embs:
-        return np.zeros((0, manifest.embedding_dim), np.float32), np.zeros(0), rejected
-    return np.concatenate(embs), np.concatenate(times), rejected
+        empty = np.zeros((0, manifest.embedding_dim), np.float32)
+        return Embedded(empty, np.zeros(0), np.zeros((0, BANDS), np.float32), rejected)
+    return Embedded(np.concatenate(embs), np.concatenate(times), np.concatenate(views), rejected)
+
+
+class Embedded(NamedTuple):
+    """Windows of recordings as calibration sees them."""
+
+    emb: np.ndarray  # (N, D) encoder embeddings
+    t: np.ndarray  # (N,) window end times, s
+    views: np.ndarray  # (N, bands) spectral views
+    rejected: int  # windows that failed the sensor checks
 
 
 @dataclass(frozen=True)
@@ -298,17 +343,18 @@ def calibrate_with_set(
     emb: np.ndarray,
     t: np.ndarray,
     labels: np.ndarray,
+    views: np.ndarray | None = None,
 ) -> CalibrationOutcome:
-    """Add labeled rows to the set, refit the current head on the whole set, commit if accepted.
+    """Add labeled rows (with their spectral views, if any) to the set, refit the current head
+    and a device template on the whole set, commit if accepted.
 
-    The held-out part is the latest 30 % of each class in time. ValueError (from calibrate) when
-    a class has too few windows; the added rows stay in the set either way.
+    Checked by blocks in time (`calibration.calibrate`). ValueError (from calibrate) for unusable
+    rows; the added rows stay in the set either way.
     """
-    added = calibration_set.add(emb, t, labels)
+    s = calibration_set
+    added = s.add(emb, t, labels, views)
     version, current = store.current()
-    result = calibrate(
-        current, factory, calibration_set.emb, calibration_set.labels, order=calibration_set.t
-    )
+    result = calibrate(current, factory, s.emb, s.labels, views=s.views, order=s.t)
     if result.accepted:
         meta = CommitMeta(
             accuracy_before=result.accuracy_before,

@@ -23,6 +23,10 @@ refit on windows it did not fit, and refuses a head that is worse. What is refit
   refuses nonsense labels; below that no test has the power, and the result says what was checked.
 - The temperature is re-fitted on the cross-validated logits when at least
   `MIN_TEMPERATURE_SAMPLES` windows of two or more classes were cross-validated.
+- Where the labeled windows carry spectral views, a device template is fitted on them too
+  (`device_template`) and cross-validated on the same blocks; the head keeps it if the two fused
+  predict at least as well as the head alone, and the check above then judges the pair (the
+  current head with its own template, if any, against the refit with its new one).
 
 `fit_renormalization()` is the label-free alternative when only normal operation is available:
 it sets the head's per-device `emb_mean`/`emb_scale` so this device's normal embeddings match the
@@ -37,6 +41,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from edge_agent.calibration.device_template import cross_validated_logits, fit_device_template
 from edge_agent.pipeline.head import Head
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ CHANCE_P_VALUE = 0.01
 MIN_TEMPERATURE_SAMPLES = 30
 TEMPERATURE_RANGE = (0.1, 10.0)
 SCALE_RATIO_RANGE = (0.1, 10.0)
+TEMPLATE_MODEL_WEIGHTS = (1.0, 0.5, 0.0)  # weights of the head beside a device template, tried
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class CalibrationResult:
     cross-validated windows: the current head's, and the refit's predicted by heads that did not
     see them. `n_train` windows were fitted, `n_holdout` of them cross-validated (0 when every
     class has a single window). `reason` is one line for logs, events and the command result.
+    Where the windows carry spectral views, accuracies are those of the head fused with its
+    device template, if it has one.
     """
 
     head: Head
@@ -219,6 +227,7 @@ def calibrate(
     emb: np.ndarray,
     labels: np.ndarray,
     *,
+    views: np.ndarray | None = None,
     order: np.ndarray | None = None,
     fit_temperature_on_cv: bool = True,
     l2_to_factory: float = 1e-2,
@@ -227,15 +236,19 @@ def calibrate(
     """Refit from the factory head on every label, cross-validate, accept unless it is worse.
 
     emb: (N, D), labels: (N,) int in [0, C), order: (N,) times (blocks are contiguous in it;
-    without it, the given order). See the module docstring for the rule. Raises ValueError for
-    unusable inputs; a refusal is a result with accepted=False and the reason.
+    without it, the given order). views: (N, bands) the windows' spectral views (NaN rows:
+    none), from which a device template is fitted and judged beside the head
+    (`calibration.device_template`). See the module docstring for the rule. Raises ValueError
+    for unusable inputs; a refusal is a result with accepted=False and the reason.
     """
     x, y = _check_inputs(current, emb, labels)
+    v, view_note = _usable_views(views, len(y))
     present = np.unique(y)
     start = replace(
         current,
         **{k: getattr(factory, k) for k in ("w1", "b1", "w2", "b2")},
         temperature=factory.temperature,
+        template=None,  # a device template is fitted afresh, never inherited
     )
 
     def refit(rows: np.ndarray) -> Head:
@@ -258,12 +271,17 @@ def calibrate(
         held = blocks == block
         cv_logits[held] = refit(np.flatnonzero(~held)).logits(x[held])
     candidate = refit(np.arange(len(y)))
+    cv_scores, template_cv = cv_logits, None
+    if v is not None:
+        candidate, template_cv, view_note = _with_template(candidate, cv_logits, v, y, blocks)
+        if candidate.template is not None:
+            cv_scores = fused_scores(cv_logits, template_cv, candidate.template.model_weight)
     before = after = 1.0
     if len(checked):
-        before = balanced_accuracy(y[checked], current.logits(x[checked]).argmax(axis=1))
-        after = balanced_accuracy(y[checked], cv_logits[checked].argmax(axis=1))
+        before = balanced_accuracy(y[checked], scores(current, x, v)[checked].argmax(axis=1))
+        after = balanced_accuracy(y[checked], cv_scores[checked].argmax(axis=1))
     single = [int(c) for c in present if (blocks[y == c] < 0).all()]
-    fit_acc = balanced_accuracy(y, candidate.logits(x).argmax(axis=1))
+    fit_acc = balanced_accuracy(y, scores(candidate, x, v).argmax(axis=1))
     summary = (
         f"cross-validated accuracy {before:.1%} -> {after:.1%} on {len(checked)} windows "
         f"({len(np.unique(y[checked]))} classes)"
@@ -272,6 +290,8 @@ def calibrate(
     )
     if single:
         summary += f"; classes {single} have one window each: fitted, not cross-validated"
+    if view_note:
+        summary += f"; {view_note}"
     if len(checked) and after < before:
         return _refused(
             current, y, checked, before, after,
@@ -279,7 +299,7 @@ def calibrate(
             "current head; kept it (check the labels or label more windows)",
         )  # fmt: skip
     if len(checked) >= CHANCE_TEST_MIN and len(np.unique(y[checked])) > 1:
-        correct = int((cv_logits[checked].argmax(axis=1) == y[checked]).sum())
+        correct = int((cv_scores[checked].argmax(axis=1) == y[checked]).sum())
         p_chance = float(np.bincount(y[checked]).max() / len(checked))
         p_value = binomial_tail(correct, len(checked), p_chance)
         if p_value > CHANCE_P_VALUE:
@@ -289,7 +309,7 @@ def calibrate(
                 f"correct vs {p_chance:.0%} by always guessing one class, p={p_value:.3f}); "
                 "kept the current head (check the labels)",
             )  # fmt: skip
-    if not len(checked) and fit_acc <= balanced_accuracy(y, current.logits(x).argmax(axis=1)):
+    if not len(checked) and fit_acc <= balanced_accuracy(y, scores(current, x, v).argmax(axis=1)):
         return _refused(
             current,
             y,
@@ -302,10 +322,84 @@ def calibrate(
     cv_classes = np.unique(y[checked]) if len(checked) else present[:0]
     if fit_temperature_on_cv and len(checked) >= MIN_TEMPERATURE_SAMPLES and len(cv_classes) > 1:
         temperature = temperature_for(cv_logits[checked] * candidate.temperature, y[checked])
+        cv_logits *= candidate.temperature / temperature
         candidate = candidate.with_temperature(temperature)
         reason += f"; temperature {temperature:.2f}"
+        if candidate.template is not None:
+            fused = fused_scores(cv_logits, template_cv, candidate.template.model_weight)[checked]
+            t = temperature_for(fused, y[checked])
+            candidate = replace(candidate, template=replace(candidate.template, temperature=t))
+            reason += f", with the template {t:.2f}"
     logger.info("calibration: %s", reason)
     return CalibrationResult(candidate, before, after, len(y), len(checked), True, reason)
+
+
+def scores(head: Head, x: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+    """(N, C) what `head` predicts from: its logits, fused with its device template where it has
+    one and the windows have views (the argmax is the channel's decision)."""
+    logits = head.logits(x).astype(np.float64)
+    t = head.template
+    if t is None or views is None:
+        return logits
+    return fused_scores(logits, t.view_logits(views), t.model_weight)
+
+
+def fused_scores(
+    head_logits: np.ndarray, template_logits: np.ndarray, model_weight: float
+) -> np.ndarray:
+    """model_weight * log p_head + template logits: a device template's fusion with its head
+    (SpectralHead.fused_logits, from logits)."""
+    z = np.asarray(head_logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return model_weight * log_p + template_logits
+
+
+def _usable_views(views: np.ndarray | None, n: int) -> tuple[np.ndarray | None, str]:
+    """Views as float64 when every window has one, else None and why (empty: none given)."""
+    if views is None:
+        return None, ""
+    v = np.asarray(views, np.float64)
+    if v.ndim != 2 or len(v) != n:
+        raise ValueError(f"views must have one row per window, shape ({n}, bands); got {v.shape}")
+    missing = int((~np.isfinite(v).all(axis=1)).sum())
+    if missing:
+        return None, (
+            f"no device template: {missing} labeled windows have no spectral view (labeled "
+            "while views were not kept; label them again)"
+        )
+    return v, ""
+
+
+def _with_template(
+    candidate: Head, cv_logits: np.ndarray, views: np.ndarray, y: np.ndarray, blocks: np.ndarray
+) -> tuple[Head, np.ndarray, str]:
+    """`candidate` with a device template where the two fused predict the held-out blocks at
+    least as well as the head alone (or where nothing can be checked), at the model weight of
+    TEMPLATE_MODEL_WEIGHTS that predicts them best (ties: the heavier); the template's
+    cross-validated logits; a note for the reason."""
+    checked = blocks >= 0
+    template = fit_device_template(views, y, candidate.num_classes)
+    template_cv = cross_validated_logits(views, y, blocks, candidate.num_classes)
+    if len(np.unique(y[checked])) < 2:
+        note = "device template fitted, not cross-validated (too few windows per class)"
+        return replace(candidate, template=template), template_cv, note
+    alone = balanced_accuracy(y[checked], cv_logits[checked].argmax(axis=1))
+    accuracy = {
+        w: balanced_accuracy(
+            y[checked], fused_scores(cv_logits, template_cv, w)[checked].argmax(axis=1)
+        )
+        for w in TEMPLATE_MODEL_WEIGHTS
+    }
+    weight = max(accuracy, key=lambda w: (accuracy[w], w))
+    said = (
+        f"cross-validated {alone:.1%} by the head alone, {accuracy[weight]:.1%} with it "
+        f"(model weight {weight:g})"
+    )
+    if accuracy[weight] < alone:
+        return candidate, template_cv, f"device template dropped: {said}"
+    kept = replace(candidate, template=replace(template, model_weight=weight))
+    return kept, template_cv, f"device template kept: {said}"
 
 
 def _refused(

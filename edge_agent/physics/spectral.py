@@ -32,6 +32,8 @@ from edge_agent.pipeline.head import softmax
 FEATURES = "ranked-log-spectrum-v1"
 BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
 SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 score alike)
+TEMPLATE_C = 0.1  # inverse L2 strength of a template fit: strongly regularized transfers best
+ABSENT_CLASS_BIAS = -30.0  # template logit of a class without labeled windows
 
 
 def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:

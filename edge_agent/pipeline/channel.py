@@ -32,6 +32,7 @@ from edge_agent.calibration.embedding_log import (
 from edge_agent.calibration.headstore import HeadStore
 from edge_agent.calibration.monitoring import ConditionMonitor, Finding
 from edge_agent.config import AgentConfig, ConfigError
+from edge_agent.physics.spectral import BANDS, SpectralHead, spectral_view
 from edge_agent.physics.view import line_view
 from edge_agent.pipeline.decisions import UNCERTAIN, UNKNOWN, Decision, DecisionMachine
 from edge_agent.pipeline.event_limit import EventLimiter
@@ -132,7 +133,8 @@ class Channel:
         self.limiter = EventLimiter(manifest.normal_class, d.max_events_per_hour)
         stride = max(1, math.ceil(spec.window / spec.hop))
         self.monitor = ConditionMonitor(cfg, manifest, stride=stride)
-        self.log = EmbeddingLog(cfg.embedding_log_rows, manifest.embedding_dim)
+        view_bands = min(BANDS, spec.window // 2) if cfg.embedding_log_views else 0
+        self.log = EmbeddingLog(cfg.embedding_log_rows, manifest.embedding_dim, view_bands)
         self.calibration_set = CalibrationSet(
             cfg.state_dir / CALIBRATION_SET_FILE,
             manifest.model_version,
@@ -169,16 +171,20 @@ class Channel:
     ) -> list[WindowOutcome]:
         """Decisions of the first `n` batch windows; `emb` (k, D): the windows that passed."""
         ok = [i for i, c in enumerate(checks) if c.ok]
-        probs = None
+        probs = views = None
         novel = unknown = np.zeros(0)
         factory_head = self.factory_head  # once per batch: the head changes between batches
         if ok:
             assert emb is not None and len(emb) == len(ok)
             probs = self.head.probabilities(emb)
             probs = self._fuse_physics(probs, self.batch[ok])
-            if factory_head and self.model.spectral is not None:
-                # the template describes the training machine; a refitted head, this one
-                probs = self.model.spectral.fuse(probs, self.batch[ok])
+            template = self.template(factory_head)
+            if template is not None or self.log.view_bands:
+                views = spectral_view(self.batch[ok], BANDS)
+            if template is not None:
+                own = views.shape[1] == template.bands  # else a template of fewer bands
+                seen = views if own else spectral_view(self.batch[ok], template.bands)
+                probs = template.fuse_logits(probs, template.view_logits(seen))
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))
                 threshold = self.unknown_threshold()
@@ -223,9 +229,18 @@ class Channel:
                 )
             )
         if ok:
-            self.log.append(emb, self.batch_t[ok], codes)
+            logged = views is not None and views.shape[1] == self.log.view_bands
+            self.log.append(emb, self.batch_t[ok], codes, views if logged else None)
         self.windows_total += n
         return outcomes
+
+    def template(self, factory_head: bool) -> SpectralHead | None:
+        """The spectral template fused with the head: the device's own (fitted with its labels)
+        or, while the head is the factory's, the bundle's; the bundle's describes the training
+        machine, which a refitted head has left."""
+        if self.head.template is not None:
+            return self.head.template
+        return self.model.spectral if factory_head else None
 
     def unknown_threshold(self) -> float | None:
         """The config's fixed open-set threshold, else the commissioned one (see monitoring)."""

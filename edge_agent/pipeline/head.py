@@ -1,17 +1,24 @@
 """The classifier head in numpy: embedding -> 64 ReLU -> classes, with a temperature.
 
 It stays in float outside the quantized encoder graph because every device refits its own copy
-(see calibration/refit.py). Dropout is a training-time thing and has no place here.
+(see calibration/refit.py). Dropout is a training-time thing and has no place here. A head
+refitted on a device may carry that device's spectral template (calibration/device_template.py),
+saved and rolled back with it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from edge_agent.physics.spectral import SpectralHead
+
 HEAD_KEYS = ("w1", "b1", "w2", "b2", "temperature", "emb_mean", "emb_scale")
+TEMPLATE_PREFIX = "template_"  # head file keys of the device template (SpectralHead.to_dict)
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,8 @@ class Head:
     """Weights of the two-layer head. Shapes: w1 (D, H), b1 (H,), w2 (H, C), b2 (C,).
 
     `emb_mean`/`emb_scale` (D,) re-normalize embeddings per device (identity by default).
+    `template`: this device's spectral template, fused with the head's probabilities by the
+    channel (None: no device template).
     """
 
     w1: np.ndarray
@@ -28,6 +37,7 @@ class Head:
     temperature: float = 1.0
     emb_mean: np.ndarray | None = None
     emb_scale: np.ndarray | None = None
+    template: SpectralHead | None = None
 
     def __post_init__(self) -> None:
         d, h = self.w1.shape
@@ -42,6 +52,10 @@ class Head:
             value = getattr(self, name)
             if value is not None and value.shape != (d,):
                 raise ValueError(f"{name} must have shape ({d},), got {value.shape}")
+        if self.template is not None and self.template.num_classes != self.num_classes:
+            raise ValueError(
+                f"the template has {self.template.num_classes} classes, the head {self.num_classes}"
+            )
 
     @property
     def embedding_dim(self) -> int:
@@ -87,6 +101,9 @@ class Head:
         arrays["emb_scale"] = (
             self.emb_scale if self.emb_scale is not None else np.ones(d, np.float32)
         )
+        if self.template is not None:
+            for key, value in self.template.to_dict().items():
+                arrays[f"{TEMPLATE_PREFIX}{key}"] = np.asarray(value)
         return arrays
 
     def save(self, path: Path) -> None:
@@ -101,7 +118,16 @@ class Head:
             missing = [k for k in ("w1", "b1", "w2", "b2", "temperature") if k not in data]
             if missing:
                 raise ValueError(f"{path}: head file lacks {missing}")
-            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
+            template = {
+                k.removeprefix(TEMPLATE_PREFIX): data[k][()] if data[k].ndim == 0 else data[k]
+                for k in data.files
+                if k.startswith(TEMPLATE_PREFIX)
+            }
+            arrays = {
+                k: np.asarray(data[k], dtype=np.float32)
+                for k in data.files
+                if not k.startswith(TEMPLATE_PREFIX)
+            }
         return cls(
             w1=arrays["w1"],
             b1=arrays["b1"],
@@ -110,7 +136,14 @@ class Head:
             temperature=float(arrays["temperature"]),
             emb_mean=arrays.get("emb_mean"),
             emb_scale=arrays.get("emb_scale"),
+            template=_template(template) if template else None,
         )
+
+
+def _template(data: dict) -> SpectralHead:
+    from edge_agent.physics.spectral import SpectralHead  # it imports softmax from here
+
+    return SpectralHead.from_dict({**data, "features": str(data.get("features"))})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -187,6 +187,7 @@ def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
     assert "cross-validated accuracy" in second.output
     assert "calibration set: normal 45, inner_race 45" in second.output
     assert "accepted: head v2 is now current" in second.output
+    assert re.search(r"device template (kept|dropped): cross-validated", second.output)
 
     listing = runner.invoke(app, ["heads", "--config", config])
     assert listing.exit_code == 0, listing.output

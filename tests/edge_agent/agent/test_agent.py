@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -316,6 +317,8 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             assert figures["accepted"], f"refit of a separable set was refused: {fault}"
             assert figures["accuracy_after"] >= figures["accuracy_before"]
             assert figures["head_version"] == 2  # v1 factory, v2 calibrated on both classes
+            # the log kept each window's spectral view: a device template was fitted and judged
+            assert re.search(r"device template (kept|dropped)", fault["message"]), fault
             assert (tmp_path / "dev" / "state" / "calibration_set.npz").is_file()
 
             bad = calibrate_range(collector, "c3", "cage", start, start + 1)
@@ -381,25 +384,39 @@ def calibrate_range(collector, request_id: str, label: str, t_from: float, t_to:
 @settings(max_examples=40, deadline=None)
 @given(
     capacity=st.integers(1, 40),
-    chunks=st.lists(st.integers(0, 30), max_size=8),
+    chunks=st.lists(st.tuples(st.integers(0, 30), st.booleans()), max_size=8),
     bounds=st.tuples(st.integers(-5, 200), st.integers(-5, 200)),
+    view_bands=st.sampled_from([0, 2]),
 )
-def test_embedding_log_keeps_the_newest_rows_and_selects_by_time(capacity, chunks, bounds):
-    log = EmbeddingLog(capacity, dim=3)
+def test_embedding_log_keeps_the_newest_rows_and_selects_by_time(
+    capacity, chunks, bounds, view_bands
+):
+    log = EmbeddingLog(capacity, dim=3, view_bands=view_bands)
     written = 0
-    for n in chunks:
+    for n, with_views in chunks:
         t = np.arange(written, written + n, dtype=np.float64)
         emb = np.repeat(t[:, None], 3, axis=1).astype(np.float32)
-        log.append(emb, t, (t % 4).astype(np.int16) - 1)
+        views = np.repeat(t[:, None] / 256, view_bands, axis=1) if with_views else None
+        log.append(emb, t, (t % 4).astype(np.int16) - 1, views)
         written += n
     kept = np.arange(max(0, written - capacity), written, dtype=np.float64)
     assert len(log) == len(kept)
     lo, hi = min(bounds), max(bounds)
-    emb, t, labels = log.select(lo, hi)
+    emb, t, labels, views = log.select(lo, hi)
     expected = kept[(kept >= lo) & (kept <= hi)]
     np.testing.assert_array_equal(t, expected)
     np.testing.assert_array_equal(emb[:, 0], expected)
     np.testing.assert_array_equal(labels, (expected % 4) - 1)
+    assert views.shape == (len(expected), view_bands)
+    starts = np.cumsum([0] + [n for n, _ in chunks])
+    viewed = {
+        float(r) for (n, w), s in zip(chunks, starts, strict=False) if w for r in range(s, s + n)
+    }
+    for row, when in zip(views, expected, strict=True):
+        if when in viewed:  # the window's own view, to float16 precision
+            np.testing.assert_allclose(row, when / 256, rtol=1e-3)
+        else:  # appended without a view: NaN, never another window's
+            assert np.isnan(row).all()
 
 
 def test_calibration_set_persists_replaces_relabels_and_ignores_another_model(tmp_path):

@@ -209,3 +209,9 @@ def test_the_agent_fuses_the_template_only_on_the_factory_head(agent_bundle, tmp
         channel.decisions.reset()
         push_windows(agent, 30)
         assert not channel.factory_head and channel.decisions.state == "normal"
+        # a template fitted on this device's labels travels with its head and is fused again
+        own = SpectralHead.from_dict({**outer_race_template(), "model_weight": 1.0})
+        channel.head = replace(channel.head, template=own)
+        channel.decisions.reset()
+        push_windows(agent, 30)
+        assert not channel.factory_head and channel.decisions.state == "outer_race"
