@@ -7,6 +7,13 @@
    (`--max-windows k`, shuffled class order, the real CLI in-process), then macro-F1 (argmax) of
    the device's current head on the held-out windows, embedded by the bundle's ONNX INT8 encoder.
    The first call (one class) is refused by design; the head after the last call counts.
+1b. Calibration on CWRU as the device's machine: the bundle (the demo's is trained on the
+   simulator) on the real rig. One label set per fault size and load (0.007", 0.014", 0.021" at
+   loads 0-3: 12; 3 with --quick): k windows per class from the first 30 % of one record per
+   class (the normal record and that size and load's fault records), `calibrate` as the agent
+   runs it on them, with their spectral views (the device template) and without (the head
+   alone). Scored on the last 50 % of those records (the device's machine later on) and of every
+   other record (other sizes and loads of the rig). Mean and worst over the label sets.
 2. Physics evidence on CWRU: share of 4096-sample windows whose best-ranked defect line is the
    right class, in the records with a clear line (IR, OR 0.007 / 0.021 @6); worst record counts.
 3. Zero labels, bearing configured: the real `Agent` (factory head, `[bearing]` 6205 at the true
@@ -60,6 +67,10 @@ CWRU_CLASS = {"IR": "inner_race", "OR": "outer_race", "B": "ball"}
 MTIME_BASE = 1_700_000_000.0  # label files get distinct, spaced end times (s, epoch)
 SECTIONS: dict[str, tuple[str, ...]] = {
     "calibration": (*(f"calibration_{k}" for k in K_LABELS), "calibration_vs_factory"),
+    "cwru_calibration": (
+        *(f"cwru_calibration_{k}" for k in K_LABELS),
+        *(f"cwru_calibration_rig_{k}" for k in K_LABELS),
+    ),
     "cwru_evidence": ("cwru_evidence",),
     "zero_label": tuple(f"zero_label_{w}_{f}" for w in ("sim", "cwru") for f in FAULTS),
     "run_to_failure": ("run_to_failure",),
@@ -145,9 +156,11 @@ def simulate(m: Foreign, fault: str, seconds: float, rate: int, run_seed: int) -
     return sim.read(round(seconds * rate))
 
 
-def embed_signal(x: np.ndarray, model, sensor) -> np.ndarray:
-    """Embeddings (N, D) of the sensor-valid windows of `x`, as the agent computes them."""
+def embed_signal(x: np.ndarray, model, sensor) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, D) and spectral views (N, bands) of the sensor-valid windows of `x`, as
+    the agent computes them."""
     from edge_agent.contract.preprocess import frame, normalize
+    from edge_agent.physics.spectral import spectral_view
     from edge_agent.pipeline.sanity import check_window
 
     spec = model.spec
@@ -158,14 +171,19 @@ def embed_signal(x: np.ndarray, model, sensor) -> np.ndarray:
         ).ok
         for w in windows
     ]
-    good = normalize(windows[np.flatnonzero(ok)], spec.normalization)
-    return np.concatenate([model.backend.embed(good[i : i + 64]) for i in range(0, len(good), 64)])
+    raw = windows[np.flatnonzero(ok)]
+    good = normalize(raw, spec.normalization)
+    emb = np.concatenate([model.backend.embed(good[i : i + 64]) for i in range(0, len(good), 64)])
+    return emb, spectral_view(raw)
 
 
-def macro_f1(head, emb: np.ndarray, y: np.ndarray, names: list[str]) -> float:
+def macro_f1(head, emb: np.ndarray, views: np.ndarray, y: np.ndarray, names: list[str]) -> float:
+    """Macro-F1 of the device's decisions: its head, fused with its device template if any."""
+    from edge_agent.calibration.refit import scores
+    from edge_agent.pipeline.head import softmax
     from train.metrics import classification_metrics
 
-    return classification_metrics(head.probabilities(emb), y, names)["macro_f1"]
+    return classification_metrics(softmax(scores(head, emb, views)), y, names)["macro_f1"]
 
 
 # ---- 1. calibration on a foreign machine -----------------------------------------------------
@@ -206,9 +224,10 @@ def calibration_seed(bundle: Path, seed: int, record_s: float, work: Path) -> di
         c: embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
         for c, x in records.items()
     }
-    emb = np.concatenate(list(held.values()))
-    y = np.concatenate([np.full(len(e), names.index(c)) for c, e in held.items()])
-    factory_f1 = macro_f1(model.factory, emb, y, names)
+    emb = np.concatenate([e for e, _ in held.values()])
+    views = np.concatenate([v for _, v in held.values()])
+    y = np.concatenate([np.full(len(e), names.index(c)) for c, (e, _) in held.items()])
+    factory_f1 = macro_f1(model.factory, emb, views, y, names)
     out: dict[str, Any] = dict(machine=asdict(m), held_out=len(y), factory_f1=factory_f1, k={})
     runner = CliRunner()
     for k in K_LABELS:
@@ -222,8 +241,10 @@ def calibration_seed(bundle: Path, seed: int, record_s: float, work: Path) -> di
             last = said[-1] if said else repr(result.exception)
             calls.append(dict(label=c, exit_code=result.exit_code, said=last))
         version, head = HeadStore(path.parent / "state" / "heads").current()
-        f1 = macro_f1(head, emb, y, names)
-        out["k"][k] = dict(macro_f1=f1, head_version=version, calls=calls)
+        f1 = macro_f1(head, emb, views, y, names)
+        template = None if head.template is None else head.template.model_weight
+        out["k"][k] = dict(macro_f1=f1, head_version=version, template_model_weight=template,
+                           calls=calls)  # fmt: skip
     return out
 
 
@@ -277,13 +298,129 @@ def calibration_rows(bundle: Path | None, seeds: int, record_s: float) -> dict[s
     return rows
 
 
-# ---- 2. physics evidence on CWRU -------------------------------------------------------------
+# ---- 1b. calibration on CWRU as the device's machine -----------------------------------------
 
 
 def cwru_folder() -> Path:
     from train.cwru import default_data_root
 
     return default_data_root() / "cwru" / "12k_DE"
+
+
+def cwru_record_class(stem: str) -> tuple[str, str, str]:
+    """'IR007_1_106' -> ('inner_race', '007', '1'); 'Normal_0_97' -> ('normal', '', '0')."""
+    kind, load = stem.split("_")[:2]
+    letters = kind.rstrip("0123456789at")
+    size = kind[len(letters) :][:3]
+    return ("normal", "", load) if letters == "Normal" else (CWRU_CLASS[letters], size, load)
+
+
+def cwru_windows(bundle: Path, work: Path, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Per CWRU record of a class the bundle knows: embeddings and views of the sensor-valid
+    windows of its first LABEL_PART (`label_*`) and last SCORE_PART (`score_*`)."""
+    import tomli_w
+
+    from edge_agent.config import load_config
+    from edge_agent.contract.preprocess import resample
+    from edge_agent.pipeline.runtime import load_runtime
+
+    path = work / "agent.toml"
+    source = simulator_source(12_000, 0, 1024)
+    path.write_text(tomli_w.dumps(agent_config(work / "state", bundle, source)))
+    cfg = load_config(path)
+    model = load_runtime(cfg)
+    rate = model.manifest.preprocessing.sample_rate_hz
+    folders = (cwru_folder(), cwru_folder().parent / "normal")
+    out = {}
+    for record in sorted(p for folder in folders for p in folder.glob("*.npz")):
+        if cwru_record_class(record.stem)[0] not in names:
+            continue
+        data = np.load(record)  # the normal record is at 48 kHz: resampled as the agent would
+        x = resample(data["DE"].astype(np.float64), int(data["fs"]), rate)
+        label = embed_signal(x[: int(LABEL_PART * len(x))], model, cfg.sensor)
+        score = embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
+        out[record.stem] = dict(label_emb=label[0], label_views=label[1],
+                                score_emb=score[0], score_views=score[1])  # fmt: skip
+    return out | {"_factory": model.factory}  # type: ignore[dict-item]
+
+
+def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
+    from edge_agent.calibration.refit import calibrate
+    from edge_agent.contract.bundle import read_manifest
+
+    keys = SECTIONS["cwru_calibration"]
+    if bundle is None:
+        return not_measured(keys, "no bundle (run `make demo`, or pass --bundle)")
+    if not cwru_folder().is_dir():
+        return not_measured(keys, f"no CWRU records under {cwru_folder()}")
+    names = list(read_manifest(bundle).class_names)
+    with tempfile.TemporaryDirectory(prefix="faultwatch-bench-cwru-") as tmp:
+        records = cwru_windows(bundle, Path(tmp), names)
+    factory = records.pop("_factory")
+    classes = sorted({names.index(cwru_record_class(r)[0]) for r in records})
+    if len(classes) < 2 or names.index("normal") not in classes:
+        return not_measured(keys, f"the bundle's classes {names} share < 2 with CWRU")
+    sets = [(size, load) for size in ("007", "014", "021") for load in "0123"]
+    sets = [("007", "1"), ("014", "0"), ("021", "2")] if quick else sets
+    runs = []
+    for size, load in sets:
+        chosen = [r for r in records if cwru_record_class(r)[1:] in (("", "0"), (size, load))]
+        for k in K_LABELS:
+            rng = np.random.default_rng([int(size), int(load), k])
+            emb, views, y = [], [], []
+            for r in chosen:
+                n = len(records[r]["label_emb"])
+                idx = np.sort(rng.choice(n, min(k, n), replace=False))
+                emb.append(records[r]["label_emb"][idx])
+                views.append(records[r]["label_views"][idx])
+                y.append(np.full(len(idx), names.index(cwru_record_class(r)[0])))
+            emb, views, y = (np.concatenate(a) for a in (emb, views, y))
+            order = np.arange(len(y), dtype=np.float64)
+            device = calibrate(factory, factory, emb, y, views=views, order=order).head
+            alone = calibrate(factory, factory, emb, y, order=order).head
+            run = dict(size=size, load=load, k=k, labels=len(y))
+            for where, rs in (("same", chosen), ("rig", [r for r in records if r not in chosen])):
+                e = np.concatenate([records[r]["score_emb"] for r in rs])
+                v = np.concatenate([records[r]["score_views"] for r in rs])
+                t = np.concatenate(
+                    [
+                        np.full(len(records[r]["score_emb"]), names.index(cwru_record_class(r)[0]))
+                        for r in rs
+                    ]
+                )
+                run[f"{where}_device"] = macro_f1(device, e, v, t, names)
+                run[f"{where}_head"] = macro_f1(alone, e, v, t, names)
+                run[f"{where}_factory"] = macro_f1(factory, e, v, t, names)
+            run["template_model_weight"] = (
+                None if device.template is None else device.template.model_weight
+            )
+            runs.append(run)
+    rows = {}
+    for k in K_LABELS:
+        mine = [r for r in runs if r["k"] == k]
+        for where, key, what in (
+            ("same", f"cwru_calibration_{k}", "those records later"),
+            ("rig", f"cwru_calibration_rig_{k}", "the rig's other records"),
+        ):
+            device_f1 = [r[f"{where}_device"] for r in mine]
+            head_f1 = [r[f"{where}_head"] for r in mine]
+            mean, std, worst = spread(device_f1)
+            h_mean, _, h_worst = spread(head_f1)
+            target = F1_TARGETS[k] if where == "same" else None
+            rows[key] = row(
+                f"CWRU as the device, {k} label(s)/class of one record each: macro-F1 on {what}",
+                mean,
+                f"{mean:.3f} ± {std:.3f} (worst {worst:.3f}); head alone {h_mean:.3f} "
+                f"(worst {h_worst:.3f}); factory {mine[0][f'{where}_factory']:.3f}",
+                f">= {target:.2f}" if target else "(report)",
+                mean >= target if target else None,
+                label_sets=len(mine),
+                runs=mine,
+            )
+    return rows
+
+
+# ---- 2. physics evidence on CWRU -------------------------------------------------------------
 
 
 def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
@@ -613,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.bundle or latest_bundle()
     run: dict[str, Callable[[], dict[str, dict]]] = {
         "calibration": lambda: calibration_rows(bundle, seeds, args.record_s),
+        "cwru_calibration": lambda: cwru_calibration_rows(bundle, args.quick),
         "cwru_evidence": lambda: cwru_evidence_rows(args.quick),
         "zero_label": lambda: zero_label_rows(bundle, seeds, args.quick),
         "run_to_failure": lambda: run_to_failure_rows(lives),

@@ -73,3 +73,30 @@ def test_help_and_a_bad_section(capsys):
     with pytest.raises(SystemExit) as done:
         device.main(["--only", "everything"])
     assert done.value.code == 2 and "valid: calibration" in capsys.readouterr().err
+
+
+def test_cwru_record_names_give_class_size_and_load():
+    assert device.cwru_record_class("IR007_1_106") == ("inner_race", "007", "1")
+    assert device.cwru_record_class("OR021at6_3_237") == ("outer_race", "021", "3")
+    assert device.cwru_record_class("B014_0_185") == ("ball", "014", "0")
+    assert device.cwru_record_class("Normal_0_97") == ("normal", "", "0")
+
+
+def test_cwru_calibration_scores_the_device_template_beside_the_head(tmp_path, agent_bundle):
+    if not device.cwru_folder().is_dir():
+        pytest.skip(f"no CWRU records under {device.cwru_folder()} (see ../shared/datasets)")
+    rows = run_bench(tmp_path, "--quick", "--bundle", str(agent_bundle), "--only",
+                     "cwru_calibration")["rows"]  # fmt: skip
+    assert set(rows) == set(device.SECTIONS["cwru_calibration"])
+    for k in device.K_LABELS:
+        runs = rows[f"cwru_calibration_{k}"]["detail"]["runs"]
+        # the tiny bundle knows normal, inner and outer race: 3 records label each set
+        assert len(runs) == 3 and all(r["labels"] == 3 * k for r in runs)
+        for r in runs:
+            for key in ("same_device", "same_head", "rig_device", "rig_head"):
+                assert 0.0 <= r[key] <= 1.0
+        assert isinstance(rows[f"cwru_calibration_{k}"]["met"], bool)
+        assert rows[f"cwru_calibration_rig_{k}"]["met"] is None  # reported, no target
+    # a few labels of the device's own records: the template carries them (README figures)
+    five = rows["cwru_calibration_5"]["detail"]["runs"]
+    assert min(r["same_device"] for r in five) > 0.9
