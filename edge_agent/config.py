@@ -515,9 +515,9 @@ class AgentConfig(StrictModel):
     )
     embedding_log_views: bool = Field(
         True,
-        description="Also keep each logged window's spectral view (512 bands x 2 bytes a row; "
-        "about 0.5 ms a window on a Pi-class core), so labels given over MQTT can fit a device "
-        "template; off: MQTT time-range labels refit the head only.",
+        description="Also keep each logged window's spectral view (512 bands x 2 bytes a row, "
+        "~0.25 ms of CPU a window), so labels given over MQTT can fit a device template; off: "
+        "labels of logged time ranges refit the head only.",
     )
     device: DeviceConfig
     sensor: SensorConfig

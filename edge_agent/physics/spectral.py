@@ -66,7 +66,13 @@ def ranked_bands(level: np.ndarray) -> np.ndarray:
     smooth = uniform_filter1d(
         np.asarray(level, np.float64), min(SMOOTH_BANDS, n), axis=1, mode="nearest"
     )
-    return ((rankdata(smooth, axis=1) - (n + 1) / 2) / n).astype(np.float32)
+    order = np.argsort(smooth, axis=1, kind="stable")
+    ranks = np.empty_like(smooth)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(1.0, n + 1), smooth.shape), axis=1)
+    tied = (np.diff(np.take_along_axis(smooth, order, axis=1), axis=1) == 0).any(axis=1)
+    if tied.any():  # rankdata's mean ranks where values repeat (a flat window); else the same
+        ranks[tied] = rankdata(smooth[tied], axis=1)
+    return ((ranks - (n + 1) / 2) / n).astype(np.float32)
 
 
 @dataclass(frozen=True)

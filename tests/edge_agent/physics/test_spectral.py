@@ -18,7 +18,13 @@ from edge_agent.agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
-from edge_agent.physics.spectral import SpectralHead, log_spectrum, spectral_view
+from edge_agent.physics.spectral import (
+    SMOOTH_BANDS,
+    SpectralHead,
+    log_spectrum,
+    ranked_bands,
+    spectral_view,
+)
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     SEVERITY,
@@ -97,6 +103,28 @@ def test_any_window_gives_a_finite_view_of_the_right_size(n, width, bands, scale
     assert np.all(np.abs(ranked) <= 0.5)
     if broken == "flat":  # no vibration, no shape: every band ties
         assert not ranked.any()
+
+
+TIES = st.sampled_from([-2.0, -0.5, 0.0, 0.5, 3.0])  # repeated levels make tied ranks
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    levels=st.integers(1, 40).flatmap(
+        lambda n: st.lists(
+            st.lists(TIES | st.floats(-50, 50), min_size=n, max_size=n), min_size=1, max_size=4
+        )
+    )
+)
+def test_ranks_are_scipys_mean_ranks_ties_or_not(levels) -> None:
+    from scipy.ndimage import uniform_filter1d
+    from scipy.stats import rankdata
+
+    level = np.array(levels)
+    n = level.shape[1]
+    smooth = uniform_filter1d(level, min(SMOOTH_BANDS, n), axis=1, mode="nearest")
+    expected = (rankdata(smooth, axis=1) - (n + 1) / 2) / n
+    np.testing.assert_allclose(ranked_bands(level), expected, atol=1e-7)
 
 
 def template(bands: int = 8, classes: int = 3, **fields) -> SpectralHead:
