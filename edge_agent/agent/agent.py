@@ -446,6 +446,7 @@ class Agent:
             "dropped_samples": ch.buffer.dropped_samples,
             "overruns": ch.buffer.overruns,
             "head_version": ch.head_version,
+            "template": ch.template_source,
             "condition": ch.monitor.status(),
             "embedding_log": {
                 "rows": len(ch.log),

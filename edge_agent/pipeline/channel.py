@@ -242,6 +242,13 @@ class Channel:
             return self.head.template
         return self.model.spectral if factory_head else None
 
+    @property
+    def template_source(self) -> str | None:
+        """Whose spectral template the channel fuses: 'device', 'bundle' or None."""
+        if self.head.template is not None:
+            return "device"
+        return "bundle" if self.factory_head and self.model.spectral is not None else None
+
     def unknown_threshold(self) -> float | None:
         """The config's fixed open-set threshold, else the commissioned one (see monitoring)."""
         if self.openset is None:

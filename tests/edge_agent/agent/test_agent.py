@@ -319,6 +319,9 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             assert figures["head_version"] == 2  # v1 factory, v2 calibrated on both classes
             # the log kept each window's spectral view: a device template was fitted and judged
             assert re.search(r"device template (kept|dropped)", fault["message"]), fault
+            kept = "device template kept" in fault["message"]
+            status = send(collector, "status", {"id": "s2b"})["data"]
+            assert status["template"] == ("device" if kept else None)  # the tiny bundle has none
             assert (tmp_path / "dev" / "state" / "calibration_set.npz").is_file()
 
             bad = calibrate_range(collector, "c3", "cage", start, start + 1)
@@ -327,7 +330,7 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             back = send(collector, "rollback_head", {"id": "r1", "version": "1"})
             assert back["ok"] and back["data"] == {"previous_version": 2, "head_version": 3}
             status = send(collector, "status", {"id": "s3"})["data"]
-            assert status["head_version"] == 3
+            assert status["head_version"] == 3 and status["template"] is None  # back to v1
             nothing = send(collector, "reload_bundle", {"id": "b1", "path": str(tmp_path)})
             assert not nothing["ok"] and "kept the running bundle" in nothing["message"]
             archive = pack(agent_bundle, tmp_path / "tiny-1.tar.gz")

@@ -232,14 +232,17 @@ def test_the_agent_fuses_the_template_only_on_the_factory_head(agent_bundle, tmp
         channel = agent.channels[0]
         push_windows(agent, 30)
         assert channel.factory_head and channel.decisions.state == "outer_race"
+        assert channel.template_source == "bundle"
         # a head refitted on the device describes its own machine: the template stays out
         channel.head = replace(channel.head, b2=channel.head.b2 + 1e-6)
         channel.decisions.reset()
         push_windows(agent, 30)
         assert not channel.factory_head and channel.decisions.state == "normal"
+        assert channel.template_source is None
         # a template fitted on this device's labels travels with its head and is fused again
         own = SpectralHead.from_dict({**outer_race_template(), "model_weight": 1.0})
         channel.head = replace(channel.head, template=own)
         channel.decisions.reset()
         push_windows(agent, 30)
         assert not channel.factory_head and channel.decisions.state == "outer_race"
+        assert channel.template_source == "device"
