@@ -315,9 +315,10 @@ def cwru_record_class(stem: str) -> tuple[str, str, str]:
     return ("normal", "", load) if letters == "Normal" else (CWRU_CLASS[letters], size, load)
 
 
-def cwru_windows(bundle: Path, work: Path, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+def cwru_windows(bundle: Path, work: Path, names: list[str]) -> tuple[dict[str, dict], Any]:
     """Per CWRU record of a class the bundle knows: embeddings and views of the sensor-valid
-    windows of its first LABEL_PART (`label_*`) and last SCORE_PART (`score_*`)."""
+    windows of its first LABEL_PART (`label_*`) and last SCORE_PART (`score_*`); and the
+    bundle's factory head."""
     import tomli_w
 
     from edge_agent.config import load_config
@@ -341,7 +342,7 @@ def cwru_windows(bundle: Path, work: Path, names: list[str]) -> dict[str, dict[s
         score = embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
         out[record.stem] = dict(label_emb=label[0], label_views=label[1],
                                 score_emb=score[0], score_views=score[1])  # fmt: skip
-    return out | {"_factory": model.factory}  # type: ignore[dict-item]
+    return out, model.factory
 
 
 def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
@@ -355,8 +356,7 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
         return not_measured(keys, f"no CWRU records under {cwru_folder()}")
     names = list(read_manifest(bundle).class_names)
     with tempfile.TemporaryDirectory(prefix="faultwatch-bench-cwru-") as tmp:
-        records = cwru_windows(bundle, Path(tmp), names)
-    factory = records.pop("_factory")
+        records, factory = cwru_windows(bundle, Path(tmp), names)
     classes = sorted({names.index(cwru_record_class(r)[0]) for r in records})
     if len(classes) < 2 or names.index("normal") not in classes:
         return not_measured(keys, f"the bundle's classes {names} share < 2 with CWRU")

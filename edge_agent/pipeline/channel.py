@@ -245,9 +245,10 @@ class Channel:
     @property
     def template_source(self) -> str | None:
         """Whose spectral template the channel fuses: 'device', 'bundle' or None."""
-        if self.head.template is not None:
-            return "device"
-        return "bundle" if self.factory_head and self.model.spectral is not None else None
+        template = self.template(self.factory_head)
+        if template is None:
+            return None
+        return "device" if template is self.head.template else "bundle"
 
     def unknown_threshold(self) -> float | None:
         """The config's fixed open-set threshold, else the commissioned one (see monitoring)."""
