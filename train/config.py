@@ -75,6 +75,11 @@ class TrainConfig(BaseModel):
     data_root: Path | None = Field(
         None, description="Folder holding cwru/ (default ../shared/datasets)."
     )
+    cwru_channel: Literal["DE", "FE"] = Field(
+        "DE",
+        description="CWRU accelerometer: DE at the drive end (the faulty bearing's housing) or "
+        "FE at the fan end, the far side of the motor.",
+    )
     manifest: Path | None = Field(None, description="Recordings manifest (data = 'recordings').")
     pool_shards: Path | None = Field(
         None,

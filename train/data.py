@@ -202,7 +202,11 @@ def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     if cfg.data not in CWRU_TASKS:
         raise ValueError(f"data {cfg.data!r} is not a CWRU task; valid: {', '.join(CWRU_TASKS)}")
     task = CWRU_TASKS[cfg.data]
-    records = load_cwru(cfg.data_root or default_data_root(), sample_rate_hz=cfg.sample_rate_hz)
+    records = load_cwru(
+        cfg.data_root or default_data_root(),
+        sample_rate_hz=cfg.sample_rate_hz,
+        channel=cfg.cwru_channel,
+    )
     if task.ten_class:
         names = ["normal"] + [f"{loc}_{s:03d}" for loc in LOCATION_CLASSES[1:] for s in (7, 14, 21)]
         label_of: Callable[[Record], str] = size_label
@@ -250,7 +254,11 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
     else:
         from train.cwru import default_data_root, load_cwru
 
-        records = load_cwru(cfg.data_root or default_data_root(), sample_rate_hz=cfg.sample_rate_hz)
+        records = load_cwru(
+            cfg.data_root or default_data_root(),
+            sample_rate_hz=cfg.sample_rate_hz,
+            channel=cfg.cwru_channel,
+        )
         keep = CWRU_TASKS[cfg.data].test
     out = []
     for r in records:

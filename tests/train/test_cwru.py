@@ -239,3 +239,25 @@ def test_parser_parses_or_raises_value_error(name: str) -> None:
     else:
         assert parsed.label in ("normal", "inner_race", "outer_race", "ball")
         assert 0 <= parsed.fault_size_in < 1 and 0 <= parsed.load_hp <= 9
+
+
+@needs_data
+@pytest.mark.realdata
+def test_the_config_picks_the_fan_end_accelerometer() -> None:
+    from train.config import load_config
+    from train.data import build_split
+
+    def split(channel: str):
+        overrides = ["data=cwru-4class", f"data_root={DATA}", f"cwru_channel={channel}"]
+        return build_split(load_config(None, [*overrides, "labels_per_class=2"]))
+
+    de, fe = split("DE").test, split("FE").test
+    assert de.record_ids == fe.record_ids and np.array_equal(de.y, fe.y)  # the same stretches
+    assert not np.allclose(de.x, fe.x)  # seen by the other sensor
+
+
+def test_an_unknown_cwru_channel_is_refused_by_name() -> None:
+    from train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="cwru_channel"):
+        load_config(None, ["cwru_channel=XE"])
