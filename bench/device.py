@@ -345,6 +345,32 @@ def cwru_windows(bundle: Path, work: Path, names: list[str]) -> tuple[dict[str, 
     return out, model.factory
 
 
+def cwru_labels(
+    records: dict, chosen: list[str], k: int, rng: np.random.Generator, names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings, views and labels of k windows drawn from the label part of each chosen record."""
+    emb, views, y = [], [], []
+    for r in chosen:
+        idx = np.sort(rng.choice(len(records[r]["label_emb"]), k, replace=False))
+        emb.append(records[r]["label_emb"][idx])
+        views.append(records[r]["label_views"][idx])
+        y.append(np.full(k, names.index(cwru_record_class(r)[0])))
+    return np.concatenate(emb), np.concatenate(views), np.concatenate(y)
+
+
+def cwru_scored(
+    records: dict, scored: list[str], names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings, views and labels of the score part of each record in `scored`."""
+    emb = [records[r]["score_emb"] for r in scored]
+    views = [records[r]["score_views"] for r in scored]
+    y = [
+        np.full(len(e), names.index(cwru_record_class(r)[0]))
+        for r, e in zip(scored, emb, strict=True)
+    ]
+    return np.concatenate(emb), np.concatenate(views), np.concatenate(y)
+
+
 def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     from edge_agent.calibration.refit import calibrate
     from edge_agent.contract.bundle import read_manifest
@@ -365,35 +391,22 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     runs = []
     for size, load in sets:
         chosen = [r for r in records if cwru_record_class(r)[1:] in (("", "0"), (size, load))]
+        others = [r for r in records if r not in chosen]
         for k in K_LABELS:
             rng = np.random.default_rng([int(size), int(load), k])
-            emb, views, y = [], [], []
-            for r in chosen:
-                n = len(records[r]["label_emb"])
-                idx = np.sort(rng.choice(n, min(k, n), replace=False))
-                emb.append(records[r]["label_emb"][idx])
-                views.append(records[r]["label_views"][idx])
-                y.append(np.full(len(idx), names.index(cwru_record_class(r)[0])))
-            emb, views, y = (np.concatenate(a) for a in (emb, views, y))
+            emb, views, y = cwru_labels(records, chosen, k, rng, names)
             order = np.arange(len(y), dtype=np.float64)
-            device = calibrate(factory, factory, emb, y, views=views, order=order).head
-            alone = calibrate(factory, factory, emb, y, order=order).head
+            heads = {
+                "device": calibrate(factory, factory, emb, y, views=views, order=order).head,
+                "head": calibrate(factory, factory, emb, y, order=order).head,
+                "factory": factory,
+            }
             run = dict(size=size, load=load, k=k, labels=len(y))
-            for where, rs in (("same", chosen), ("rig", [r for r in records if r not in chosen])):
-                e = np.concatenate([records[r]["score_emb"] for r in rs])
-                v = np.concatenate([records[r]["score_views"] for r in rs])
-                t = np.concatenate(
-                    [
-                        np.full(len(records[r]["score_emb"]), names.index(cwru_record_class(r)[0]))
-                        for r in rs
-                    ]
-                )
-                run[f"{where}_device"] = macro_f1(device, e, v, t, names)
-                run[f"{where}_head"] = macro_f1(alone, e, v, t, names)
-                run[f"{where}_factory"] = macro_f1(factory, e, v, t, names)
-            run["template_model_weight"] = (
-                None if device.template is None else device.template.model_weight
-            )
+            for where, scored in (("same", chosen), ("rig", others)):
+                e, v, t = cwru_scored(records, scored, names)
+                run |= {f"{where}_{n}": macro_f1(h, e, v, t, names) for n, h in heads.items()}
+            template = heads["device"].template
+            run["template_model_weight"] = None if template is None else template.model_weight
             runs.append(run)
     rows = {}
     for k in K_LABELS:
