@@ -6,8 +6,12 @@ machine it never saw) and spectral views that tell them apart clearly (a resonan
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.calibration import refit
 from edge_agent.calibration.device_template import fit_device_template
@@ -175,3 +179,33 @@ def test_calibrating_with_a_set_commits_the_head_with_its_template(factory, tmp_
     assert outcome.result.accepted and "device template kept" in outcome.result.reason
     version, head = store.current()
     assert version == outcome.head_version and head.template is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    per_class=st.lists(st.integers(1, 6), min_size=2, max_size=3),
+    bands=st.sampled_from([4, 32]),
+    broken=st.sampled_from(["none", "nan", "inf", "flat"]),
+    seed=st.integers(0, 100),
+)
+def test_any_labeled_views_give_a_result_that_says_what_happened_to_the_template(
+    factory, per_class, bands, broken, seed
+) -> None:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(per_class)), per_class)
+    emb = rng.normal(0.0, 1.0, (len(y), D)).astype(np.float32)
+    views = rng.normal(0.0, 1.0, (len(y), bands))
+    if broken == "flat":  # every window alike: nothing to learn, nothing to crash on
+        views[:] = 0.0
+    elif broken != "none":
+        views[rng.integers(len(y)), rng.integers(bands)] = np.nan if broken == "nan" else np.inf
+    result = calibrate(factory, factory, emb, y, views=views, order=np.arange(len(y)))
+    template = result.head.template
+    if broken in ("nan", "inf"):
+        assert template is None and "no spectral view" in result.reason
+    elif result.accepted:
+        assert (template is not None) == bool(
+            re.search(r"device template (kept|fitted)", result.reason)
+        )
+    if template is not None:
+        assert np.isfinite(template.view_logits(views)).all()
