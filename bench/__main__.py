@@ -12,6 +12,7 @@ BENCHES = {
     "agent": "bench.agent",
     "device": "bench.device",
     "openset": "bench.openset",
+    "labels": "bench.labels",
 }
 
 

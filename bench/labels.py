@@ -1,0 +1,126 @@
+"""`python -m bench labels`: random labels against the labels faultwatch suggests, same budget.
+
+CWRU 4 classes and 10 classes with 5 labels per class (budget 20 and 50 labels). Per seed, the
+bench's split (`bench fewlabel`'s, time blocks within each record) once with its random labels
+(5 per class, as `fewlabel` draws them) and once with the windows `train.suggest.suggest_labels`
+proposes from the unlabeled pool (as many as the random labels), labeled with their records'
+classes, as an operator would label them. Both go through the recipe where its spectral template
+decides (`train.spectral.fit_spectral`, as `bench fewlabel --cheap-only`: on CWRU the recipe's
+probabilities are the template's, whatever the model), scored on the same test windows: macro-F1,
+ECE, uncertain share; mean ± std and the worst seed. Needs the CWRU records; prints a table and
+writes bench/results/labels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+RESULTS = Path("bench/results/labels.json")
+TASKS = {"cwru 4 classes, 20 labels": "cwru-4class", "cwru 10 classes, 50 labels": "cwru-10class"}
+LABELS_PER_CLASS = 5
+POOL_WINDOWS = 2000  # pool windows the suggestions are drawn from
+
+
+def suggested(split, seed: int):
+    """`split` with the suggested pool windows as its labeled set (as many as it had)."""
+    from train.splits import WindowSet
+    from train.suggest import suggest_labels
+
+    pool = split.pool.windows(limit=POOL_WINDOWS)
+    picks = suggest_labels(pool.x, len(split.labeled), seed)
+    labeled = WindowSet(pool.x[picks], pool.y[picks], [pool.record_ids[i] for i in picks])
+    return replace(split, labeled=labeled)
+
+
+def recipe(cfg, split) -> dict[str, Any]:
+    """The recipe's figures where its template decides; the reason where it does not."""
+    from train.loop import MIN_TEMPERATURE
+    from train.runs import probability_metrics
+    from train.spectral import fit_spectral
+
+    n = len(split.class_names)
+    uniform = np.full((len(split.val), n), 1 / n)
+    head, report = fit_spectral(cfg, split, uniform, MIN_TEMPERATURE)
+    per_class = np.bincount(split.labeled.y, minlength=n).tolist()
+    if head is None:
+        return dict(macro_f1=None, reason=report["reason"], labels_per_class=per_class)
+    probs = head.fuse(np.full((len(split.test), n), 1 / n), split.test.x)
+    m = probability_metrics(probs, split, cfg.uncertain_below)
+    return dict(macro_f1=m["macro_f1"], ece=m["ece"], uncertain=m["uncertain_rate"],
+                labels_per_class=per_class)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench labels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    from bench.fewlabel import task_config
+    from train.config import load_config
+    from train.cwru import default_data_root
+    from train.data import build_split
+
+    logging.basicConfig(level=logging.WARNING)
+    base = load_config(None, [])
+    if not ((base.data_root or default_data_root()) / "cwru").is_dir():
+        console.print("not measured: no CWRU records (see ../shared/datasets)")
+        return 0
+    started = time.perf_counter()
+    runs: dict[str, list[dict]] = {}
+    for task, data in TASKS.items():
+        for seed in range(args.seeds):
+            cfg = task_config(base, data, LABELS_PER_CLASS, seed)
+            split = build_split(cfg)
+            row = {"random": recipe(cfg, split), "suggested": recipe(cfg, suggested(split, seed))}
+            runs.setdefault(task, []).append(row)
+            console.print(f"{task}, seed {seed}: " + ", ".join(
+                f"{k} {_f1(v)}" for k, v in row.items()))  # fmt: skip
+    table = Table(title="the recipe with random vs suggested labels (same budget)")
+    for col in ("task", "random labels", "suggested labels"):
+        table.add_column(col)
+    summary = {}
+    for task, rows in runs.items():
+        summary[task] = {k: _summary([r[k] for r in rows]) for k in ("random", "suggested")}
+        table.add_row(task, *(summary[task][k]["shown"] for k in ("random", "suggested")))
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    seconds = time.perf_counter() - started
+    args.out.write_text(json.dumps(dict(summary=summary, runs=runs, seconds=seconds), indent=1))
+    console.print(f"wrote {args.out} in {seconds:.0f} s")
+    return 0
+
+
+def _f1(result: dict) -> str:
+    return "-" if result["macro_f1"] is None else f"{result['macro_f1']:.3f}"
+
+
+def _summary(results: list[dict]) -> dict[str, Any]:
+    """Mean ± std (worst) of macro-F1, mean ECE and uncertain share; seeds the recipe refused."""
+    scored = [r for r in results if r["macro_f1"] is not None]
+    refused = len(results) - len(scored)
+    if not scored:
+        return dict(shown=f"no seed scored ({refused} refused)", refused=refused)
+    f1 = np.array([r["macro_f1"] for r in scored])
+    ece = float(np.mean([r["ece"] for r in scored]))
+    uncertain = float(np.mean([r["uncertain"] for r in scored]))
+    shown = (f"{f1.mean():.3f} ± {f1.std():.3f} (worst {f1.min():.3f}); ECE {ece:.3f}, "
+             f"{uncertain:.0%} uncertain")  # fmt: skip
+    if refused:
+        shown += f"; {refused} seed(s) refused: a class drew no label"
+    return dict(shown=shown, macro_f1=float(f1.mean()), std=float(f1.std()),
+                worst=float(f1.min()), ece=ece, uncertain=uncertain, refused=refused)  # fmt: skip

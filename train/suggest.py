@@ -1,0 +1,38 @@
+"""Which windows to label: a few labels go furthest when they cover every kind of window the
+unlabeled pool holds.
+
+Random labels miss whole bearings: on CWRU with 5 labels per class, every error of the recipe is
+a bearing size that drew no label (README "Benchmarks"). `suggest_labels` clusters the pool's
+spectral views (edge_agent.physics.spectral: the view the template decides on) into as many
+groups as there are labels to spend, k-means on standardized views (scikit-learn), and proposes
+the window nearest each group's centre. The operator labels those; no class count is fixed in
+advance, so a class the pool shows in several guises gets several labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent.physics.spectral import spectral_view
+
+KMEANS_RESTARTS = 4
+
+
+def suggest_labels(windows: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """Indices into `windows` (N, 1, W) of the windows to label, one per k-means group of their
+    spectral views, in group order: `budget` of them, fewer only if fewer windows differ.
+    ValueError when budget is not in [1, N]."""
+    from sklearn.cluster import KMeans
+
+    n = len(windows)
+    if not 1 <= budget <= n:
+        raise ValueError(f"a label budget of {budget} needs 1 to {n} (the pool's windows)")
+    views = spectral_view(windows).astype(np.float64)
+    z = (views - views.mean(axis=0)) / np.where(views.std(axis=0) > 0, views.std(axis=0), 1.0)
+    groups = KMeans(budget, n_init=KMEANS_RESTARTS, random_state=seed).fit(z)
+    picks = []
+    for group, centre in enumerate(groups.cluster_centers_):
+        members = np.flatnonzero(groups.labels_ == group)
+        if len(members):  # k-means leaves a group empty when fewer windows differ than budget
+            picks.append(members[((z[members] - centre) ** 2).sum(axis=1).argmin()])
+    return np.array(picks, dtype=np.int64)
