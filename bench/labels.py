@@ -29,15 +29,14 @@ console = Console()
 RESULTS = Path("bench/results/labels.json")
 TASKS = {"cwru 4 classes, 20 labels": "cwru-4class", "cwru 10 classes, 50 labels": "cwru-10class"}
 LABELS_PER_CLASS = 5
-POOL_WINDOWS = 2000  # pool windows the suggestions are drawn from
 
 
 def suggested(split, seed: int):
     """`split` with the suggested pool windows as its labeled set (as many as it had)."""
     from train.splits import WindowSet
-    from train.suggest import suggest_labels
+    from train.suggest import SUGGEST_POOL_WINDOWS, suggest_labels
 
-    pool = split.pool.windows(limit=POOL_WINDOWS)
+    pool = split.pool.windows(limit=SUGGEST_POOL_WINDOWS)
     picks = suggest_labels(pool.x, len(split.labeled), seed)
     labeled = WindowSet(pool.x[picks], pool.y[picks], [pool.record_ids[i] for i in picks])
     return replace(split, labeled=labeled)

@@ -1,4 +1,4 @@
-"""`faultwatch train ...`: run | pretrain | finetune | baseline | evaluate.
+"""`faultwatch train ...`: run | pretrain | finetune | baseline | suggest | evaluate.
 
 Every command takes `--config FILE.toml` and `--set field=value` overrides (unknown fields are
 errors naming the field); common fields also have their own options.
@@ -199,6 +199,47 @@ def baseline(
     fn = supervised if method is Baseline.supervised else pseudo_label
     model = fn(cfg, split, show_progress=not quiet)
     print_metrics({method.value: evaluate(model, split, cfg.uncertain_below)})
+
+
+@app.command()
+def suggest(
+    budget: Annotated[int, typer.Option(min=1, help="How many windows to label.")] = 20,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write them to this CSV file.")] = None,
+) -> None:
+    """Propose the unlabeled windows to label: one per k-means group of the pool's spectral
+    views (train.suggest), so a few labels cover every kind of window the pool holds."""
+    _setup_logging(True)
+    cfg = _config(config, set_, data=data, seed=seed)
+    from train.data import build_split
+    from train.suggest import SUGGEST_POOL_WINDOWS, suggest_labels
+
+    pool = build_split(cfg).pool
+    windows = pool.windows(limit=SUGGEST_POOL_WINDOWS)
+    where = pool.positions(limit=SUGGEST_POOL_WINDOWS)
+    try:
+        picks = suggest_labels(windows.x, budget, cfg.seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    rate = cfg.sample_rate_hz
+    rows = [(where[i][0], where[i][1], where[i][1] / rate) for i in picks]
+    table = Table("#", "record", "first sample", "from (s)", "to (s)")
+    for n, (record, start, t) in enumerate(rows, 1):
+        table.add_row(str(n), record, str(start), f"{t:.3f}", f"{t + cfg.window / rate:.3f}")
+    console.print(table)
+    if out is not None:
+        lines = ["record,first_sample,from_s,to_s"]
+        lines += [f"{r},{s},{t:.4f},{t + cfg.window / rate:.4f}" for r, s, t in rows]
+        out.write_text("\n".join(lines) + "\n")
+        console.print(f"wrote {out}")
+    console.print(
+        f"label these {len(rows)} windows ({cfg.window} samples at {rate} Hz from the first "
+        "sample shown, in the record resampled to that rate): cut each into a recording of its "
+        "class in a recordings manifest (data = 'recordings') and train on it"
+    )
 
 
 @app.command("evaluate")

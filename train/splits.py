@@ -100,13 +100,30 @@ class SegmentPool:
         return normalize(crops, self.normalization)  # type: ignore[arg-type]
 
     def windows(self, limit: int | None = None) -> WindowSet:
-        """Hop-spaced windows with their (hidden) true labels, for pseudo-labels and statistics."""
+        """Hop-spaced windows with their (hidden) true labels, for pseudo-labels and statistics;
+        at most `limit`, evenly spread over the pool."""
         sets = [windows_of(s, self.window, self.hop, self.normalization) for s in self.segments]
         out = WindowSet.concat(sets, self.window)
-        if limit is not None and len(out) > limit:
-            keep = np.linspace(0, len(out) - 1, limit).astype(int)
+        keep = _spread(len(out), limit)
+        if len(keep) < len(out):
             out = WindowSet(out.x[keep], out.y[keep], [out.record_ids[i] for i in keep])
         return out
+
+    def positions(self, limit: int | None = None) -> list[tuple[str, int]]:
+        """(record id, first sample in the record) of each window `windows(limit)` returns."""
+        found = [
+            (s.record_id, s.start + i * self.hop)
+            for s in self.segments
+            for i in range(1 + (s.signal.shape[0] - self.window) // self.hop)
+        ]
+        return [found[i] for i in _spread(len(found), limit)]
+
+
+def _spread(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of n items, evenly spread (all of them without a limit)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).astype(int)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.physics.spectral import spectral_view
 
 KMEANS_RESTARTS = 4
+SUGGEST_POOL_WINDOWS = 2000  # pool windows the suggestions are drawn from, evenly spread
 
 
 def suggest_labels(windows: np.ndarray, budget: int, seed: int) -> np.ndarray:

@@ -57,3 +57,46 @@ def test_any_budget_is_served_or_refused_by_name(n: int, budget: int, flat: bool
     picks = suggest_labels(x, budget, seed=0)
     assert 1 <= len(picks) <= budget and len(set(picks.tolist())) == len(picks)
     assert picks.min() >= 0 and picks.max() < n
+
+
+TINY = ["labels_per_class=4", "unlabeled_windows=60", "sim_seconds_per_record=1.0",
+        "window=512", "hop=256"]  # fmt: skip
+
+
+def test_pool_positions_are_where_the_pool_windows_come_from() -> None:
+    from edge_agent.contract.preprocess import normalize
+    from train.config import load_config
+    from train.data import build_split
+
+    cfg = load_config(None, TINY)
+    pool = build_split(cfg).pool
+    for limit in (None, 7):
+        windows, where = pool.windows(limit), pool.positions(limit)
+        assert len(where) == len(windows) and windows.record_ids == [r for r, _ in where]
+        for x, (record, start) in zip(windows.x, where, strict=True):
+            seg = next(s for s in pool.segments if s.record_id == record and s.start <= start)
+            raw = seg.signal[start - seg.start : start - seg.start + cfg.window]
+            np.testing.assert_allclose(
+                normalize(raw[None], cfg.normalization).ravel(), x.ravel(), atol=1e-6
+            )
+
+
+def test_the_cli_lists_the_windows_to_label_and_writes_them(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    out = tmp_path / "label-these.csv"
+    args = ["suggest", "--budget", "3", "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = out.read_text().splitlines()
+    assert rows[0] == "record,first_sample,from_s,to_s" and len(rows) == 4
+    for row in rows[1:]:
+        record, first, start, end = row.split(",")
+        assert record in result.output and int(first) >= 0
+        assert float(end) - float(start) == pytest.approx(512 / 12_000, abs=1e-3)
+    too_many = CliRunner().invoke(app, ["suggest", "--budget", "100000", *args[5:]])
+    assert too_many.exit_code == 1 and "label budget of 100000" in too_many.output
