@@ -309,10 +309,11 @@ def cwru_folder() -> Path:
 
 def cwru_record_class(stem: str) -> tuple[str, str, str]:
     """'IR007_1_106' -> ('inner_race', '007', '1'); 'Normal_0_97' -> ('normal', '', '0')."""
-    kind, load = stem.split("_")[:2]
-    letters = kind.rstrip("0123456789at")
-    size = kind[len(letters) :][:3]
-    return ("normal", "", load) if letters == "Normal" else (CWRU_CLASS[letters], size, load)
+    from train.cwru import parse_cwru_name
+
+    name = parse_cwru_name(stem)
+    size = "" if name.location == "normal" else f"{round(name.fault_size_in * 1000):03d}"
+    return name.label, size, str(name.load_hp)
 
 
 def cwru_windows(bundle: Path, work: Path, names: list[str]) -> tuple[dict[str, dict], Any]:

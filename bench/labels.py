@@ -33,29 +33,21 @@ LABELS_PER_CLASS = 5
 
 def suggested(split, seed: int):
     """`split` with the suggested pool windows as its labeled set (as many as it had)."""
-    from train.splits import WindowSet
-    from train.suggest import SUGGEST_POOL_WINDOWS, suggest_labels
+    from train.suggest import suggest_from_pool
 
-    pool = split.pool.windows(limit=SUGGEST_POOL_WINDOWS)
-    picks = suggest_labels(pool.x, len(split.labeled), seed)
-    labeled = WindowSet(pool.x[picks], pool.y[picks], [pool.record_ids[i] for i in picks])
+    labeled, _ = suggest_from_pool(split.pool, len(split.labeled), seed)
     return replace(split, labeled=labeled)
 
 
 def recipe(cfg, split) -> dict[str, Any]:
-    """The recipe's figures where its template decides; the reason where it does not."""
-    from train.loop import MIN_TEMPERATURE
-    from train.runs import probability_metrics
-    from train.spectral import fit_spectral
+    """The recipe's figures where its template decides (`bench fewlabel --cheap-only`'s)."""
+    from bench.fewlabel import FUSED_TEMPLATE, fused_template_metrics
 
-    n = len(split.class_names)
-    uniform = np.full((len(split.val), n), 1 / n)
-    head, report = fit_spectral(cfg, split, uniform, MIN_TEMPERATURE)
-    per_class = np.bincount(split.labeled.y, minlength=n).tolist()
-    if head is None:
-        return dict(macro_f1=None, reason=report["reason"], labels_per_class=per_class)
-    probs = head.fuse(np.full((len(split.test), n), 1 / n), split.test.x)
-    m = probability_metrics(probs, split, cfg.uncertain_below)
+    per_class = np.bincount(split.labeled.y, minlength=len(split.class_names)).tolist()
+    m = fused_template_metrics(cfg, split).get(FUSED_TEMPLATE)
+    if m is None:
+        reason = "the template did not decide (its gate, or a class without labels)"
+        return dict(macro_f1=None, reason=reason, labels_per_class=per_class)
     return dict(macro_f1=m["macro_f1"], ece=m["ece"], uncertain=m["uncertain_rate"],
                 labels_per_class=per_class)  # fmt: skip
 

@@ -215,17 +215,14 @@ def suggest(
     _setup_logging(True)
     cfg = _config(config, set_, data=data, seed=seed)
     from train.data import build_split
-    from train.suggest import SUGGEST_POOL_WINDOWS, suggest_labels
+    from train.suggest import suggest_from_pool
 
-    pool = build_split(cfg).pool
-    windows = pool.windows(limit=SUGGEST_POOL_WINDOWS)
-    where = pool.positions(limit=SUGGEST_POOL_WINDOWS)
     try:
-        picks = suggest_labels(windows.x, budget, cfg.seed)
+        _, where = suggest_from_pool(build_split(cfg).pool, budget, cfg.seed)
     except ValueError as exc:
         _fail(str(exc))
     rate = cfg.sample_rate_hz
-    rows = [(where[i][0], where[i][1], where[i][1] / rate) for i in picks]
+    rows = [(record, start, start / rate) for record, start in where]
     table = Table("#", "record", "first sample", "from (s)", "to (s)")
     for n, (record, start, t) in enumerate(rows, 1):
         table.add_row(str(n), record, str(start), f"{t:.3f}", f"{t + cfg.window / rate:.3f}")

@@ -14,10 +14,14 @@ a few more labels than the kinds expected (on CWRU, 20 labels for 10 bearings co
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.physics.spectral import spectral_view
+
+if TYPE_CHECKING:
+    from train.splits import SegmentPool, WindowSet
 
 KMEANS_RESTARTS = 4
 SUGGEST_POOL_WINDOWS = 2000  # pool windows the suggestions are drawn from, evenly spread
@@ -44,3 +48,18 @@ def suggest_labels(windows: np.ndarray, budget: int, seed: int) -> np.ndarray:
         if len(members):  # k-means leaves a group empty when fewer windows differ than budget
             picks.append(members[((z[members] - centre) ** 2).sum(axis=1).argmin()])
     return np.array(picks, dtype=np.int64)
+
+
+def suggest_from_pool(
+    pool: SegmentPool, budget: int, seed: int
+) -> tuple[WindowSet, list[tuple[str, int]]]:
+    """The suggested windows of up to SUGGEST_POOL_WINDOWS evenly spread pool windows (with the
+    pool's hidden labels, which only a benchmark may read) and where each comes from (record id,
+    first sample)."""
+    from train.splits import WindowSet
+
+    windows = pool.windows(limit=SUGGEST_POOL_WINDOWS)
+    where = pool.positions(limit=SUGGEST_POOL_WINDOWS)
+    picks = suggest_labels(windows.x, budget, seed)
+    chosen = WindowSet(windows.x[picks], windows.y[picks], [windows.record_ids[i] for i in picks])
+    return chosen, [where[i] for i in picks]

@@ -379,10 +379,10 @@ def _with_template(
     TEMPLATE_MODEL_WEIGHTS that predicts them best (ties: the heavier); the template's
     cross-validated logits; a note for the reason."""
     checked = blocks >= 0
-    template = fit_device_template(views, y, candidate.num_classes)
     template_cv = cross_validated_logits(views, y, blocks, candidate.num_classes)
     if len(np.unique(y[checked])) < 2:
         note = "device template fitted, not cross-validated (too few windows per class)"
+        template = fit_device_template(views, y, candidate.num_classes)
         return replace(candidate, template=template), template_cv, note
     alone = balanced_accuracy(y[checked], cv_logits[checked].argmax(axis=1))
     accuracy = {
@@ -398,8 +398,8 @@ def _with_template(
     )
     if accuracy[weight] < alone:
         return candidate, template_cv, f"device template dropped: {said}"
-    kept = replace(candidate, template=replace(template, model_weight=weight))
-    return kept, template_cv, f"device template kept: {said}"
+    template = replace(fit_device_template(views, y, candidate.num_classes), model_weight=weight)
+    return replace(candidate, template=template), template_cv, f"device template kept: {said}"
 
 
 def _refused(
