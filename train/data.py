@@ -197,16 +197,12 @@ def pool_name(data: str) -> str:
 def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     """CWRU 12k drive end, time-block split inside every record; which records give labels,
     test windows and the pool is `CWRU_TASKS[cfg.data]` (described in DATA_DESCRIPTIONS)."""
-    from train.cwru import default_data_root, load_cwru, size_label
+    from train.cwru import size_label
 
     if cfg.data not in CWRU_TASKS:
         raise ValueError(f"data {cfg.data!r} is not a CWRU task; valid: {', '.join(CWRU_TASKS)}")
     task = CWRU_TASKS[cfg.data]
-    records = load_cwru(
-        cfg.data_root or default_data_root(),
-        sample_rate_hz=cfg.sample_rate_hz,
-        channel=cfg.cwru_channel,
-    )
+    records = cwru_records(cfg)
     if task.ten_class:
         names = ["normal"] + [f"{loc}_{s:03d}" for loc in LOCATION_CLASSES[1:] for s in (7, 14, 21)]
         label_of: Callable[[Record], str] = size_label
@@ -252,13 +248,7 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
         ]
         keep: Callable[[Record], bool] = _every
     else:
-        from train.cwru import default_data_root, load_cwru
-
-        records = load_cwru(
-            cfg.data_root or default_data_root(),
-            sample_rate_hz=cfg.sample_rate_hz,
-            channel=cfg.cwru_channel,
-        )
+        records = cwru_records(cfg)
         keep = CWRU_TASKS[cfg.data].test
     out = []
     for r in records:
@@ -287,3 +277,11 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
         )
         split.description["unlabeled_records"] = [s.record_id for s in extra]
     return split
+
+
+def cwru_records(cfg: TrainConfig) -> list[Record]:
+    """The CWRU records under the configured data root, from the configured accelerometer."""
+    from train.cwru import default_data_root, load_cwru
+
+    root = cfg.data_root or default_data_root()
+    return load_cwru(root, sample_rate_hz=cfg.sample_rate_hz, channel=cfg.cwru_channel)
