@@ -23,11 +23,11 @@ import numpy as np
 
 from edge_agent.physics.spectral import (
     ABSENT_CLASS_BIAS,
+    BOTH,
     TEMPLATE_C,
     SpectralHead,
     log_spectrum,
     ranked_bands,
-    spectral_view,
 )
 from edge_agent.pipeline.head import softmax
 from train.heads import calibrated_temperature
@@ -88,12 +88,39 @@ def self_trained_template(
     return head, {c: len(idx) for c, idx in chosen.items() if len(idx)}
 
 
+def product_template(plain: SpectralHead, ranked: SpectralHead) -> SpectralHead:
+    """One head on both views (features BOTH) whose probabilities are the normalized geometric
+    mean of the two templates': half of each one's logits, side by side."""
+    return SpectralHead(
+        np.r_[plain.mean, ranked.mean],
+        np.r_[plain.scale, ranked.scale],
+        np.hstack([plain.weights, ranked.weights]) / 2,
+        (plain.bias + ranked.bias) / 2,
+        model_weight=0.0,
+        features=BOTH,
+    )
+
+
+def paired_template(
+    labeled: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int, seed: int, per_class: int
+) -> tuple[SpectralHead, dict[str, dict[int, int]]]:
+    """`product_template` of a template on the log spectra (N, bands) and one on their ranked
+    view, each self-trained on the pool on its own (`self_trained_template`), and how many pool
+    windows each class gained in each view."""
+    plain, plain_added = self_trained_template(labeled, y, pool, n_classes, seed, per_class)
+    ranked, ranked_added = self_trained_template(
+        ranked_bands(labeled), y, ranked_bands(pool), n_classes, seed, per_class
+    )
+    return product_template(plain, ranked), {"plain": plain_added, "ranked": ranked_added}
+
+
 def spectral_template(cfg: TrainConfig, split: Split) -> SpectralHead:
     """The template alone, temperature-scaled on validation: the baseline row, no pool, no model."""
     from train.loop import MIN_TEMPERATURE
 
-    labeled = spectral_view(split.labeled.x)
-    head = fit_template(labeled, split.labeled.y, len(split.class_names), cfg.seed)
+    labeled = log_spectrum(split.labeled.x)
+    n_classes = len(split.class_names)
+    head, _ = paired_template(labeled, split.labeled.y, labeled[:0], n_classes, cfg.seed, 0)
     val = split.val
     if len(val) >= 2 and set(np.unique(val.y)) <= set(np.unique(split.labeled.y)):
         t = calibrated_temperature(head.logits(val.x), val.y, MIN_TEMPERATURE)
@@ -150,15 +177,12 @@ def fit_spectral(
             "reason": f"domain gap {gap:.3f} > {cfg.spectral_max_domain_gap:.2f}: the pool is "
             "other machines, which a template of the labeled one would mislead",
         }
-    template, added = self_trained_template(  # on the ranked view of the same spectra
-        ranked_bands(labeled),
-        split.labeled.y,
-        ranked_bands(pool),
-        n_classes,
-        cfg.seed,
-        cfg.spectral_pool_labels,
+    template, added = paired_template(
+        labeled, split.labeled.y, pool, n_classes, cfg.seed, cfg.spectral_pool_labels
     )
-    report["pool_labels"] = {split.class_names[c]: n for c, n in added.items()}
+    report["pool_labels"] = {
+        view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
+    }
     head = replace(template, model_weight=cfg.spectral_model_weight)
     if len(split.val) >= 2:
         z = head.fused_logits(model_val_probs, head.logits(split.val.x))

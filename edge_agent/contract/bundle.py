@@ -110,10 +110,13 @@ class SpectralView(StrictModel):
     """The spectral template fused with the factory head (edge_agent.physics.spectral); absent:
     model only."""
 
-    features: Literal["ranked-log-spectrum-v1"]
+    features: Literal["ranked-log-spectrum-v1", "log-spectrum-and-ranks-v1"]
     mean: list[float]
     scale: list[float]
-    weights: list[list[float]] = Field(description="(classes, bands) of the linear template.")
+    weights: list[list[float]] = Field(
+        description="(classes, values) of the linear template: bands values for the ranked "
+        "view, 2 x bands for the log spectrum and its ranks side by side."
+    )
     bias: list[float]
     model_weight: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0)

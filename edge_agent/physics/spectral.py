@@ -1,13 +1,16 @@
 """The spectral view of a window and the linear template on it, fused with the model's head.
 
-A window's spectral view is the shape of its log power spectrum, ranked: log power in equal-width
-bands from the first bin above DC to Nyquist (Hann window), smoothed over SMOOTH_BANDS bands
-(117 Hz), then replaced by each band's rank within the window (scaled to [-0.5, 0.5]). Ranks keep
-where the window's energy sits (its resonances) and drop how deep they are, which changes with
-sensor gain, load and the size of the defect: on CWRU the ranked view carries a few labels of
-two bearings to a third (0.92 against 0.81 for the plain log spectrum, README "Benchmarks");
-smoothing first keeps the fine shaft-speed lines, which move with load, out of the ranks. A
-strongly regularized linear template on it, fitted on the labeled windows of one machine,
+A window's log spectrum is its log power in equal-width bands from the first bin above DC to
+Nyquist (Hann window), less its mean level. Its ranked view smooths that over SMOOTH_BANDS bands
+(117 Hz) and replaces each band by its rank within the window (scaled to [-0.5, 0.5]). Ranks
+keep where the window's energy sits (its resonances) and drop how deep they are, which changes
+with sensor gain, load and the size of the defect; the plain spectrum keeps the depths, which
+carry a fault across loads where the sensor sits far from the bearing. Which one transfers
+depends on the machine and the sensor's path (README "Benchmarks": CWRU drive end favours the
+ranks, its fan end and the MFPT rig the plain spectrum), so the template training fits is a
+product of two, one on each (features BOTH: one linear head on both views side by side). A
+device's own template is on the ranked view alone (features RANKED), which its embedding log
+keeps. A strongly regularized linear template, fitted on the labeled windows of one machine,
 carries the diagnosis to other loads and other bearings of that machine but not to machines
 with other resonances. Training keeps it only where the unlabeled pool looks like the labeled
 machine (train.spectral), and the agent fuses it only while a channel runs on the factory head:
@@ -29,7 +32,9 @@ import numpy as np
 
 from edge_agent.pipeline.head import softmax
 
-FEATURES = "ranked-log-spectrum-v1"
+RANKED = "ranked-log-spectrum-v1"  # the ranked view alone (bands values)
+BOTH = "log-spectrum-and-ranks-v1"  # the log spectrum, then its ranked view (2 x bands values)
+VIEWS_PER_BAND = {RANKED: 1, BOTH: 2}  # the features this agent computes
 BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
 SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 score alike)
 TEMPLATE_C = 0.1  # inverse L2 strength of a template fit: strongly regularized transfers best
@@ -53,6 +58,17 @@ def spectral_view(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
     """(N, W) or (N, 1, W) windows -> (N, min(bands, W // 2)) float32 ranked view
     (`ranked_bands` of their `log_spectrum`)."""
     return ranked_bands(log_spectrum(windows, bands))
+
+
+def template_view(windows: np.ndarray, features: str, bands: int = BANDS) -> np.ndarray:
+    """(N, W) or (N, 1, W) windows -> (N, VIEWS_PER_BAND[features] x bands) float32 view."""
+    if features == RANKED:
+        return spectral_view(windows, bands)
+    if features != BOTH:
+        known = ", ".join(VIEWS_PER_BAND)
+        raise ValueError(f"unknown spectral features {features!r}; known: {known}")
+    level = log_spectrum(windows, bands)
+    return np.hstack([level, ranked_bands(level)])
 
 
 def ranked_bands(level: np.ndarray) -> np.ndarray:
@@ -86,22 +102,30 @@ class SpectralHead:
     bias: np.ndarray  # (C,)
     model_weight: float = 1.0
     temperature: float = 1.0
+    features: str = RANKED  # which view (template_view) the weights read
 
     def __post_init__(self) -> None:
         arrays = {k: np.asarray(getattr(self, k), np.float64) for k in ("mean", "scale", "weights")}
         bias = np.asarray(self.bias, np.float64)
         w = arrays["weights"]
-        bands = w.shape[-1]
+        width = w.shape[-1]
         if (
             w.ndim != 2
             or bias.shape != (w.shape[0],)
-            or arrays["mean"].shape != (bands,)
-            or arrays["scale"].shape != (bands,)
+            or arrays["mean"].shape != (width,)
+            or arrays["scale"].shape != (width,)
         ):
             raise ValueError(
-                "spectral head needs weights (C, bands), bias (C,), mean and scale (bands,); got "
+                "spectral head needs weights (C, V), bias (C,), mean and scale (V,); got "
                 f"{w.shape}, {bias.shape}, {arrays['mean'].shape}, {arrays['scale'].shape}"
             )
+        if self.features not in VIEWS_PER_BAND:
+            raise ValueError(
+                f"spectral features {self.features!r} are not one of {', '.join(VIEWS_PER_BAND)}; "
+                "this agent cannot compute them"
+            )
+        if width % VIEWS_PER_BAND[self.features]:
+            raise ValueError(f"{self.features} needs an even number of values, got {width}")
         if not all(np.isfinite(a).all() for a in (*arrays.values(), bias)):
             raise ValueError("spectral head arrays must be finite")
         if not (arrays["scale"] > 0).all():
@@ -120,20 +144,26 @@ class SpectralHead:
 
     @property
     def bands(self) -> int:
-        return int(self.weights.shape[1])
+        """Spectral bands of a window the view is computed from."""
+        return int(self.weights.shape[1]) // VIEWS_PER_BAND[self.features]
+
+    def view(self, windows: np.ndarray) -> np.ndarray:
+        """(N, W) windows -> (N, V) the view the weights read."""
+        view = template_view(windows, self.features, self.bands)
+        if view.shape[1] != self.weights.shape[1]:
+            raise ValueError(
+                f"a {np.asarray(windows).shape[-1]}-sample window has "
+                f"{view.shape[1] // VIEWS_PER_BAND[self.features]} spectral bands; the head "
+                f"needs {self.bands}"
+            )
+        return view
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """(N, W) windows -> (N, C) template logits."""
-        view = spectral_view(windows, self.bands)
-        if view.shape[1] != self.bands:
-            raise ValueError(
-                f"a {np.asarray(windows).shape[-1]}-sample window has {view.shape[1]} spectral "
-                f"bands; the head needs {self.bands}"
-            )
-        return self.view_logits(view)
+        return self.view_logits(self.view(windows))
 
     def view_logits(self, view: np.ndarray) -> np.ndarray:
-        """(N, bands) spectral views -> (N, C) template logits."""
+        """(N, V) views (`view`) -> (N, C) template logits."""
         return (
             (np.asarray(view, np.float64) - self.mean) / self.scale
         ) @ self.weights.T + self.bias
@@ -157,7 +187,7 @@ class SpectralHead:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "features": FEATURES,
+            "features": self.features,
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "weights": self.weights.tolist(),
@@ -168,10 +198,10 @@ class SpectralHead:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpectralHead:
-        if data.get("features") != FEATURES:
+        if data.get("features") not in VIEWS_PER_BAND:
             raise ValueError(
-                f"spectral features {data.get('features')!r} are not {FEATURES!r}; this agent "
-                "cannot compute them"
+                f"spectral features {data.get('features')!r} are not one of "
+                f"{', '.join(VIEWS_PER_BAND)}; this agent cannot compute them"
             )
         return cls(
             np.asarray(data["mean"]),
@@ -180,4 +210,5 @@ class SpectralHead:
             np.asarray(data["bias"]),
             float(data["model_weight"]),
             float(data["temperature"]),
+            str(data["features"]),
         )

@@ -32,7 +32,7 @@ from edge_agent.calibration.embedding_log import (
 from edge_agent.calibration.headstore import HeadStore
 from edge_agent.calibration.monitoring import ConditionMonitor, Finding
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.physics.spectral import BANDS, SpectralHead, spectral_view
+from edge_agent.physics.spectral import BANDS, RANKED, SpectralHead, spectral_view
 from edge_agent.physics.view import line_view
 from edge_agent.pipeline.decisions import UNCERTAIN, UNKNOWN, Decision, DecisionMachine
 from edge_agent.pipeline.event_limit import EventLimiter
@@ -181,9 +181,9 @@ class Channel:
             template = self.template(factory_head)
             if template is not None or self.log.view_bands:
                 views = spectral_view(self.batch[ok], BANDS)
-            if template is not None:
-                own = views.shape[1] == template.bands  # else a template of fewer bands
-                seen = views if own else spectral_view(self.batch[ok], template.bands)
+            if template is not None:  # reads the logged ranked view where it can
+                same = template.features == RANKED and views.shape[1] == template.bands
+                seen = views if same else template.view(self.batch[ok])
                 probs = template.fuse_logits(probs, template.view_logits(seen))
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))

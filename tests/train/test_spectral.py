@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
 
+from edge_agent.physics.spectral import BOTH, ranked_bands
 from train.config import load_config
 from train.spectral import domain_gap, fit_spectral, spectral_template
 from train.splits import Segment, SegmentPool, Split, WindowSet
@@ -115,7 +116,9 @@ def test_on_the_labeled_machine_the_template_is_fused_and_outvotes_a_wrong_model
     assert head is not None and report["used"], report
     assert report["domain_gap"] < cfg.spectral_max_domain_gap
     assert head.model_weight == model_weight
-    assert 0 < sum(report["pool_labels"].values()) <= 3 * cfg.spectral_pool_labels
+    assert head.features == BOTH and set(report["pool_labels"]) == {"plain", "ranked"}
+    for gained in report["pool_labels"].values():  # each view labels pool windows for itself
+        assert 0 < sum(gained.values()) <= 3 * cfg.spectral_pool_labels
     fused = head.fuse(test_probs, split.test.x)
     assert (fused.argmax(axis=1) == split.test.y).mean() == 1.0
     uniform = np.full_like(test_probs, 1 / 3)  # and with an undecided model it is the template
@@ -169,3 +172,23 @@ def test_the_template_labels_the_pool_windows_it_is_sure_of_and_refits_on_them()
         labeled, y, noise[probs.max(1) < POOL_LABEL_CONFIDENCE], 3, 0, 10
     )
     assert unsure[1] == {}
+
+
+def test_the_paired_template_is_the_geometric_mean_of_its_two_templates() -> None:
+    from edge_agent.pipeline.head import softmax
+    from train.spectral import fit_template, paired_template
+
+    rng = np.random.default_rng(4)
+    level = rng.standard_normal((30, 64)).astype(np.float32)
+    y = np.arange(30) % 3
+    for i, c in enumerate(y):  # each class lifts its own stretch of bands
+        level[i, 20 * c : 20 * c + 12] += 3.0
+    head, added = paired_template(level, y, level[:0], 3, seed=0, per_class=0)
+    assert head.features == BOTH and head.bands == 64 and added == {"plain": {}, "ranked": {}}
+    p1 = softmax(fit_template(level, y, 3, 0).view_logits(level))
+    ranked = ranked_bands(level)
+    p2 = softmax(fit_template(ranked, y, 3, 0).view_logits(ranked))
+    expected = np.sqrt(p1 * p2)
+    got = softmax(head.view_logits(np.hstack([level, ranked])))
+    np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), atol=1e-9)
+    assert (got.argmax(1) == y).all()

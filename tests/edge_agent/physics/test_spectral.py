@@ -19,11 +19,14 @@ from edge_agent.config import load_config
 from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
 from edge_agent.physics.spectral import (
+    BOTH,
+    RANKED,
     SMOOTH_BANDS,
     SpectralHead,
     log_spectrum,
     ranked_bands,
     spectral_view,
+    template_view,
 )
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
@@ -174,6 +177,22 @@ def test_a_malformed_template_is_refused(fields, match) -> None:
         template(**fields)
 
 
+def test_a_template_on_both_views_reads_the_log_spectrum_then_its_ranks() -> None:
+    x = np.random.default_rng(3).standard_normal((4, 64))
+    both = template_view(x, BOTH, 8)
+    np.testing.assert_array_equal(both, np.hstack([log_spectrum(x, 8), spectral_view(x, 8)]))
+    np.testing.assert_array_equal(template_view(x, RANKED, 8), spectral_view(x, 8))
+    head = template(bands=16, features=BOTH)  # 16 values: 8 bands, twice
+    assert head.bands == 8
+    np.testing.assert_allclose(head.logits(x), head.view_logits(both))
+    back = SpectralHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    assert back.features == BOTH and back.bands == 8
+    with pytest.raises(ValueError, match="even number"):
+        template(bands=15, features=BOTH)
+    with pytest.raises(ValueError, match="cannot compute"):
+        template(features="mel-v1")
+
+
 def test_a_window_too_short_for_the_bands_is_an_error() -> None:
     with pytest.raises(ValueError, match="bands"):
         template(bands=8).logits(np.zeros((2, 10)))  # 5 bins: 5 bands at most
@@ -191,11 +210,13 @@ def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> No
 # -- in a bundle, on the agent -----------------------------------------------------------------
 
 
-def outer_race_template(bands: int = 64) -> dict:
+def outer_race_template(bands: int = 64, features: str = RANKED) -> dict:
     """A template that says outer race whatever the window (bias only): who listens is visible."""
     bias = np.full(len(CLASS_NAMES), -30.0)
     bias[CLASS_NAMES.index("outer_race")] = 30.0
-    head = template(bands, len(CLASS_NAMES), weights=np.zeros((len(CLASS_NAMES), bands)))
+    width = bands * (2 if features == BOTH else 1)
+    zeros = np.zeros((len(CLASS_NAMES), width))
+    head = template(width, len(CLASS_NAMES), weights=zeros, features=features)
     return replace(head, bias=bias, model_weight=0.25, temperature=1.0).to_dict()
 
 
@@ -221,8 +242,12 @@ def push_windows(agent: Agent, n: int) -> None:
         agent._drain(None)
 
 
-def test_the_agent_fuses_the_template_only_on_the_factory_head(agent_bundle, tmp_path) -> None:
-    folder = bundle_with(agent_bundle, tmp_path / "tiny-spectral", spectral=outer_race_template())
+@pytest.mark.parametrize("features", [RANKED, BOTH])
+def test_the_agent_fuses_the_template_only_on_the_factory_head(
+    agent_bundle, tmp_path, features
+) -> None:
+    spectral = outer_race_template(features=features)
+    folder = bundle_with(agent_bundle, tmp_path / "tiny-spectral", spectral=spectral)
     assert read_manifest(folder).spectral is not None
     source = simulator_source([{"at_s": 0.0, "fault": "normal", "severity": SEVERITY}])
     agent = Agent(load_config(write_config(tmp_path / "dev", folder, 1, source=source)))
