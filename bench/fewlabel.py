@@ -38,6 +38,7 @@ from train.cwru import default_data_root
 from train.data import LOCATION_CLASSES, build_split, pool_name, raw_test_records
 from train.loop import MIN_TEMPERATURE, finetune, pretrain
 from train.metrics import classification_metrics
+from train.mfpt import MFPT_GEOMETRY, MFPT_SOURCE, mfpt_root
 from train.records import Record
 from train.report import VIEWS  # what the recipe fuses with the model, each behind its gate
 from train.runs import evaluate, probability_metrics
@@ -62,6 +63,9 @@ TASKS: dict[str, tuple[str, int]] = {
     "cwru cross-load 3->0, 50/class": ("cwru-crossload-3to0", 50),
     **{f"cwru leave load {k} out, 50/class": (f"cwru-lolo-{k}", 50) for k in range(4)},
     'cwru unseen bearing (0.014" held out), 50/class': ("cwru-unseen-bearing", 50),
+    "mfpt 2-class, 5/class": ("mfpt-2class", 5),
+    "mfpt cross-load low->high, 5/class": ("mfpt-low-to-high", 5),
+    "mfpt cross-load high->low, 5/class": ("mfpt-high-to-low", 5),
 }
 TARGETS = {
     "cwru 4-class, 5/class": 0.97,
@@ -79,10 +83,11 @@ FUSED_TEMPLATE = "SimCLR + fine-tune where its template decides (--cheap-only)"
 GROUPS: dict[str, list[str]] = {
     "sim": [t for t, (d, _) in TASKS.items() if d == "sim-reference"],
     "cwru": [t for t, (d, _) in TASKS.items() if d.startswith("cwru")],
+    "mfpt": [t for t, (d, _) in TASKS.items() if d.startswith("mfpt")],
     "transfer": [
         t
         for t, (d, _) in TASKS.items()
-        if d.startswith(("cwru-crossload", "cwru-lolo", "cwru-unseen"))
+        if d.startswith(("cwru-crossload", "cwru-lolo", "cwru-unseen", "mfpt-low", "mfpt-high"))
     ],
     "lolo": [t for t, (d, _) in TASKS.items() if d.startswith("cwru-lolo")],
 }
@@ -96,7 +101,10 @@ RPM_RANGE = (600.0, 3600.0)  # where shaft speed is searched when a record does 
 
 
 def machine_geometry(data: str) -> BearingGeometry:
-    """The monitored bearing: CWRU's drive end is a 6205-2RS; the simulator's default is too."""
+    """The monitored bearing: CWRU's drive end is a 6205-2RS, the simulator's default too;
+    MFPT's rig has its own (train.mfpt)."""
+    if data.startswith("mfpt"):
+        return MFPT_GEOMETRY
     return bearing_geometry("6205") if data.startswith("cwru") else SKF_6205
 
 
@@ -146,6 +154,20 @@ def envelope_baseline(records: list[Record], geometry: BearingGeometry, hop: int
 
 
 # -- tasks, summary, table ----------------------------------------------------------------------
+
+
+def with_data(base: TrainConfig, tasks: list[str]) -> list[str]:
+    """`tasks` less those on a real data set whose folder is absent, saying which and why."""
+    root = base.data_root or default_data_root()
+    for prefix, folder, hint in (
+        ("cwru", root / "cwru", ""),
+        ("mfpt", mfpt_root(root), f" (clone {MFPT_SOURCE} there)"),
+    ):
+        if not folder.is_dir() and any(TASKS[t][0].startswith(prefix) for t in tasks):
+            note = f"skipping {prefix.upper()} tasks: {folder} not found{hint}"
+            console.print(f"[yellow]{note}[/yellow]")
+            tasks = [t for t in tasks if not TASKS[t][0].startswith(prefix)]
+    return tasks
 
 
 def task_config(base: TrainConfig, data: str, labels: int, seed: int) -> TrainConfig:
@@ -392,10 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = select_tasks(args.tasks)
     except ValueError as err:
         parser.error(str(err))
-    cwru_dir = (base.data_root or default_data_root()) / "cwru"
-    if not cwru_dir.is_dir() and any(TASKS[t][0].startswith("cwru") for t in tasks):
-        console.print(f"[yellow]skipping CWRU tasks: {cwru_dir} not found[/yellow]")
-        tasks = [t for t in tasks if not TASKS[t][0].startswith("cwru")]
+    tasks = with_data(base, tasks)
     groups: dict[str, list[str]] = {}
     for task in tasks:
         groups.setdefault(pretrain_group(base, task), []).append(task)

@@ -31,6 +31,9 @@ DataName = Literal[
     "cwru-lolo-2",
     "cwru-lolo-3",
     "cwru-unseen-bearing",
+    "mfpt-2class",
+    "mfpt-low-to-high",
+    "mfpt-high-to-low",
     "recordings",
 ]
 # What each `data` value builds. CWRU splits are by record and by time block inside a record,
@@ -60,6 +63,12 @@ DATA_DESCRIPTIONS: dict[str, str] = {
     "pool from the 0.007 and 0.021 in records of every load, test on the 0.014 in records "
     "only (physically different bearings, absent from the pool too). The normal record is "
     "split by time block, as in cwru-4class.",
+    "mfpt-2class": "MFPT test rig (train.mfpt, <data_root>/mfpt), inner vs outer race: every "
+    "record's time blocks on every side (in-distribution).",
+    "mfpt-low-to-high": "MFPT cross-load: labels from the records at 0-100 lbs, unlabeled pool "
+    "from every record, test on the records at 200-300 lbs.",
+    "mfpt-high-to-low": "MFPT cross-load: labels from the records at 200-300 lbs, unlabeled "
+    "pool from every record, test on the records at 0-100 lbs.",
     "recordings": "A plant's own recordings (manifest): labeled ones split by time block, "
     "unlabeled ones join the pool.",
 }
@@ -73,7 +82,7 @@ class TrainConfig(BaseModel):
         "sim-reference", description="Which data set and split to build (DATA_DESCRIPTIONS)."
     )
     data_root: Path | None = Field(
-        None, description="Folder holding cwru/ (default ../shared/datasets)."
+        None, description="Folder holding cwru/ and mfpt/ (default ../shared/datasets)."
     )
     cwru_channel: Literal["DE", "FE"] = Field(
         "DE",

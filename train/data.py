@@ -35,6 +35,8 @@ def build_split(cfg: TrainConfig) -> Split:
         split = sim_reference_split(cfg, rng)
     elif cfg.data == "recordings":
         split = recordings_split(cfg, rng)
+    elif cfg.data in MFPT_TASKS:
+        split = mfpt_split(cfg, rng)
     else:
         split = cwru_split(cfg, rng)
     if cfg.pool_shards is not None:
@@ -151,8 +153,9 @@ def _every(r: Record) -> bool:
 
 
 @dataclass(frozen=True)
-class CwruTask:
-    """Which records give labels, test windows and the unlabeled pool (by time block each).
+class RecordTask:
+    """Which records of a real data set give labels, test windows and the unlabeled pool (by
+    time block each).
 
     pool_name names the pool, so tasks that share one can share a pretrained encoder.
     """
@@ -164,23 +167,23 @@ class CwruTask:
     ten_class: bool = False
 
 
-def _lolo(k: int) -> CwruTask:
-    return CwruTask(
+def _lolo(k: int) -> RecordTask:
+    return RecordTask(
         labeled=lambda r: _load(r) != k or _normal(r),
         test=lambda r: _load(r) == k or _normal(r),
     )
 
 
 # data name -> task; what each means is in train.config.DATA_DESCRIPTIONS
-CWRU_TASKS: dict[str, CwruTask] = {
-    "cwru-4class": CwruTask(),
-    "cwru-10class": CwruTask(ten_class=True),
-    "cwru-crossload": CwruTask(labeled=lambda r: _load(r) == 0, test=lambda r: _load(r) == 3),
-    "cwru-crossload-3to0": CwruTask(
+CWRU_TASKS: dict[str, RecordTask] = {
+    "cwru-4class": RecordTask(),
+    "cwru-10class": RecordTask(ten_class=True),
+    "cwru-crossload": RecordTask(labeled=lambda r: _load(r) == 0, test=lambda r: _load(r) == 3),
+    "cwru-crossload-3to0": RecordTask(
         labeled=lambda r: _load(r) == 3 or _normal(r), test=lambda r: _load(r) == 0
     ),
     **{f"cwru-lolo-{k}": _lolo(k) for k in range(4)},
-    "cwru-unseen-bearing": CwruTask(
+    "cwru-unseen-bearing": RecordTask(
         labeled=lambda r: _size_mils(r) != 14,
         test=lambda r: _size_mils(r) == 14 or _normal(r),
         pool=lambda r: _size_mils(r) != 14,
@@ -189,9 +192,24 @@ CWRU_TASKS: dict[str, CwruTask] = {
 }
 
 
+def _lbs(r: Record) -> int:
+    return int(r.meta.get("load_lbs", -1))
+
+
+# MFPT (train.mfpt): inner vs outer race; loads 0-100 lbs are "low", 200-300 "high"
+MFPT_CLASSES = ["inner_race", "outer_race"]
+MFPT_TASKS: dict[str, RecordTask] = {
+    "mfpt-2class": RecordTask(),
+    "mfpt-low-to-high": RecordTask(labeled=lambda r: _lbs(r) <= 100, test=lambda r: _lbs(r) >= 200),
+    "mfpt-high-to-low": RecordTask(labeled=lambda r: _lbs(r) >= 200, test=lambda r: _lbs(r) <= 100),
+}
+
+
 def pool_name(data: str) -> str:
     """Name of the unlabeled pool `data` trains on: tasks with one name share one pool."""
-    return f"cwru: {CWRU_TASKS[data].pool_name}" if data in CWRU_TASKS else data
+    if data in CWRU_TASKS:
+        return f"cwru: {CWRU_TASKS[data].pool_name}"
+    return f"mfpt: {MFPT_TASKS[data].pool_name}" if data in MFPT_TASKS else data
 
 
 def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
@@ -214,6 +232,24 @@ def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
         cfg,
         rng,
         label_of=label_of,
+        labeled_filter=task.labeled,
+        test_filter=task.test,
+        pool_filter=task.pool,
+    )
+    split.description["task"] = DATA_DESCRIPTIONS[cfg.data]
+    return split
+
+
+def mfpt_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
+    """MFPT inner vs outer race, time-block split inside every record; which records give
+    labels, test windows and the pool is `MFPT_TASKS[cfg.data]`."""
+    task = MFPT_TASKS[cfg.data]
+    split = split_records(
+        mfpt_records(cfg),
+        MFPT_CLASSES,
+        cfg,
+        rng,
+        label_of=lambda r: r.label,
         labeled_filter=task.labeled,
         test_filter=task.test,
         pool_filter=task.pool,
@@ -247,6 +283,8 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
             if r.label
         ]
         keep: Callable[[Record], bool] = _every
+    elif cfg.data in MFPT_TASKS:
+        records, keep = mfpt_records(cfg), MFPT_TASKS[cfg.data].test
     else:
         records = cwru_records(cfg)
         keep = CWRU_TASKS[cfg.data].test
@@ -285,3 +323,11 @@ def cwru_records(cfg: TrainConfig) -> list[Record]:
 
     root = cfg.data_root or default_data_root()
     return load_cwru(root, sample_rate_hz=cfg.sample_rate_hz, channel=cfg.cwru_channel)
+
+
+def mfpt_records(cfg: TrainConfig) -> list[Record]:
+    """The MFPT records under `<data_root>/mfpt`, at the configured sample rate."""
+    from train.cwru import default_data_root
+    from train.mfpt import load_mfpt, mfpt_root
+
+    return load_mfpt(mfpt_root(cfg.data_root or default_data_root()), cfg.sample_rate_hz)
