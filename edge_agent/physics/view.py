@@ -52,7 +52,7 @@ def line_view(
     the sensor checks flag on their own.
     """
     x = np.asarray(windows)
-    x = x.reshape(x.shape[0], -1)
+    x = x.reshape(x.shape[0], x.shape[-1])  # N may be 0 (a split with no validation windows)
     speeds = np.broadcast_to(np.asarray(shaft_hz, dtype=np.float64), (x.shape[0],))
     out = np.zeros((x.shape[0], N_FEATURES), np.float32)
     for i in range(x.shape[0]):

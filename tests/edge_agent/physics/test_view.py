@@ -68,6 +68,8 @@ def test_one_speed_per_window_and_a_designation_work() -> None:
     assert np.median(per_window[:, FIRST_HARMONIC["bpfi"]]) > 10.0
     wrong = line_view(x, FS, 25.0, "6205", BAND)  # 20 % off: the lines fall outside +-3 %
     assert wrong[:, bpfi].mean() < per_window[:, bpfi].mean() - 3.0
+    none = line_view(x[:0, None, :], FS, 25.0, "6205", BAND)  # a split with no validation
+    assert none.shape == (0, N_FEATURES)
 
 
 @settings(max_examples=60, deadline=None)
