@@ -143,6 +143,29 @@ def test_cheap_only_runs_the_untrained_rows_on_every_seed_without_pretraining(tm
     assert "spectral template" in capsys.readouterr().out
 
 
+def test_mfpt_tasks_run_where_the_clone_is_and_are_skipped_with_a_hint_where_not(tmp_path, capsys):
+    from tests.train.test_mfpt import write_clone
+
+    root = write_clone(tmp_path / "data")
+    out = tmp_path / "fewlabel.json"
+    args = ["--tasks", "mfpt", "--seeds", "1", "--cheap-only"]
+    assert fewlabel.main([*args, "--out", str(out), "--set", f"data_root={root}"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == set(fewlabel.GROUPS["mfpt"]) and len(result["summary"]) == 3
+    for task, rows in result["summary"].items():
+        assert fewlabel.ENVELOPE in rows and SPECTRAL in rows, task
+        assert result["tasks"][task]["data"].startswith("mfpt")
+    assert fewlabel.machine_geometry("mfpt-2class") == fewlabel.MFPT_GEOMETRY
+    assert not fewlabel.task_config(fewlabel.load_config(None, None), "mfpt-2class", 5, 0).physics
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nowhere = ["--out", str(tmp_path / "none.json"), "--set", f"data_root={empty}"]
+    assert fewlabel.main([*args, *nowhere]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"skipping MFPT tasks: {empty / 'mfpt'} not found (clone" in said
+
+
 def test_a_row_missing_on_some_seeds_is_summarized_over_the_seeds_it_has():
     row = {"accuracy": 0.5, "uncertain_rate": 0.0}
     seeds = [

@@ -4,9 +4,9 @@ The Society for Machinery Failure Prevention Technology's bearing set, as MathWo
 it (https://github.com/mathworks/RollingElementBearingFaultDiagnosis-Data, CC BY-NC-SA 4.0, so
 never copied into this repository): seven inner-race and seven outer-race fault records at
 radial loads of 0-300 lbs, 3 s each at 48,828 Hz, shaft at 25 Hz, acceleration in g. Clone it to
-`<data_root>/mfpt` (the files the clone leaves as Git LFS pointers, the baselines and the
-270 lbs outer-race records, are not used). `load_mfpt()` reads every `*Fault_vload_*.mat` below
-the folder (train_data/ and test_data/ alike: the tasks make their own splits).
+`<data_root>/mfpt`. `load_mfpt()` reads every `*Fault_vload_*.mat` below the folder
+(train_data/ and test_data/ alike: the tasks make their own splits); the baselines and the
+270 lbs outer-race records are not read.
 """
 
 from __future__ import annotations

@@ -27,16 +27,23 @@ def write_record(path: Path, load: int, seconds: float = 3.0, seed: int = 0) -> 
     scipy.io.savemat(path, {"bearing": bearing, "BPFO": 81.125, "BPFI": 118.875})
 
 
-@pytest.fixture
-def mfpt_folder(tmp_path: Path) -> Path:
-    """A data root whose mfpt/ holds the copy's 14 varying-load records, in its two folders."""
-    root = mfpt_root(tmp_path)
+def write_clone(data_root: Path) -> Path:
+    """`data_root` with an mfpt/ holding the copy's 14 varying-load records in its two folders
+    (and a baseline file that is no varying-load record)."""
+    root = mfpt_root(data_root)
     for kind, loads in (("Inner", IR_LOADS), ("Outer", OR_LOADS)):
         for i, load in enumerate(loads, start=1):
             folder = "train_data" if i <= 5 else "test_data"
             write_record(root / folder / f"{kind}RaceFault_vload_{i}.mat", load, seed=i)
-    (root / "train_data" / "baseline_1.mat").write_text("version https://git-lfs.github.com/spec/v1")
-    return tmp_path
+    (root / "train_data" / "baseline_1.mat").write_text(
+        "version https://git-lfs.github.com/spec/v1"
+    )
+    return data_root
+
+
+@pytest.fixture
+def mfpt_folder(tmp_path: Path) -> Path:
+    return write_clone(tmp_path)
 
 
 def test_records_carry_label_load_and_speed_at_the_asked_rate(mfpt_folder: Path) -> None:
