@@ -198,11 +198,7 @@ class SpectralHead:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpectralHead:
-        if data.get("features") not in VIEWS_PER_BAND:
-            raise ValueError(
-                f"spectral features {data.get('features')!r} are not one of "
-                f"{', '.join(VIEWS_PER_BAND)}; this agent cannot compute them"
-            )
+        """The head `to_dict` wrote; features this agent cannot compute are refused by name."""
         return cls(
             np.asarray(data["mean"]),
             np.asarray(data["scale"]),
@@ -210,5 +206,5 @@ class SpectralHead:
             np.asarray(data["bias"]),
             float(data["model_weight"]),
             float(data["temperature"]),
-            str(data["features"]),
+            str(data.get("features")),
         )
