@@ -168,3 +168,18 @@ def calibrated_temperature(logits: np.ndarray, y: np.ndarray, floor: float) -> f
     """`fit_temperature` on numpy logits and labels, never below `floor` (1.0 if it diverges)."""
     fitted = float(fit_temperature(torch.from_numpy(logits), torch.from_numpy(y)))
     return max(fitted, floor) if math.isfinite(fitted) else 1.0
+
+
+def class_logits(linear, n_classes: int, absent_bias: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (n_classes, F) and bias (n_classes,) of a fitted scikit-learn linear classifier
+    whose classes are label indices: a class it never saw gets `absent_bias`; with two classes
+    scikit-learn keeps one row (the second class's logit), so the first gets 0."""
+    classes = linear.classes_
+    weights = np.zeros((n_classes, linear.coef_.shape[1]))
+    bias = np.full(n_classes, absent_bias)
+    if len(classes) == 2:
+        weights[classes[1]], bias[classes[1]] = linear.coef_[0], linear.intercept_[0]
+        bias[classes[0]] = 0.0
+    else:
+        weights[classes], bias[classes] = linear.coef_, linear.intercept_
+    return weights, bias

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_agent.physics.evidence import bearing_geometry
 from edge_agent.physics.view import PhysicsHead, default_band, line_view
+from train.heads import class_logits
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -100,7 +101,7 @@ def fit_physics(
     if len(np.unique(labeled.y)) < n_classes:
         return None, {**report, "reason": "not every class has labeled windows"}
     linear = _logistic(cfg.seed).fit(view, labeled.y)
-    head = PhysicsHead(linear.coef_, linear.intercept_, band)
+    head = PhysicsHead(*class_logits(linear, n_classes, absent_bias=0.0), band)
     fusion = PhysicsFusion(head, cfg.bearing, cfg.sample_rate_hz)
     val_view = fusion.view(val)
     val_known = np.isfinite(val_view).all(axis=1)

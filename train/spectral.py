@@ -30,7 +30,7 @@ from edge_agent.physics.spectral import (
     ranked_bands,
 )
 from edge_agent.pipeline.head import softmax
-from train.heads import calibrated_temperature
+from train.heads import calibrated_temperature, class_logits
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -55,13 +55,7 @@ def fit_template(views: np.ndarray, y: np.ndarray, n_classes: int, seed: int) ->
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     linear = LogisticRegression(C=TEMPLATE_C, max_iter=3000, random_state=seed)
     linear.fit((views - scaler.mean_) / scale, y)
-    weights = np.zeros((n_classes, views.shape[1]))
-    bias = np.full(n_classes, ABSENT_CLASS_BIAS)
-    if len(classes) == 2:  # scikit-learn keeps one row for two classes: logit of the second
-        weights[classes[1]], bias[classes[1]] = linear.coef_[0], linear.intercept_[0]
-        bias[classes[0]] = 0.0
-    else:
-        weights[classes], bias[classes] = linear.coef_, linear.intercept_
+    weights, bias = class_logits(linear, n_classes, ABSENT_CLASS_BIAS)
     return SpectralHead(scaler.mean_, scale, weights, bias, model_weight=0.0)
 
 

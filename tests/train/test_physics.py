@@ -63,6 +63,23 @@ def test_the_head_is_kept_on_the_simulator_and_fuses_right(sim) -> None:
     assert (fused.argmax(1) == split.test.y).mean() > 0.9
 
 
+def two_classes(ws: WindowSet) -> WindowSet:
+    """The normal and inner-race windows only (labels 0 and 1): a two-class task."""
+    keep = np.flatnonzero(ws.y < 2)
+    ids = [ws.record_ids[i] for i in keep] if ws.record_ids else []
+    return WindowSet(ws.x[keep], ws.y[keep], ids, ws.shaft_hz[keep])
+
+
+def test_a_two_class_task_gets_a_head_with_both_classes(sim) -> None:
+    cfg, split = sim  # scikit-learn keeps one row of weights for two classes
+    fusion, report = fit_physics(cfg, two_classes(split.labeled), two_classes(split.val), 2)
+    assert fusion is not None and report["used"], report
+    assert fusion.head.num_classes == 2 and fusion.head.weights.shape == (2, N_FEATURES)
+    test = two_classes(split.test)
+    fused = fusion.fuse(np.full((len(test), 2), 0.5), test)
+    assert (fused.argmax(1) == test.y).mean() > 0.9
+
+
 def test_it_is_refused_where_it_does_not_hold_and_says_why(sim) -> None:
     cfg, split = sim
     rng = np.random.default_rng(0)
