@@ -1,12 +1,14 @@
 """`python -m bench fewlabel`: SimCLR + fine-tune vs supervised only vs pseudo-labeling (and kNN /
 prototype on frozen embeddings, a spectral template, and a zero-label envelope analysis),
-macro-F1 mean ± std and the
-worst seed, with each method's rank per task, on the simulator's reference scenario and real
-CWRU tasks: in distribution, and transfer (unseen bearing, cross-load both ways, leave one load
-out). Prints a table and writes bench/results/fewlabel.json (updated after every task).
+macro-F1 mean ± std and the worst seed, with each method's rank per task, on the simulator's
+reference scenario and two real machines: CWRU (in distribution, and transfer: unseen bearing,
+cross-load both ways, leave one load out) and MFPT where its clone is (in distribution,
+cross-load both ways). Prints a table and writes bench/results/fewlabel.json (updated after
+every task).
 
 Tasks that share an unlabeled pool (every CWRU task but the unseen bearing, whose pool leaves
-the 0.014" records out) share one encoder, pretrained once per seed and fine-tuned per task.
+the 0.014" records out; every MFPT task) share one encoder, pretrained once per seed and
+fine-tuned per task.
 """
 
 from __future__ import annotations
