@@ -226,30 +226,31 @@ def cwru_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
         label_of: Callable[[Record], str] = size_label
     else:
         names, label_of = LOCATION_CLASSES, lambda r: r.label
-    split = split_records(
-        records,
-        names,
-        cfg,
-        rng,
-        label_of=label_of,
-        labeled_filter=task.labeled,
-        test_filter=task.test,
-        pool_filter=task.pool,
-    )
-    split.description["task"] = DATA_DESCRIPTIONS[cfg.data]
-    return split
+    return task_split(cfg, rng, task, records, names, label_of)
 
 
 def mfpt_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
     """MFPT inner vs outer race, time-block split inside every record; which records give
     labels, test windows and the pool is `MFPT_TASKS[cfg.data]`."""
     task = MFPT_TASKS[cfg.data]
+    return task_split(cfg, rng, task, mfpt_records(cfg), MFPT_CLASSES, lambda r: r.label)
+
+
+def task_split(
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    task: RecordTask,
+    records: list[Record],
+    names: list[str],
+    label_of: Callable[[Record], str],
+) -> Split:
+    """`split_records` with the task's filters, described as DATA_DESCRIPTIONS[cfg.data]."""
     split = split_records(
-        mfpt_records(cfg),
-        MFPT_CLASSES,
+        records,
+        names,
         cfg,
         rng,
-        label_of=lambda r: r.label,
+        label_of=label_of,
         labeled_filter=task.labeled,
         test_filter=task.test,
         pool_filter=task.pool,

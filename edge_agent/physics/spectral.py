@@ -62,13 +62,19 @@ def spectral_view(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
 
 def template_view(windows: np.ndarray, features: str, bands: int = BANDS) -> np.ndarray:
     """(N, W) or (N, 1, W) windows -> (N, VIEWS_PER_BAND[features] x bands) float32 view."""
-    if features == RANKED:
-        return spectral_view(windows, bands)
-    if features != BOTH:
+    return view_of_spectrum(log_spectrum(windows, bands), features)
+
+
+def view_of_spectrum(
+    level: np.ndarray, features: str, ranks: np.ndarray | None = None
+) -> np.ndarray:
+    """The view `features` names from log spectra (N, bands) (`ranks`: their `ranked_bands`,
+    where the caller has them already)."""
+    if features not in VIEWS_PER_BAND:
         known = ", ".join(VIEWS_PER_BAND)
         raise ValueError(f"unknown spectral features {features!r}; known: {known}")
-    level = log_spectrum(windows, bands)
-    return np.hstack([level, ranked_bands(level)])
+    ranks = ranked_bands(level) if ranks is None else ranks
+    return ranks if features == RANKED else np.hstack([level, ranks])
 
 
 def ranked_bands(level: np.ndarray) -> np.ndarray:

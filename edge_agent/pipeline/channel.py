@@ -32,7 +32,13 @@ from edge_agent.calibration.embedding_log import (
 from edge_agent.calibration.headstore import HeadStore
 from edge_agent.calibration.monitoring import ConditionMonitor, Finding
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.physics.spectral import BANDS, RANKED, SpectralHead, spectral_view
+from edge_agent.physics.spectral import (
+    BANDS,
+    SpectralHead,
+    log_spectrum,
+    ranked_bands,
+    view_of_spectrum,
+)
 from edge_agent.physics.view import line_view
 from edge_agent.pipeline.decisions import UNCERTAIN, UNKNOWN, Decision, DecisionMachine
 from edge_agent.pipeline.event_limit import EventLimiter
@@ -180,10 +186,15 @@ class Channel:
             probs = self._fuse_physics(probs, self.batch[ok])
             template = self.template(factory_head)
             if template is not None or self.log.view_bands:
-                views = spectral_view(self.batch[ok], BANDS)
-            if template is not None:  # reads the logged ranked view where it can
-                same = template.features == RANKED and views.shape[1] == template.bands
-                seen = views if same else template.view(self.batch[ok])
+                level = log_spectrum(self.batch[ok], BANDS)  # once for the log and the template
+                views = ranked_bands(level)
+            if template is not None:
+                same = level.shape[1] == template.bands  # else a template of fewer bands
+                seen = (
+                    view_of_spectrum(level, template.features, views)
+                    if same
+                    else template.view(self.batch[ok])
+                )
                 probs = template.fuse_logits(probs, template.view_logits(seen))
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))
