@@ -106,7 +106,8 @@ class SegmentPool:
         out = WindowSet.concat(sets, self.window)
         keep = _spread(len(out), limit)
         if len(keep) < len(out):
-            out = WindowSet(out.x[keep], out.y[keep], [out.record_ids[i] for i in keep])
+            speeds = None if out.shaft_hz is None else out.shaft_hz[keep]
+            out = WindowSet(out.x[keep], out.y[keep], [out.record_ids[i] for i in keep], speeds)
         return out
 
     def positions(self, limit: int | None = None) -> list[tuple[str, int]]:

@@ -95,6 +95,20 @@ def test_pool_sampling_is_deterministic_and_normalized():
         SegmentPool([Segment("b", np.zeros(10, np.float32), -1, 0)], W, W, "zscore")
 
 
+def test_pool_windows_keep_each_window_s_record_and_speed_when_thinned():
+    segments = [
+        Segment("slow", np.arange(2000, dtype=np.float32), 1, 0, shaft_hz=20.0),
+        Segment("fast", np.arange(2000, dtype=np.float32), 2, 0, shaft_hz=30.0),
+    ]
+    pool = SegmentPool(segments, W, W, "zscore")
+    every, thinned = pool.windows(), pool.windows(limit=5)
+    assert len(thinned) == 5 < len(every)
+    assert thinned.shaft_hz is not None
+    speed_of = {"slow": 20.0, "fast": 30.0}
+    assert list(thinned.shaft_hz) == [speed_of[r] for r in thinned.record_ids]
+    assert list(thinned.y) == [1 if r == "slow" else 2 for r in thinned.record_ids]
+
+
 def test_sim_reference_split_separates_records():
     cfg = load_config(
         None,
