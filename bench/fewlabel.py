@@ -27,20 +27,25 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.contract.preprocess import frame
-from edge_agent.physics.bearing_sim import SKF_6205, BearingGeometry
+from edge_agent.physics.bearing_sim import BearingGeometry
 from edge_agent.physics.evidence import (
     EvidenceError,
-    bearing_geometry,
     estimate_shaft_hz,
     evidence,
     select_band,
 )
 from train.config import DATA_DESCRIPTIONS, TrainConfig, load_config
 from train.cwru import default_data_root
-from train.data import LOCATION_CLASSES, build_split, pool_name, raw_test_records
+from train.data import (
+    LOCATION_CLASSES,
+    build_split,
+    machine_geometry,
+    pool_name,
+    raw_test_records,
+)
 from train.loop import MIN_TEMPERATURE, finetune, pretrain
 from train.metrics import classification_metrics
-from train.mfpt import MFPT_GEOMETRY, MFPT_SOURCE, mfpt_root
+from train.mfpt import MFPT_SOURCE, mfpt_root
 from train.records import Record
 from train.report import VIEWS  # what the recipe fuses with the model, each behind its gate
 from train.runs import evaluate, probability_metrics
@@ -100,14 +105,6 @@ ENVELOPE = "envelope analysis (0 labels)"
 ENVELOPE_WINDOW = 4096  # samples; 341 ms at 12 kHz: the right line first in >= 95 % of windows
 BAND_SECONDS = 2.0  # the demodulation band is chosen once per record, on its first 2 s
 RPM_RANGE = (600.0, 3600.0)  # where shaft speed is searched when a record does not carry it
-
-
-def machine_geometry(data: str) -> BearingGeometry:
-    """The monitored bearing: CWRU's drive end is a 6205-2RS, the simulator's default too;
-    MFPT's rig has its own (train.mfpt)."""
-    if data.startswith("mfpt"):
-        return MFPT_GEOMETRY
-    return bearing_geometry("6205") if data.startswith("cwru") else SKF_6205
 
 
 def shaft_hz_of(record: Record) -> float:
@@ -204,7 +201,7 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
         results.update(fused_template_metrics(cfg, split))
     results.update(spectral_template_metrics(cfg, split))
     results[ENVELOPE] = envelope_baseline(
-        raw_test_records(cfg), machine_geometry(cfg.data), cfg.hop
+        raw_test_records(cfg), machine_geometry(cfg), cfg.hop
     )
     return {
         name: {

@@ -9,6 +9,7 @@ import pytest
 
 from bench import fewlabel
 from edge_agent.physics.bearing_sim import SKF_6205
+from train.mfpt import MFPT_GEOMETRY
 from train.records import Record
 from train.scenarios import lab_records
 from train.workflow import SPECTRAL
@@ -155,8 +156,9 @@ def test_mfpt_tasks_run_where_the_clone_is_and_are_skipped_with_a_hint_where_not
     for task, rows in result["summary"].items():
         assert fewlabel.ENVELOPE in rows and SPECTRAL in rows, task
         assert result["tasks"][task]["data"].startswith("mfpt")
-    assert fewlabel.machine_geometry("mfpt-2class") == fewlabel.MFPT_GEOMETRY
-    assert not fewlabel.task_config(fewlabel.load_config(None, None), "mfpt-2class", 5, 0).physics
+    mfpt_task = fewlabel.task_config(fewlabel.load_config(None, None), "mfpt-2class", 5, 0)
+    assert fewlabel.machine_geometry(mfpt_task) == MFPT_GEOMETRY
+    assert not mfpt_task.physics
     capsys.readouterr()
     empty = tmp_path / "empty"
     empty.mkdir()

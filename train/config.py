@@ -183,6 +183,13 @@ class TrainConfig(BaseModel):
         description="Where the template is fused, it labels pool windows it is sure of (p >= "
         "0.9), at most this many per class, and is refitted on them too (0: labels only).",
     )
+    spectral_envelope_labels: int = Field(
+        100,
+        ge=0,
+        description="Where the template is fused, the pool windows whose envelope spectrum shows "
+        "a clear defect line of `bearing` (train.line_labels) join its labeled windows with "
+        "that line's class, at most this many per class, clearest first (0: off).",
+    )
     spectral_model_weight: float = Field(
         0.0,
         ge=0,

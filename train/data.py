@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.physics.bearing_sim import BearingGeometry
 from train.config import DATA_DESCRIPTIONS, TrainConfig
 from train.records import Record
 from train.splits import (
@@ -324,6 +325,15 @@ def cwru_records(cfg: TrainConfig) -> list[Record]:
 
     root = cfg.data_root or default_data_root()
     return load_cwru(root, sample_rate_hz=cfg.sample_rate_hz, channel=cfg.cwru_channel)
+
+
+def machine_geometry(cfg: TrainConfig) -> BearingGeometry:
+    """The monitored bearing: the configured designation (CWRU's drive end and the simulator's
+    default: a 6205); MFPT's rig, whose bearing is no catalogue designation, has its own."""
+    from edge_agent.physics.evidence import bearing_geometry
+    from train.mfpt import MFPT_GEOMETRY
+
+    return MFPT_GEOMETRY if cfg.data in MFPT_TASKS else bearing_geometry(cfg.bearing)
 
 
 def mfpt_records(cfg: TrainConfig) -> list[Record]:

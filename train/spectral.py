@@ -30,7 +30,10 @@ from edge_agent.physics.spectral import (
     ranked_bands,
 )
 from edge_agent.pipeline.head import softmax
+from train.data import machine_geometry
 from train.heads import calibrated_temperature, class_logits
+from train.line_labels import clear_line_labels
+from train.splits import WindowSet
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -148,8 +151,10 @@ def fit_spectral(
     cfg: TrainConfig, split: Split, model_val_probs: np.ndarray, floor: float
 ) -> tuple[SpectralHead | None, dict[str, Any]]:
     """The spectral head fused with the model if the pool looks like the labeled machine, and a
-    report of the decision. `model_val_probs`: the model's (physics-fused) probabilities of the
-    validation windows, on which the fused temperature is fitted (never below `floor`)."""
+    report of the decision. Its template learns from the labeled windows, the pool windows
+    whose envelope spectrum shows a clear defect line (train.line_labels) and then the pool
+    windows it labels itself. `model_val_probs`: the model's (physics-fused) probabilities of
+    the validation windows, on which the fused temperature is fitted (never below `floor`)."""
     report: dict[str, Any] = {
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,
@@ -160,7 +165,8 @@ def fit_spectral(
     n_classes = len(split.class_names)
     if len(np.unique(split.labeled.y)) < n_classes:
         return None, {**report, "reason": "not every class has labeled windows"}
-    labeled, pool = log_spectrum(split.labeled.x), log_spectrum(pool_windows(split, cfg.seed))
+    pool_set = pool_windows(split)
+    labeled, pool = log_spectrum(split.labeled.x), log_spectrum(pool_set.x)
     gap = domain_gap(labeled, pool, cfg.seed)
     report["domain_gap"] = gap
     if gap is None:
@@ -171,9 +177,25 @@ def fit_spectral(
             "reason": f"domain gap {gap:.3f} > {cfg.spectral_max_domain_gap:.2f}: the pool is "
             "other machines, which a template of the labeled one would mislead",
         }
-    template, added = paired_template(
-        labeled, split.labeled.y, pool, n_classes, cfg.seed, cfg.spectral_pool_labels
+    found, found_y = clear_line_labels(
+        pool_set,
+        split.class_names,
+        machine_geometry(cfg),
+        cfg.sample_rate_hz,
+        cfg.spectral_envelope_labels,
     )
+    rest = np.setdiff1d(np.arange(len(pool)), found)
+    template, added = paired_template(
+        np.vstack([labeled, pool[found]]),
+        np.r_[split.labeled.y, found_y],
+        pool[rest],
+        n_classes,
+        cfg.seed,
+        cfg.spectral_pool_labels,
+    )
+    report["envelope_labels"] = {
+        split.class_names[c]: int(np.sum(found_y == c)) for c in np.unique(found_y)
+    }
     report["pool_labels"] = {
         view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
     }
@@ -185,9 +207,9 @@ def fit_spectral(
     return head, {**report, "used": True, "reason": f"domain gap {gap:.3f}: passed the gate"}
 
 
-def pool_windows(split: Split, seed: int) -> np.ndarray:
-    """Up to GAP_POOL_WINDOWS pool windows (N, 1, W), drawn with `seed`."""
-    n = min(GAP_POOL_WINDOWS, len(split.pool))
-    if n == 0:
-        return np.zeros((0, 1, split.labeled.x.shape[-1]), np.float32)
-    return split.pool.sample(n, np.random.default_rng(seed))
+def pool_windows(split: Split) -> WindowSet:
+    """Up to GAP_POOL_WINDOWS hop-spaced pool windows, evenly spread over the pool's records,
+    with their shaft speeds."""
+    if len(split.pool) == 0:
+        return WindowSet.empty(split.labeled.x.shape[-1])
+    return split.pool.windows(limit=GAP_POOL_WINDOWS)

@@ -192,3 +192,29 @@ def test_the_paired_template_is_the_geometric_mean_of_its_two_templates() -> Non
     got = softmax(head.view_logits(np.hstack([level, ranked])))
     np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), atol=1e-9)
     assert (got.argmax(1) == y).all()
+
+
+def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
+    from edge_agent.physics.bearing_sim import Conditions, simulate
+
+    faults, speed = ["normal", "inner_race", "outer_race"], 1797.0 / 60
+    # one machine (simulator seed) per class; its first windows labeled, validation, test, pool
+    records = [simulate(Conditions(fault=f, severity=0.6), 40 * W / FS, FS, seed=9) for f in faults]
+
+    def windows(first: int, n: int) -> WindowSet:
+        x = np.concatenate([r[first * W : (first + n) * W].reshape(n, 1, W) for r in records])
+        return WindowSet(x, np.repeat(np.arange(3), n), [], np.full(3 * n, speed))
+
+    pool = [
+        Segment(f, r[10 * W :], -1, 10 * W, speed) for f, r in zip(faults, records, strict=True)
+    ]
+    split = Split(
+        faults, windows(0, 4), windows(4, 3), windows(7, 3), SegmentPool(pool, W, W, "zscore"), {}
+    )
+    val_probs = np.full((len(split.val), 3), 1 / 3)
+    cfg = load_config(None, ["seed=9", "spectral_envelope_labels=12"])
+    head, report = fit_spectral(cfg, split, val_probs, floor=0.5)
+    assert head is not None and report["used"], report
+    assert report["envelope_labels"] == {"inner_race": 12, "outer_race": 12}
+    off = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
+    assert fit_spectral(off, split, val_probs, floor=0.5)[1]["envelope_labels"] == {}

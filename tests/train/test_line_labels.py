@@ -1,0 +1,78 @@
+"""Pool windows labeled by their envelope spectra: only clear lines, only classes the task has,
+the clearest first, never a window of unknown speed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.contract.preprocess import frame
+from edge_agent.physics.bearing_sim import SKF_6205, Conditions, simulate
+from edge_agent.physics.evidence import STRONGEST_DB
+from edge_agent.physics.view import default_band, line_view
+from train.line_labels import clear_line_labels, line_scores
+from train.splits import WindowSet
+
+FS, W = 12_000, 2048
+CLASSES = ["normal", "inner_race", "outer_race", "ball"]
+
+
+@pytest.fixture(scope="module")
+def windows() -> WindowSet:
+    """12 windows each of a healthy, an inner-race and an outer-race bearing at 1,797 rpm; the
+    faults from mild to clear (severity rises through the record)."""
+    parts, labels = [], []
+    for label, fault in enumerate(["normal", "inner_race", "outer_race"]):
+        for severity in (0.1, 0.3, 0.6):
+            x = simulate(Conditions(fault=fault, severity=severity), 4 * W / FS, FS, seed=label)
+            parts.append(frame(x, W, W))
+            labels += [label] * 4
+    x = np.concatenate(parts)[:, None, :]
+    return WindowSet(x, np.array(labels), [], np.full(len(x), 1797.0 / 60))
+
+
+def test_clear_lines_label_the_fault_windows_right_and_leave_healthy_ones(windows) -> None:
+    found, labels = clear_line_labels(windows, CLASSES, SKF_6205, FS, per_class=100)
+    assert len(found) > 0 and set(labels) == {1, 2}
+    np.testing.assert_array_equal(labels, windows.y[found])  # every label right
+    assert not np.isin(found, np.flatnonzero(windows.y == 0)).any()  # no healthy window
+
+
+def test_at_most_per_class_are_taken_the_clearest_first(windows) -> None:
+    found, labels = clear_line_labels(windows, CLASSES, SKF_6205, FS, per_class=2)
+    assert np.bincount(labels, minlength=4).tolist() == [0, 2, 2, 0]
+    view = line_view(windows.x, FS, windows.shaft_hz, SKF_6205, default_band(FS))
+    level = line_scores(view)[:, :3].max(axis=1)  # bpfo, bpfi, bsf
+    for cls in (1, 2):
+        every, _ = clear_line_labels(windows, CLASSES, SKF_6205, FS, per_class=100)
+        of_class = every[windows.y[every] == cls]
+        taken = found[labels == cls]
+        assert level[taken].min() >= level[np.setdiff1d(of_class, taken)].max()
+        assert level[taken].min() >= STRONGEST_DB
+
+
+def test_no_label_without_a_speed_a_budget_or_a_class_a_line_names(windows) -> None:
+    unknown = WindowSet(windows.x, windows.y, [], np.full(len(windows), np.nan))
+    untracked = WindowSet(windows.x, windows.y)
+    sizes = ["normal", "inner_race_007", "outer_race_007", "ball_007"]
+    for ws, names, budget in (
+        (unknown, CLASSES, 100),
+        (untracked, CLASSES, 100),
+        (windows, sizes, 100),  # a line names a location, not a defect size
+        (windows, CLASSES, 0),
+        (WindowSet.empty(W), CLASSES, 100),
+    ):
+        found, labels = clear_line_labels(ws, names, SKF_6205, FS, budget)
+        assert len(found) == len(labels) == 0
+    only_inner = ["normal", "inner_race"]  # an outer-race line labels nothing here
+    found, labels = clear_line_labels(windows, only_inner, SKF_6205, FS, 100)
+    assert set(labels) == {1} and (windows.y[found] == 1).all()
+
+
+def test_a_window_of_unknown_speed_among_known_ones_is_skipped(windows) -> None:
+    speeds = windows.shaft_hz.copy()
+    speeds[windows.y == 1] = np.nan
+    found, labels = clear_line_labels(
+        WindowSet(windows.x, windows.y, [], speeds), CLASSES, SKF_6205, FS, 100
+    )
+    assert set(labels) == {2} and (windows.y[found] == 2).all()
