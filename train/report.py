@@ -106,11 +106,26 @@ VIEWS = {
 }
 
 
+def pool_label_text(view: dict[str, Any]) -> str:
+    """The pool windows a fused template learned from, by what labeled them ("" for none)."""
+    if not view.get("used") or "envelope_labels" not in view:
+        return ""
+
+    def counts(by_class: dict[str, int]) -> str:
+        return ", ".join(f"{c} {n}" for c, n in by_class.items()) or "none"
+
+    by_template = "; ".join(f"{v} view {counts(c)}" for v, c in view.get("pool_labels", {}).items())
+    return (
+        f"; pool windows it learned from: by a clear defect line {counts(view['envelope_labels'])}"
+        f"; by its own confident calls: {by_template or 'none'}"
+    )
+
+
 def views_section(main: dict[str, Any]) -> list[str]:
     """What the recipe fused with its model, why, and the model alone."""
     lines = [
         f"- {text}: **{'fused' if main[key].get('used') else 'not used'}**, "
-        f"{main[key].get('reason', '')}"
+        f"{main[key].get('reason', '')}{pool_label_text(main[key])}"
         for key, text in VIEWS.items()
         if main.get(key)
     ]

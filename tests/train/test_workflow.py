@@ -220,3 +220,20 @@ def test_multi_head_run_saves_task_heads_and_reports_them(tmp_path):
     metrics = json.loads((tmp_path / "mh" / "metrics.json").read_text())
     assert metrics["test"]["SimCLR + fine-tune"]["tasks"]["detection"]["head"]["n"] > 0
     assert "Multi-head tasks" in (tmp_path / "mh" / "report.md").read_text()
+
+
+def test_the_report_says_which_pool_windows_a_fused_template_learned_from() -> None:
+    from train.report import views_section
+
+    fused = {
+        "used": True,
+        "reason": "domain gap 0.500: passed the gate",
+        "envelope_labels": {"inner_race": 100, "outer_race": 37},
+        "pool_labels": {"plain": {"normal": 100, "ball": 3}, "ranked": {}},
+    }
+    line = views_section({"spectral": fused})[2]
+    assert "**fused**, domain gap 0.500" in line
+    assert "by a clear defect line inner_race 100, outer_race 37" in line
+    assert "plain view normal 100, ball 3; ranked view none" in line
+    refused = {"used": False, "reason": "domain gap 0.990 > 0.90", "envelope_labels": {}}
+    assert "pool windows" not in views_section({"spectral": refused})[2]
