@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.contract.preprocess import frame
 from edge_agent.physics.bearing_sim import SKF_6205, Conditions, simulate
@@ -76,3 +78,42 @@ def test_a_window_of_unknown_speed_among_known_ones_is_skipped(windows) -> None:
         WindowSet(windows.x, windows.y, [], speeds), CLASSES, SKF_6205, FS, 100
     )
     assert set(labels) == {2} and (windows.y[found] == 2).all()
+
+
+SPEEDS = [np.nan, np.inf, -30.0, 0.0, 1e-3, 5.0, 29.95, 1e6]
+DAMAGE = ["none", "nan", "inf", "flat", "clipped", "huge"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    cases=st.lists(st.tuples(st.sampled_from(SPEEDS), st.sampled_from(DAMAGE)), max_size=4),
+    per_class=st.integers(0, 3),
+)
+def test_any_window_and_speed_gives_labels_within_bounds_never_an_error(
+    windows, seed, cases, per_class
+) -> None:
+    """Corrupt windows and nonsense speeds beside real fault windows: never an exception, at
+    most per_class labels of a class the task has, never a window without a usable speed."""
+    rng = np.random.default_rng(seed)
+    x, speeds = [windows.x[:6]], [windows.shaft_hz[:6]]  # 6 real windows first
+    for speed, damage in cases:
+        w = rng.standard_normal(W).astype(np.float32)
+        w = {
+            "nan": np.where(np.arange(W) == 7, np.nan, w),
+            "inf": np.where(np.arange(W) == 7, np.inf, w),
+            "flat": np.zeros(W),
+            "clipped": np.clip(w * 100, -1, 1),
+            "huge": w * 1e30,
+        }.get(damage, w)
+        x.append(np.asarray(w, np.float32)[None, None, :])
+        speeds.append(np.array([speed]))
+    ws = WindowSet(
+        np.concatenate(x), np.zeros(6 + len(cases), np.int64), [], np.concatenate(speeds)
+    )
+    found, labels = clear_line_labels(ws, CLASSES, SKF_6205, FS, per_class)
+    assert len(found) == len(labels) == len(set(found.tolist()))
+    assert set(labels.tolist()) <= {1, 2, 3}
+    assert all(np.sum(labels == c) <= per_class for c in (1, 2, 3))
+    usable = np.isfinite(ws.shaft_hz) & (ws.shaft_hz > 0)
+    assert usable[found].all()
