@@ -10,14 +10,14 @@ import json
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from train.config import ConfigError, TrainConfig, load_config
+from train.config import ConfigError, DataName, TrainConfig, load_config
 
 app = typer.Typer(
     help="Contrastive pretraining, fine-tuning, baselines and evaluation.", no_args_is_help=True
@@ -30,10 +30,7 @@ SetOpt = Annotated[
 ]
 DataOpt = Annotated[
     str | None,
-    typer.Option(
-        help="sim-reference | cwru-4class | cwru-10class | cwru-crossload | cwru-crossload-3to0 "
-        "| cwru-lolo-0..3 | cwru-unseen-bearing | recordings"
-    ),
+    typer.Option(help=" | ".join(get_args(DataName))),
 ]
 EpochsOpt = Annotated[int | None, typer.Option(help="Pretraining epochs.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]

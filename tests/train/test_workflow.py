@@ -152,6 +152,18 @@ def test_help_lists_commands():
         assert cmd in result.output
 
 
+def test_run_help_names_every_data_set():
+    from typing import get_args
+
+    from train.config import DataName
+
+    result = runner.invoke(app, ["run", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    said = " ".join(result.output.split())
+    for name in get_args(DataName):
+        assert name in said, name
+
+
 def test_pool_larger_than_memory_streams_from_shards(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["path,sample_rate_hz"]
