@@ -101,14 +101,21 @@ class SegmentPool:
 
     def windows(self, limit: int | None = None) -> WindowSet:
         """Hop-spaced windows with their (hidden) true labels, for pseudo-labels and statistics;
-        at most `limit`, evenly spread over the pool."""
-        sets = [windows_of(s, self.window, self.hop, self.normalization) for s in self.segments]
-        out = WindowSet.concat(sets, self.window)
-        keep = _spread(len(out), limit)
-        if len(keep) < len(out):
-            speeds = None if out.shaft_hz is None else out.shaft_hz[keep]
-            out = WindowSet(out.x[keep], out.y[keep], [out.record_ids[i] for i in keep], speeds)
-        return out
+        at most `limit`, evenly spread over the pool. Only the windows returned are cut."""
+        counts = np.array(
+            [1 + (s.signal.shape[0] - self.window) // self.hop for s in self.segments]
+        )
+        ends = np.cumsum(counts)
+        keep = _spread(int(ends[-1]), limit)
+        seg = np.searchsorted(ends, keep, side="right")
+        starts = self._first[seg] + (keep - (ends - counts)[seg]) * self.hop
+        crops = self._signal[starts[:, None] + np.arange(self.window)]
+        return WindowSet(
+            normalize(crops, self.normalization),  # type: ignore[arg-type]
+            np.array([self.segments[i].label for i in seg], np.int64),
+            [self.segments[i].record_id for i in seg],
+            np.array([self.segments[i].shaft_hz for i in seg], np.float64),
+        )
 
     def positions(self, limit: int | None = None) -> list[tuple[str, int]]:
         """(record id, first sample in the record) of each window `windows(limit)` returns."""

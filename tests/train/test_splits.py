@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from train.config import load_config
 from train.data import build_split
 from train.records import Record
-from train.splits import Segment, SegmentPool, split_records, time_blocks
+from train.splits import Segment, SegmentPool, WindowSet, split_records, time_blocks, windows_of
 
 W = 64
 
@@ -307,3 +307,29 @@ def test_every_data_name_is_described_and_every_cwru_task_is_a_data_name():
 
     assert set(DATA_DESCRIPTIONS) == set(get_args(DataName))
     assert set(CWRU_TASKS) <= set(get_args(DataName))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(W, 6 * W), min_size=1, max_size=4),
+    hop=st.sampled_from([W // 4, W // 2, W]),
+    limit=st.one_of(st.none(), st.integers(1, 40)),
+)
+def test_pool_windows_are_the_hop_spaced_windows_of_every_segment_thinned_evenly(
+    lengths, hop, limit
+):
+    rng = np.random.default_rng(len(lengths))
+    segments = [
+        Segment(f"r{i}", rng.normal(size=n).astype(np.float32), i, 0, shaft_hz=20.0 + i)
+        for i, n in enumerate(lengths)
+    ]
+    pool = SegmentPool(segments, W, hop, "zscore")
+    every = WindowSet.concat([windows_of(s, W, hop, "zscore") for s in segments], W)
+    keep = np.arange(len(every))
+    if limit is not None and limit < len(every):
+        keep = np.linspace(0, len(every) - 1, limit).astype(int)
+    got = pool.windows(limit)
+    np.testing.assert_array_equal(got.x, every.x[keep])
+    np.testing.assert_array_equal(got.y, every.y[keep])
+    assert got.record_ids == [every.record_ids[i] for i in keep]
+    np.testing.assert_array_equal(got.shaft_hz, every.shaft_hz[keep])
