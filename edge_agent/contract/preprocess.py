@@ -106,8 +106,10 @@ def normalize(windows: np.ndarray, method: Normalization = "zscore") -> np.ndarr
         raise ValueError(f"normalize expects (N, W) or (N, 1, W), got shape {x.shape}")
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {method!r}; valid: {NORMALIZATIONS}")
-    # sums in float64 (a flat window's mean is exact, so it centers to exactly 0), data in float32
-    x = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    # centered in float64: a flat window centers to exactly 0, and a window of large offset and
+    # tiny spread keeps its shape (a float32 mean is off by up to half an ulp of the offset)
+    wide = x.astype(np.float64)
+    x = (wide - wide.mean(axis=-1, keepdims=True)).astype(np.float32)
     if method == "zscore":
         var = np.square(x).sum(axis=-1, keepdims=True, dtype=np.float64) / x.shape[-1]
         x /= (np.sqrt(var) + _EPS).astype(np.float32)
