@@ -200,9 +200,7 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
     else:
         results.update(fused_template_metrics(cfg, split))
     results.update(spectral_template_metrics(cfg, split))
-    results[ENVELOPE] = envelope_baseline(
-        raw_test_records(cfg), machine_geometry(cfg), cfg.hop
-    )
+    results[ENVELOPE] = envelope_baseline(raw_test_records(cfg), machine_geometry(cfg), cfg.hop)
     return {
         name: {
             "macro_f1": m["macro_f1"],
