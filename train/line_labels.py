@@ -51,4 +51,4 @@ def clear_line_labels(
         clearest = clear[np.argsort(-level[clear], kind="stable")][:per_class]
         picked.append(clearest)
         labels.append(np.full(len(clearest), class_names.index(fault_classes[k]), np.int64))
-    return np.concatenate(picked).astype(np.int64), np.concatenate(labels)
+    return np.concatenate(picked), np.concatenate(labels)

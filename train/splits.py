@@ -88,7 +88,20 @@ class SegmentPool:
 
     def __len__(self) -> int:
         """Number of hop-spaced windows (the nominal pool size)."""
-        return int(sum(1 + (s.signal.shape[0] - self.window) // self.hop for s in self.segments))
+        return int(self._hop_counts().sum())
+
+    def _hop_counts(self) -> np.ndarray:
+        """Hop-spaced windows per segment."""
+        return np.array([1 + (s.signal.shape[0] - self.window) // self.hop for s in self.segments])
+
+    def _spread_windows(self, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(segment index, offset in the segment) of at most `limit` hop-spaced windows, evenly
+        spread over the pool."""
+        counts = self._hop_counts()
+        ends = np.cumsum(counts)
+        keep = _spread(int(ends[-1]), limit)
+        seg = np.searchsorted(ends, keep, side="right")
+        return seg, (keep - (ends - counts)[seg]) * self.hop
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n random crops, uniform over all valid start positions -> (n, 1, W) float32."""
@@ -102,14 +115,8 @@ class SegmentPool:
     def windows(self, limit: int | None = None) -> WindowSet:
         """Hop-spaced windows with their (hidden) true labels, for pseudo-labels and statistics;
         at most `limit`, evenly spread over the pool. Only the windows returned are cut."""
-        counts = np.array(
-            [1 + (s.signal.shape[0] - self.window) // self.hop for s in self.segments]
-        )
-        ends = np.cumsum(counts)
-        keep = _spread(int(ends[-1]), limit)
-        seg = np.searchsorted(ends, keep, side="right")
-        starts = self._first[seg] + (keep - (ends - counts)[seg]) * self.hop
-        crops = self._signal[starts[:, None] + np.arange(self.window)]
+        seg, offsets = self._spread_windows(limit)
+        crops = self._signal[(self._first[seg] + offsets)[:, None] + np.arange(self.window)]
         return WindowSet(
             normalize(crops, self.normalization),  # type: ignore[arg-type]
             np.array([self.segments[i].label for i in seg], np.int64),
@@ -119,12 +126,11 @@ class SegmentPool:
 
     def positions(self, limit: int | None = None) -> list[tuple[str, int]]:
         """(record id, first sample in the record) of each window `windows(limit)` returns."""
-        found = [
-            (s.record_id, s.start + i * self.hop)
-            for s in self.segments
-            for i in range(1 + (s.signal.shape[0] - self.window) // self.hop)
+        seg, offsets = self._spread_windows(limit)
+        return [
+            (self.segments[i].record_id, self.segments[i].start + int(o))
+            for i, o in zip(seg, offsets, strict=True)
         ]
-        return [found[i] for i in _spread(len(found), limit)]
 
 
 def _spread(n: int, limit: int | None) -> np.ndarray:
