@@ -191,19 +191,12 @@ class TrainConfig(BaseModel):
         "that line's class, at most this many per class, clearest first (0: off).",
     )
     spectral_model_weight: float = Field(
-        0.5,
+        0.0,
         ge=0,
         le=1,
         description="Weight of the model's log-probabilities beside the template's logits where "
-        "the template is fused (0: the template decides).",
-    )
-    spectral_model_floor: float = Field(
-        1e-3,
-        gt=0,
-        lt=1,
-        description="The model probability the fusion reads at least: a model sure and wrong on "
-        "bearings it never saw (CWRU cross-load) cannot outvote a sure template, and still "
-        "tips it where it hesitates (a defect size without labels).",
+        "the template is fused (0: the template decides; on CWRU any weight let the model, "
+        "confidently wrong on bearings it never saw, outvote it).",
     )
     bearing: str = Field(
         "6205", description="Catalogue designation of the bearing the records come from."

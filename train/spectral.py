@@ -159,7 +159,6 @@ def fit_spectral(
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,
         "model_weight": cfg.spectral_model_weight,
-        "model_floor": cfg.spectral_model_floor,
     }
     if not cfg.spectral:
         return None, {**report, "reason": "spectral = false in the config"}
@@ -200,9 +199,7 @@ def fit_spectral(
     report["pool_labels"] = {
         view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
     }
-    head = replace(
-        template, model_weight=cfg.spectral_model_weight, model_floor=cfg.spectral_model_floor
-    )
+    head = replace(template, model_weight=cfg.spectral_model_weight)
     if len(split.val) >= 2:
         z = head.fused_logits(model_val_probs, head.logits(split.val.x))
         head = replace(head, temperature=calibrated_temperature(z, split.val.y, floor))

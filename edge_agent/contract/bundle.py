@@ -23,7 +23,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from edge_agent.contract.formats import ENCODER_FORMATS, check_format_name
 from edge_agent.contract.preprocess import NORMALIZATIONS, PreprocessSpec
 from edge_agent.contract.wire import StrictModel, error_lines, utc_iso
-from edge_agent.physics.spectral import MIN_MODEL_PROBABILITY, SpectralHead
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.physics.view import PhysicsHead
 from edge_agent.pipeline.head import Head
 
@@ -120,13 +120,6 @@ class SpectralView(StrictModel):
     bias: list[float]
     model_weight: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0)
-    model_floor: float = Field(
-        MIN_MODEL_PROBABILITY,
-        gt=0,
-        lt=1,
-        description="The model probability the fusion reads at least (bundles written before it "
-        "had none: the model's evidence unbounded).",
-    )
 
     def head(self) -> SpectralHead:
         return SpectralHead.from_dict(self.model_dump())

@@ -16,11 +16,7 @@ with other resonances. Training keeps it only where the unlabeled pool looks lik
 machine (train.spectral), and the agent fuses it only while a channel runs on the factory head:
 a device head describes its own machine.
 
-    p = softmax((model_weight * log max(p_model, model_floor) + W @ standardize(view) + b) / T)
-
-`model_floor` bounds how far the model's log-probability can vote a class down: a model sure
-and wrong on a bearing it never saw cannot outvote a template that is sure, and still tips the
-template where it hesitates.
+    p = softmax((model_weight * log p_model + W @ standardize(view) + b) / T)
 
 numpy and scipy only; the same code runs in training, in the export parity check and on the
 gateway.
@@ -43,7 +39,6 @@ BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
 SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 score alike)
 TEMPLATE_C = 0.1  # inverse L2 strength of a template fit: strongly regularized transfers best
 ABSENT_CLASS_BIAS = -30.0  # template logit of a class without labeled windows
-MIN_MODEL_PROBABILITY = 1e-12  # the default model_floor: the model's evidence unbounded
 
 
 def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
@@ -114,7 +109,6 @@ class SpectralHead:
     model_weight: float = 1.0
     temperature: float = 1.0
     features: str = RANKED  # which view (template_view) the weights read
-    model_floor: float = MIN_MODEL_PROBABILITY  # the model probability the fusion reads at least
 
     def __post_init__(self) -> None:
         arrays = {k: np.asarray(getattr(self, k), np.float64) for k in ("mean", "scale", "weights")}
@@ -146,8 +140,6 @@ class SpectralHead:
             raise ValueError(f"spectral model_weight must be in [0, 1], got {self.model_weight}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"spectral temperature must be > 0, got {self.temperature}")
-        if not (math.isfinite(self.model_floor) and 0 < self.model_floor < 1):
-            raise ValueError(f"spectral model_floor must be in (0, 1), got {self.model_floor}")
         for key, value in arrays.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "bias", bias)
@@ -183,9 +175,8 @@ class SpectralHead:
         ) @ self.weights.T + self.bias
 
     def fused_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
-        """model_weight * log max(p_model, model_floor) + template logits: the fused logits
-        before the temperature."""
-        log_p = np.log(np.clip(np.asarray(model_probs, np.float64), self.model_floor, 1.0))
+        """model_weight * log p_model + template logits: the fused logits before the temperature."""
+        log_p = np.log(np.clip(np.asarray(model_probs, np.float64), 1e-12, 1.0))
         return self.model_weight * log_p + template_logits
 
     def fuse(self, model_probs: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -209,7 +200,6 @@ class SpectralHead:
             "bias": self.bias.tolist(),
             "model_weight": float(self.model_weight),
             "temperature": float(self.temperature),
-            "model_floor": float(self.model_floor),
         }
 
     @classmethod
@@ -223,5 +213,4 @@ class SpectralHead:
             float(data["model_weight"]),
             float(data["temperature"]),
             str(data.get("features")),
-            float(data.get("model_floor", MIN_MODEL_PROBABILITY)),  # absent in older bundles
         )

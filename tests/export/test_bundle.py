@@ -150,7 +150,7 @@ def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
     x, y = trained["heldout"]
     template = fit_template(spectral_view(x), y, len(CLASS_NAMES), seed=0)
     template = SpectralHead(
-        template.mean, template.scale, template.weights, template.bias, 0.0, 1.0, model_floor=1e-3
+        template.mean, template.scale, template.weights, template.bias, 0.0, 1.0
     )
     ckpt = {**trained["checkpoint"], "spectral": template.to_dict()}
     run = load_run(make_run(tmp_path / "run", {**trained, "checkpoint": ckpt}))
@@ -160,7 +160,6 @@ def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
     manifest = verify(result.folder)
     carried = manifest.spectral.head()
     np.testing.assert_allclose(carried.weights, template.weights)
-    assert carried.model_floor == 1e-3
     fused_accuracy = float((template.alone(x).argmax(1) == y).mean())
     assert result.report.reference_accuracy == pytest.approx(fused_accuracy)
 

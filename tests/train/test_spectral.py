@@ -5,8 +5,6 @@ and model together."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
@@ -125,27 +123,6 @@ def test_on_the_labeled_machine_the_template_is_fused_and_outvotes_a_wrong_model
     assert (fused.argmax(axis=1) == split.test.y).mean() == 1.0
     uniform = np.full_like(test_probs, 1 / 3)  # and with an undecided model it is the template
     np.testing.assert_allclose(head.fuse(uniform, split.test.x), head.alone(split.test.x))
-
-
-def test_the_default_fusion_bounds_a_model_sure_and_wrong_on_every_window() -> None:
-    """The model gives the true class 1e-9 everywhere: unbounded, its 0.5 * ln 1e-9 = -10.4 nats
-    outvotes the template; at the default floor (1e-3: -3.5 nats) the template's call stands."""
-    split = toy_split(per_class=8, seed=5)
-    cfg = load_config(None, ["seed=5"])
-    assert (cfg.spectral_model_weight, cfg.spectral_model_floor) == (0.5, 1e-3)
-
-    def sure_and_wrong(ws: WindowSet) -> np.ndarray:
-        p = np.full((len(ws), 3), 1e-9)
-        p[np.arange(len(ws)), (ws.y + 1) % 3] = 1 - 2e-9
-        return p
-
-    head, report = fit_spectral(cfg, split, sure_and_wrong(split.val), floor=0.5)
-    assert head is not None and (head.model_weight, head.model_floor) == (0.5, 1e-3), report
-    assert report["model_floor"] == 1e-3
-    test_probs = sure_and_wrong(split.test)
-    assert (head.fuse(test_probs, split.test.x).argmax(axis=1) == split.test.y).mean() == 1.0
-    unbounded = replace(head, model_floor=1e-12)
-    assert (unbounded.fuse(test_probs, split.test.x).argmax(axis=1) == split.test.y).mean() == 0.0
 
 
 def test_a_pool_of_other_machines_keeps_the_template_out() -> None:

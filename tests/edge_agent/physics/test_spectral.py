@@ -20,7 +20,6 @@ from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
 from edge_agent.physics.spectral import (
     BOTH,
-    MIN_MODEL_PROBABILITY,
     RANKED,
     SMOOTH_BANDS,
     SpectralHead,
@@ -162,21 +161,6 @@ def test_fusion_weighs_the_model_against_the_template() -> None:
     np.testing.assert_allclose(deaf.fuse(model, x), model)  # a template with no opinion
 
 
-def test_the_model_floor_bounds_how_far_a_sure_model_votes_a_class_down() -> None:
-    """A template sure of class 0 by 6 nats; a model sure of class 1 (p 1e-9 for class 0)."""
-    head = template(bands=4, classes=2, weights=np.zeros((2, 4)), bias=np.array([6.0, 0.0]))
-    head = replace(head, model_weight=0.5, temperature=1.0)
-    x = np.random.default_rng(4).standard_normal((3, 8))
-    sure_model = np.tile([1e-9, 1 - 1e-9], (3, 1))
-    assert (head.fuse(sure_model, x).argmax(1) == 1).all()  # unbounded: 0.5 * ln 1e-9 = -10.4
-    bounded = replace(head, model_floor=1e-3)  # at most 0.5 * ln 1e-3 = -3.5 nats
-    fused = bounded.fuse(sure_model, x)
-    assert (fused.argmax(1) == 0).all()
-    np.testing.assert_allclose(fused[:, 0], 1 / (1 + np.exp(-6 + 0.5 * np.log(1e3))), rtol=1e-6)
-    hesitant = replace(bounded, bias=np.array([1.0, 0.0]))  # 1 nat: the model tips it
-    assert (hesitant.fuse(sure_model, x).argmax(1) == 1).all()
-
-
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
@@ -186,9 +170,6 @@ def test_the_model_floor_bounds_how_far_a_sure_model_votes_a_class_down() -> Non
         ({"weights": np.full((3, 8), np.nan)}, "finite"),
         ({"model_weight": 1.5}, "model_weight"),
         ({"temperature": 0.0}, "temperature"),
-        ({"model_floor": 0.0}, "model_floor"),
-        ({"model_floor": 1.0}, "model_floor"),
-        ({"model_floor": np.nan}, "model_floor"),
     ],
 )
 def test_a_malformed_template_is_refused(fields, match) -> None:
@@ -218,12 +199,10 @@ def test_a_window_too_short_for_the_bands_is_an_error() -> None:
 
 
 def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> None:
-    head = template(model_floor=1e-3)
+    head = template()
     back = SpectralHead.from_dict(json.loads(json.dumps(head.to_dict())))
     assert np.array_equal(back.weights, head.weights)
-    assert (back.model_weight, back.temperature, back.model_floor) == (0.5, 2.0, 1e-3)
-    older = {k: v for k, v in head.to_dict().items() if k != "model_floor"}
-    assert SpectralHead.from_dict(older).model_floor == MIN_MODEL_PROBABILITY  # as before
+    assert (back.model_weight, back.temperature) == (0.5, 2.0)
     with pytest.raises(ValueError, match="cannot compute"):
         SpectralHead.from_dict({**head.to_dict(), "features": "log-spectrum-v1"})
 
