@@ -117,11 +117,14 @@ class SegmentPool:
         at most `limit`, evenly spread over the pool. Only the windows returned are cut."""
         seg, offsets = self._spread_windows(limit)
         crops = self._signal[(self._first[seg] + offsets)[:, None] + np.arange(self.window)]
+        labels = np.array([s.label for s in self.segments], np.int64)
+        speeds = np.array([s.shaft_hz for s in self.segments], np.float64)
+        record_ids = [s.record_id for s in self.segments]
         return WindowSet(
             normalize(crops, self.normalization),  # type: ignore[arg-type]
-            np.array([self.segments[i].label for i in seg], np.int64),
-            [self.segments[i].record_id for i in seg],
-            np.array([self.segments[i].shaft_hz for i in seg], np.float64),
+            labels[seg],
+            [record_ids[i] for i in seg],
+            speeds[seg],
         )
 
     def positions(self, limit: int | None = None) -> list[tuple[str, int]]:
