@@ -4,11 +4,10 @@ CWRU 4 classes and 10 classes with 5 labels per class (budget 20 and 50 labels).
 bench's split (`bench fewlabel`'s, time blocks within each record) once with its random labels
 (5 per class, as `fewlabel` draws them) and once with the windows `train.suggest.suggest_labels`
 proposes from the unlabeled pool (as many as the random labels), labeled with their records'
-classes, as an operator would label them. Both go through the recipe where its spectral template
-decides (`train.spectral.fit_spectral`, as `bench fewlabel --cheap-only`: on CWRU the recipe's
-probabilities are the template's, whatever the model), scored on the same test windows: macro-F1,
-ECE, uncertain share; mean ± std and the worst seed. Needs the CWRU records; prints a table and
-writes bench/results/labels.json.
+classes, as an operator would label them. Both go through the recipe's spectral template without
+the model (`train.spectral.fit_spectral`, as `bench fewlabel --cheap-only`: no pretraining),
+scored on the same test windows: macro-F1, ECE, uncertain share; mean ± std and the worst seed.
+Needs the CWRU records; prints a table and writes bench/results/labels.json.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def suggested(split, seed: int):
 
 
 def recipe(cfg, split) -> dict[str, Any]:
-    """The recipe's figures where its template decides (`bench fewlabel --cheap-only`'s)."""
+    """The figures of the recipe's template without the model (`bench fewlabel --cheap-only`'s)."""
     from bench.fewlabel import FUSED_TEMPLATE, fused_template_metrics
 
     per_class = np.bincount(split.labeled.y, minlength=len(split.class_names)).tolist()

@@ -34,7 +34,7 @@ from edge_agent.contract.bundle import (
 )
 from edge_agent.contract.bundle import write_manifest as write_bundle_manifest
 from edge_agent.contract.wire import error_lines
-from edge_agent.physics.spectral import SpectralHead
+from edge_agent.physics.spectral import SpectralHead, view_of_spectrum
 from edge_agent.physics.view import PhysicsHead, line_view
 from edge_agent.pipeline.head import HEAD_KEYS, Head
 from export.formats import (
@@ -249,15 +249,19 @@ def heldout_fusion(run: RunInputs) -> Fusion | None:
             str(run.checkpoint.config.get("bearing", "6205")),
             run.physics.band_hz,
         )
-    template = run.spectral.logits(run.heldout_x) if run.spectral is not None else None
-    if physics_view is None and template is None:
+    spectral = None  # the template's logits of the held-out windows, and where the model votes
+    if run.spectral is not None:
+        level = run.spectral.spectra(run.heldout_x)
+        logits = run.spectral.view_logits(view_of_spectrum(level, run.spectral.features))
+        spectral = (logits, run.spectral.near_pool(level))
+    if physics_view is None and spectral is None:
         return None
 
     def fuse(probs: np.ndarray) -> np.ndarray:
         if run.physics is not None and physics_view is not None:
             probs = run.physics.fuse(probs, physics_view)
-        if run.spectral is not None and template is not None:
-            probs = run.spectral.fuse_logits(probs, template)
+        if run.spectral is not None and spectral is not None:
+            probs = run.spectral.fuse_logits(probs, *spectral)
         return probs
 
     return fuse

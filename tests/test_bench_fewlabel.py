@@ -179,7 +179,7 @@ def test_a_row_missing_on_some_seeds_is_summarized_over_the_seeds_it_has():
     assert summary["A"]["seeds"] == 2 and summary["A"]["macro_f1_mean"] == pytest.approx(0.8)
 
 
-def test_cheap_only_scores_the_recipe_where_its_template_decides_on_real_cwru(tmp_path):
+def test_cheap_only_scores_the_recipes_template_without_the_model_on_real_cwru(tmp_path):
     from train.cwru import default_data_root
 
     if not (default_data_root() / "cwru" / "12k_DE").is_dir():

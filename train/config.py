@@ -191,12 +191,25 @@ class TrainConfig(BaseModel):
         "that line's class, at most this many per class, clearest first (0: off).",
     )
     spectral_model_weight: float = Field(
-        0.0,
+        0.25,
         ge=0,
         le=1,
-        description="Weight of the model's log-probabilities beside the template's logits where "
-        "the template is fused (0: the template decides; on CWRU any weight let the model, "
-        "confidently wrong on bearings it never saw, outvote it).",
+        description="Weight of the model's log-probabilities beside the template's logits on "
+        "windows like the unlabeled pool, where the template is fused (0: the template decides).",
+    )
+    spectral_model_floor: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description="The model probability the fusion reads at least: a model sure and wrong "
+        "cannot outvote a sure template, and still tips a hesitant one.",
+    )
+    spectral_pool_gate: bool = Field(
+        True,
+        description="The model votes only on windows like the unlabeled pool it learned from "
+        "(edge_agent.physics.pool); elsewhere the template decides alone (false: everywhere; "
+        "on CWRU that let a model sure and wrong on bearings in neither labels nor pool "
+        "outvote the template).",
     )
     bearing: str = Field(
         "6205", description="Catalogue designation of the bearing the records come from."

@@ -11,6 +11,11 @@ near 1 the pool is other machines with other resonances (the simulator: 0.986-1.
 tests' tiny splits), where a template of the labeled machine misleads; the default gate, 0.90,
 lies between. Labels cannot make this call: on both data sets the template and the model are
 perfect on validation windows of their own records.
+
+Where the template is fused, the model votes only on windows like the pool it learned from
+(`fit_pool_gate`, edge_agent.physics.pool), its log-probability read no lower than a floor; the
+template decides alone elsewhere. On CWRU a model sure and wrong on bearings in neither labels
+nor pool outvoted the template everywhere else (README "Benchmarks").
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_agent.physics.pool import PoolGate, kth_neighbour_distance
 from edge_agent.physics.spectral import (
     ABSENT_CLASS_BIAS,
     BOTH,
@@ -28,6 +34,7 @@ from edge_agent.physics.spectral import (
     SpectralHead,
     log_spectrum,
     ranked_bands,
+    view_of_spectrum,
 )
 from edge_agent.pipeline.head import softmax
 from train.data import machine_geometry
@@ -43,6 +50,10 @@ logger = logging.getLogger(__name__)
 GAP_FOLDS = 5
 GAP_POOL_WINDOWS = 2000  # pool windows the domain gap compares with the labeled ones
 POOL_LABEL_CONFIDENCE = 0.9  # a pool window the template labels for itself: p >= this
+GATE_COMPONENTS = 20  # principal components of the pool's log spectra the gate compares in
+GATE_NEIGHBOURS = 5  # a window is like the pool when its 5th-nearest pool window is near ...
+GATE_QUANTILE = 0.99  # ... no farther than this quantile of the pool windows' own such distance
+GATE_DECIMALS = 4  # the gate's values as the bundle carries them (2,000 x 20 points: ~0.4 MB)
 
 
 def fit_template(views: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> SpectralHead:
@@ -147,6 +158,29 @@ def domain_gap(labeled: np.ndarray, pool: np.ndarray, seed: int) -> float | None
     return float(roc_auc_score(side, scores))
 
 
+def fit_pool_gate(pool: np.ndarray) -> PoolGate | None:
+    """The gate of the pool's log spectra (N, bands): their band standardization and first
+    GATE_COMPONENTS principal components (scikit-learn), the pool windows projected on them,
+    and the GATE_QUANTILE of their distances to their GATE_NEIGHBOURS-th nearest other pool
+    window; None with fewer than 3 pool windows."""
+    from sklearn.decomposition import PCA
+
+    level = np.asarray(pool, np.float64)
+    if len(level) < 3:
+        return None
+    std = level.std(axis=0)
+    center = np.round(level.mean(axis=0), GATE_DECIMALS)
+    scale = np.round(np.where(std > 1e-3, std, 1.0), GATE_DECIMALS)
+    k = min(GATE_COMPONENTS, len(level) - 1, level.shape[1])
+    axes = PCA(k, svd_solver="full").fit((level - center) / scale).components_
+    components = np.round(axes, GATE_DECIMALS + 2)  # unit axes: entries ~ 1 / sqrt(bands)
+    points = np.round(((level - center) / scale) @ components.T, GATE_DECIMALS)
+    neighbours = min(GATE_NEIGHBOURS, len(level) - 1)
+    own = kth_neighbour_distance(points, points, neighbours, leave_self_out=True)
+    radius = float(np.ceil(np.quantile(own, GATE_QUANTILE) * 10**GATE_DECIMALS))
+    return PoolGate(center, scale, components, points, radius / 10**GATE_DECIMALS, neighbours)
+
+
 def fit_spectral(
     cfg: TrainConfig, split: Split, model_val_probs: np.ndarray, floor: float
 ) -> tuple[SpectralHead | None, dict[str, Any]]:
@@ -159,6 +193,7 @@ def fit_spectral(
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,
         "model_weight": cfg.spectral_model_weight,
+        "model_floor": cfg.spectral_model_floor,
     }
     if not cfg.spectral:
         return None, {**report, "reason": "spectral = false in the config"}
@@ -199,10 +234,23 @@ def fit_spectral(
     report["pool_labels"] = {
         view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
     }
-    head = replace(template, model_weight=cfg.spectral_model_weight)
+    head = replace(
+        template,
+        model_weight=cfg.spectral_model_weight,
+        model_floor=cfg.spectral_model_floor,
+        pool=fit_pool_gate(pool) if cfg.spectral_pool_gate else None,
+    )
     if len(split.val) >= 2:
-        z = head.fused_logits(model_val_probs, head.logits(split.val.x))
-        head = replace(head, temperature=calibrated_temperature(z, split.val.y, floor))
+        level = head.spectra(split.val.x)
+        z = head.view_logits(view_of_spectrum(level, head.features))
+        head = replace(
+            head,
+            temperature=calibrated_temperature(
+                head.fused_logits(model_val_probs, z), split.val.y, floor
+            ),
+            template_temperature=calibrated_temperature(z, split.val.y, floor),
+        )
+        report["val_near_pool"] = float(head.near_pool(level).mean())
     logger.info("spectral view kept: domain gap %.3f", gap)
     return head, {**report, "used": True, "reason": f"domain gap {gap:.3f}: passed the gate"}
 

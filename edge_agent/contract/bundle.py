@@ -23,7 +23,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from edge_agent.contract.formats import ENCODER_FORMATS, check_format_name
 from edge_agent.contract.preprocess import NORMALIZATIONS, PreprocessSpec
 from edge_agent.contract.wire import StrictModel, error_lines, utc_iso
-from edge_agent.physics.spectral import SpectralHead
+from edge_agent.physics.spectral import UNBOUNDED_MODEL_FLOOR, SpectralHead
 from edge_agent.physics.view import PhysicsHead
 from edge_agent.pipeline.head import Head
 
@@ -106,6 +106,17 @@ class PhysicsView(StrictModel):
         return PhysicsHead.from_dict(self.model_dump())
 
 
+class PoolGateView(StrictModel):
+    """The unlabeled pool's reference the spectral fusion gates on (edge_agent.physics.pool)."""
+
+    center: list[float]
+    scale: list[float]
+    components: list[list[float]] = Field(description="(components, bands) principal axes.")
+    points: list[list[float]] = Field(description="(pool windows, components) projected pool.")
+    radius: float = Field(ge=0)
+    neighbours: int = Field(ge=1)
+
+
 class SpectralView(StrictModel):
     """The spectral template fused with the factory head (edge_agent.physics.spectral); absent:
     model only."""
@@ -120,9 +131,22 @@ class SpectralView(StrictModel):
     bias: list[float]
     model_weight: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0)
+    model_floor: float = Field(
+        UNBOUNDED_MODEL_FLOOR,
+        gt=0,
+        lt=1,
+        description="The model probability the fusion reads at least (absent in bundles written "
+        "before it: the model unbounded).",
+    )
+    template_temperature: float | None = Field(
+        None, gt=0, description="The template's temperature where it decides alone (absent: same)."
+    )
+    pool: PoolGateView | None = Field(
+        None, description="Where the model votes (absent in older bundles: on every window)."
+    )
 
     def head(self) -> SpectralHead:
-        return SpectralHead.from_dict(self.model_dump())
+        return SpectralHead.from_dict(self.model_dump(exclude_none=True))
 
 
 class Manifest(StrictModel):

@@ -16,7 +16,14 @@ with other resonances. Training keeps it only where the unlabeled pool looks lik
 machine (train.spectral), and the agent fuses it only while a channel runs on the factory head:
 a device head describes its own machine.
 
-    p = softmax((model_weight * log p_model + W @ standardize(view) + b) / T)
+    p = softmax((model_weight * log max(p_model, model_floor) + W @ standardize(view) + b) / T)
+
+on windows like the pool the model learned from (`pool`, edge_agent.physics.pool), and
+softmax((W @ standardize(view) + b) / template_temperature) elsewhere: there the model
+extrapolates, and a model sure and wrong on a bearing it never saw must not outvote the
+template. `model_floor` bounds how far the model votes a class down where it does vote: a sure
+template stands, a hesitant one is tipped. A head without a pool (bundles written before it)
+fuses every window, its model unbounded.
 
 numpy and scipy only; the same code runs in training, in the export parity check and on the
 gateway.
@@ -30,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.physics.pool import PoolGate
 from edge_agent.pipeline.head import softmax
 
 RANKED = "ranked-log-spectrum-v1"  # the ranked view alone (bands values)
@@ -39,6 +47,7 @@ BANDS = 512  # 11.7 Hz each for a 2048-sample window at 12 kHz
 SMOOTH_BANDS = 10  # moving average before ranking: 117 Hz at BANDS (CWRU: 8-12 score alike)
 TEMPLATE_C = 0.1  # inverse L2 strength of a template fit: strongly regularized transfers best
 ABSENT_CLASS_BIAS = -30.0  # template logit of a class without labeled windows
+UNBOUNDED_MODEL_FLOOR = 1e-12  # model_floor of heads written before it: the model unbounded
 
 
 def log_spectrum(windows: np.ndarray, bands: int = BANDS) -> np.ndarray:
@@ -100,7 +109,9 @@ def ranked_bands(level: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SpectralHead:
     """Standardization and linear template on the spectral view, and how it fuses with the model:
-    the weight of the model's log-probabilities and the temperature of the fused logits."""
+    the weight of the model's log-probabilities, the probability it reads at least, the
+    temperature of the fused logits, the template's own temperature where it decides alone
+    (None: the same) and the gate saying where the model votes (None: everywhere)."""
 
     mean: np.ndarray  # (bands,)
     scale: np.ndarray  # (bands,)
@@ -109,6 +120,9 @@ class SpectralHead:
     model_weight: float = 1.0
     temperature: float = 1.0
     features: str = RANKED  # which view (template_view) the weights read
+    model_floor: float = UNBOUNDED_MODEL_FLOOR
+    template_temperature: float | None = None
+    pool: PoolGate | None = None
 
     def __post_init__(self) -> None:
         arrays = {k: np.asarray(getattr(self, k), np.float64) for k in ("mean", "scale", "weights")}
@@ -140,9 +154,18 @@ class SpectralHead:
             raise ValueError(f"spectral model_weight must be in [0, 1], got {self.model_weight}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"spectral temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.model_floor) and 0 < self.model_floor < 1):
+            raise ValueError(f"spectral model_floor must be in (0, 1), got {self.model_floor}")
+        t = self.template_temperature
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ValueError(f"spectral template_temperature must be > 0, got {t}")
         for key, value in arrays.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "bias", bias)
+        if self.pool is not None and self.pool.bands != self.bands:
+            raise ValueError(
+                f"the pool gate reads {self.pool.bands} bands, the template {self.bands}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -153,20 +176,34 @@ class SpectralHead:
         """Spectral bands of a window the view is computed from."""
         return int(self.weights.shape[1]) // VIEWS_PER_BAND[self.features]
 
+    @property
+    def alone_temperature(self) -> float:
+        """The temperature of the template deciding alone."""
+        return self.temperature if self.template_temperature is None else self.template_temperature
+
+    def spectra(self, windows: np.ndarray) -> np.ndarray:
+        """(N, W) windows -> (N, bands) their log spectra, at the head's bands."""
+        level = log_spectrum(windows, self.bands)
+        if level.shape[1] != self.bands:
+            raise ValueError(
+                f"a {np.asarray(windows).shape[-1]}-sample window has {level.shape[1]} spectral "
+                f"bands; the head needs {self.bands}"
+            )
+        return level
+
     def view(self, windows: np.ndarray) -> np.ndarray:
         """(N, W) windows -> (N, V) the view the weights read."""
-        view = template_view(windows, self.features, self.bands)
-        if view.shape[1] != self.weights.shape[1]:
-            raise ValueError(
-                f"a {np.asarray(windows).shape[-1]}-sample window has "
-                f"{view.shape[1] // VIEWS_PER_BAND[self.features]} spectral bands; the head "
-                f"needs {self.bands}"
-            )
-        return view
+        return view_of_spectrum(self.spectra(windows), self.features)
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """(N, W) windows -> (N, C) template logits."""
         return self.view_logits(self.view(windows))
+
+    def near_pool(self, level: np.ndarray) -> np.ndarray:
+        """(N,) bool: the windows (their log spectra (N, bands)) on which the model votes."""
+        if self.pool is None:
+            return np.ones(len(level), bool)
+        return self.pool.near(level)
 
     def view_logits(self, view: np.ndarray) -> np.ndarray:
         """(N, V) views (`view`) -> (N, C) template logits."""
@@ -175,23 +212,42 @@ class SpectralHead:
         ) @ self.weights.T + self.bias
 
     def fused_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
-        """model_weight * log p_model + template logits: the fused logits before the temperature."""
-        log_p = np.log(np.clip(np.asarray(model_probs, np.float64), 1e-12, 1.0))
+        """model_weight * log max(p_model, model_floor) + template logits: the fused logits
+        before the temperature."""
+        log_p = np.log(np.clip(np.asarray(model_probs, np.float64), self.model_floor, 1.0))
         return self.model_weight * log_p + template_logits
 
     def fuse(self, model_probs: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Fused probabilities (N, C) of `windows` given the model's probabilities of them."""
-        return self.fuse_logits(model_probs, self.logits(windows))
+        return self.fuse_spectra(model_probs, self.spectra(windows))
 
-    def fuse_logits(self, model_probs: np.ndarray, template_logits: np.ndarray) -> np.ndarray:
-        """Fused probabilities (N, C) given template logits already computed."""
-        return softmax(self.fused_logits(model_probs, template_logits) / self.temperature)
+    def fuse_spectra(
+        self, model_probs: np.ndarray, level: np.ndarray, ranks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Fused probabilities (N, C) given the windows' log spectra (N, bands) (and their
+        `ranked_bands`, where the caller has them)."""
+        logits = self.view_logits(view_of_spectrum(level, self.features, ranks))
+        return self.fuse_logits(model_probs, logits, self.near_pool(level))
+
+    def fuse_logits(
+        self, model_probs: np.ndarray, template_logits: np.ndarray, near: np.ndarray
+    ) -> np.ndarray:
+        """Fused probabilities (N, C) given template logits already computed: the model votes
+        on the windows `near` marks (`near_pool`), the template decides alone on the rest."""
+        fused = self.fused_logits(model_probs, template_logits) / self.temperature
+        alone = np.asarray(template_logits, np.float64) / self.alone_temperature
+        return softmax(np.where(np.asarray(near, bool)[:, None], fused, alone))
 
     def alone(self, windows: np.ndarray) -> np.ndarray:
         """The template's own probabilities (N, C), without the model."""
-        return softmax(self.logits(windows) / self.temperature)
+        return softmax(self.logits(windows) / self.alone_temperature)
 
     def to_dict(self) -> dict[str, Any]:
+        optional: dict[str, Any] = {}  # absent, not null, where unset (as before they existed)
+        if self.template_temperature is not None:
+            optional["template_temperature"] = float(self.template_temperature)
+        if self.pool is not None:
+            optional["pool"] = self.pool.to_dict()
         return {
             "features": self.features,
             "mean": self.mean.tolist(),
@@ -200,11 +256,16 @@ class SpectralHead:
             "bias": self.bias.tolist(),
             "model_weight": float(self.model_weight),
             "temperature": float(self.temperature),
+            "model_floor": float(self.model_floor),
+            **optional,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpectralHead:
-        """The head `to_dict` wrote; features this agent cannot compute are refused by name."""
+        """The head `to_dict` wrote (older ones: no floor, one temperature, no gate); features
+        this agent cannot compute are refused by name."""
+        t = data.get("template_temperature")
+        pool = data.get("pool")
         return cls(
             np.asarray(data["mean"]),
             np.asarray(data["scale"]),
@@ -213,4 +274,7 @@ class SpectralHead:
             float(data["model_weight"]),
             float(data["temperature"]),
             str(data.get("features")),
+            float(data.get("model_floor", UNBOUNDED_MODEL_FLOOR)),
+            None if t is None else float(t),
+            None if pool is None else PoolGate.from_dict(pool),
         )

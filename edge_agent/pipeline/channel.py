@@ -32,13 +32,7 @@ from edge_agent.calibration.embedding_log import (
 from edge_agent.calibration.headstore import HeadStore
 from edge_agent.calibration.monitoring import ConditionMonitor, Finding
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.physics.spectral import (
-    BANDS,
-    SpectralHead,
-    log_spectrum,
-    ranked_bands,
-    view_of_spectrum,
-)
+from edge_agent.physics.spectral import BANDS, SpectralHead, log_spectrum, ranked_bands
 from edge_agent.physics.view import line_view
 from edge_agent.pipeline.decisions import UNCERTAIN, UNKNOWN, Decision, DecisionMachine
 from edge_agent.pipeline.event_limit import EventLimiter
@@ -189,13 +183,10 @@ class Channel:
                 level = log_spectrum(self.batch[ok], BANDS)  # once for the log and the template
                 views = ranked_bands(level)
             if template is not None:
-                same = level.shape[1] == template.bands  # else a template of fewer bands
-                seen = (
-                    view_of_spectrum(level, template.features, views)
-                    if same
-                    else template.view(self.batch[ok])
-                )
-                probs = template.fuse_logits(probs, template.view_logits(seen))
+                if level.shape[1] == template.bands:
+                    probs = template.fuse_spectra(probs, level, views)
+                else:  # a template of fewer bands
+                    probs = template.fuse(probs, self.batch[ok])
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))
                 threshold = self.unknown_threshold()

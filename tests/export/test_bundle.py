@@ -144,13 +144,22 @@ def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
 ):
     """A run whose recipe kept the spectral template: the manifest carries it as the agent loads
     it, and the parity gate scores the fused decisions (here the template alone decides)."""
-    from edge_agent.physics.spectral import SpectralHead, spectral_view
-    from train.spectral import fit_template
+    from edge_agent.physics.spectral import SpectralHead, log_spectrum, spectral_view
+    from train.spectral import fit_pool_gate, fit_template
 
     x, y = trained["heldout"]
     template = fit_template(spectral_view(x), y, len(CLASS_NAMES), seed=0)
+    gate = fit_pool_gate(log_spectrum(x))
     template = SpectralHead(
-        template.mean, template.scale, template.weights, template.bias, 0.0, 1.0
+        template.mean,
+        template.scale,
+        template.weights,
+        template.bias,
+        0.0,
+        1.0,
+        model_floor=1e-3,
+        template_temperature=0.7,
+        pool=gate,
     )
     ckpt = {**trained["checkpoint"], "spectral": template.to_dict()}
     run = load_run(make_run(tmp_path / "run", {**trained, "checkpoint": ckpt}))
@@ -160,6 +169,10 @@ def test_a_spectral_template_travels_in_the_bundle_and_parity_decides_fused(
     manifest = verify(result.folder)
     carried = manifest.spectral.head()
     np.testing.assert_allclose(carried.weights, template.weights)
+    assert (carried.model_floor, carried.template_temperature) == (1e-3, 0.7)
+    assert carried.pool is not None and gate is not None
+    np.testing.assert_array_equal(carried.pool.points, gate.points)
+    assert (carried.pool.radius, carried.pool.neighbours) == (gate.radius, gate.neighbours)
     fused_accuracy = float((template.alone(x).argmax(1) == y).mean())
     assert result.report.reference_accuracy == pytest.approx(fused_accuracy)
 

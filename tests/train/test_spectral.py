@@ -5,11 +5,15 @@ and model together."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
 
+from edge_agent.physics.pool import kth_neighbour_distance
 from edge_agent.physics.spectral import BOTH, ranked_bands
+from edge_agent.pipeline.head import softmax
 from train.config import load_config
 from train.spectral import domain_gap, fit_spectral, spectral_template
 from train.splits import Segment, SegmentPool, Split, WindowSet
@@ -123,6 +127,71 @@ def test_on_the_labeled_machine_the_template_is_fused_and_outvotes_a_wrong_model
     assert (fused.argmax(axis=1) == split.test.y).mean() == 1.0
     uniform = np.full_like(test_probs, 1 / 3)  # and with an undecided model it is the template
     np.testing.assert_allclose(head.fuse(uniform, split.test.x), head.alone(split.test.x))
+
+
+def sure_and_wrong(ws: WindowSet) -> np.ndarray:
+    """A model that gives the true class 1e-9 on every window and the next class the rest."""
+    p = np.full((len(ws), 3), 1e-9)
+    p[np.arange(len(ws)), (ws.y + 1) % 3] = 1 - 2e-9
+    return p
+
+
+def test_the_default_fusion_bounds_a_model_sure_and_wrong_on_every_window() -> None:
+    """At the default weight and floor the model moves the template's logits by at most
+    0.25 * ln 1e3 = 1.7 nats and the template's call stands; unbounded at full weight, its
+    ln 1e-9 = -20.7 nats outvote it."""
+    split = toy_split(per_class=8, seed=5)
+    cfg = load_config(None, ["seed=5"])
+    assert (cfg.spectral_model_weight, cfg.spectral_model_floor) == (0.25, 1e-3)
+    head, report = fit_spectral(cfg, split, sure_and_wrong(split.val), floor=0.5)
+    assert head is not None and (head.model_weight, head.model_floor) == (0.25, 1e-3), report
+    assert report["model_floor"] == 1e-3 and report["val_near_pool"] > 0.9
+    test_probs = sure_and_wrong(split.test)
+    assert head.near_pool(head.spectra(split.test.x)).mean() > 0.9  # the model votes here
+    assert (head.fuse(test_probs, split.test.x).argmax(axis=1) == split.test.y).mean() == 1.0
+    unbounded = replace(head, model_floor=1e-12, model_weight=1.0)
+    assert (unbounded.fuse(test_probs, split.test.x).argmax(axis=1) == split.test.y).mean() == 0.0
+
+
+def test_the_pool_gate_admits_the_pools_machine_and_not_another() -> None:
+    from edge_agent.physics.spectral import log_spectrum
+    from train.spectral import GATE_NEIGHBOURS, GATE_QUANTILE, fit_pool_gate
+
+    rng = np.random.default_rng(10)
+    pool = log_spectrum(np.concatenate([resonance_windows(c, 150, rng) for c in range(3)]))
+    gate = fit_pool_gate(pool)
+    assert gate is not None and gate.components.shape == (20, 512)
+    assert gate.points.shape == (450, 20) and gate.neighbours == GATE_NEIGHBOURS
+    own = kth_neighbour_distance(gate.points, gate.points, gate.neighbours, leave_self_out=True)
+    assert (own <= gate.radius).mean() == pytest.approx(GATE_QUANTILE, abs=0.005)
+    more = log_spectrum(np.concatenate([resonance_windows(c, 30, rng) for c in range(3)]))
+    assert gate.near(more).mean() > 0.9
+    between = resonance_windows(0, 30, rng, machine="other")  # 3.2 kHz: 0.9 kHz from any
+    assert not gate.near(log_spectrum(between)).any()
+    small = fit_pool_gate(pool[:4])  # fewer windows than components and neighbours
+    assert small is not None and small.components.shape == (3, 512) and small.neighbours == 3
+    assert fit_pool_gate(pool[:2]) is None
+
+
+def test_off_the_pool_the_template_decides_alone_whatever_the_model() -> None:
+    split = toy_split(per_class=8, seed=11)
+    head, report = fit_spectral(
+        load_config(None, ["seed=11"]), split, wrong_and_sure(split)[0], 0.5
+    )
+    assert head is not None and head.pool is not None, report
+    rng = np.random.default_rng(11)
+    other = resonance_windows(0, 30, rng, machine="other")  # 3.2 kHz: none of the lab's
+    assert not head.near_pool(head.spectra(other)).any()
+    alone = softmax(head.logits(other) / head.alone_temperature)
+    for model in (
+        sure_and_wrong(WindowSet(other, np.zeros(30, np.int64))),
+        np.eye(3)[[0] * 30],
+    ):
+        np.testing.assert_allclose(head.fuse(model, other), alone)
+    ungated = load_config(None, ["seed=11", "spectral_pool_gate=false"])
+    everywhere, _ = fit_spectral(ungated, split, wrong_and_sure(split)[0], 0.5)
+    assert everywhere is not None and everywhere.pool is None
+    assert not np.allclose(everywhere.fuse(np.eye(3)[[0] * 30], other), alone)
 
 
 def test_a_pool_of_other_machines_keeps_the_template_out() -> None:

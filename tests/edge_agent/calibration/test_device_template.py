@@ -51,7 +51,9 @@ def fused(head: Head, emb: np.ndarray, views: np.ndarray) -> np.ndarray:
     """The channel's probabilities: the head's, fused with its device template."""
     probs = head.probabilities(emb)
     t = head.template
-    return probs if t is None else t.fuse_logits(probs, t.view_logits(views))
+    if t is None:
+        return probs
+    return t.fuse_logits(probs, t.view_logits(views), np.ones(len(views), bool))  # no pool gate
 
 
 def test_the_fit_is_scikit_learns_balanced_l2_logistic_regression() -> None:

@@ -18,16 +18,19 @@ from edge_agent.agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.contract.bundle import BundleError, read_manifest, verify
 from edge_agent.mqtt.memory import MemoryLink
+from edge_agent.physics.pool import PoolGate
 from edge_agent.physics.spectral import (
     BOTH,
     RANKED,
     SMOOTH_BANDS,
+    UNBOUNDED_MODEL_FLOOR,
     SpectralHead,
     log_spectrum,
     ranked_bands,
     spectral_view,
     template_view,
 )
+from edge_agent.pipeline.head import softmax
 from tests.edge_agent.bundle_fixture import (
     CLASS_NAMES,
     SEVERITY,
@@ -161,6 +164,50 @@ def test_fusion_weighs_the_model_against_the_template() -> None:
     np.testing.assert_allclose(deaf.fuse(model, x), model)  # a template with no opinion
 
 
+def test_the_model_floor_bounds_how_far_a_sure_model_votes_a_class_down() -> None:
+    """A template sure of class 0 by 6 nats; a model sure of class 1 (p 1e-9 for class 0)."""
+    head = template(bands=4, classes=2, weights=np.zeros((2, 4)), bias=np.array([6.0, 0.0]))
+    head = replace(head, model_weight=0.5, temperature=1.0)
+    x = np.random.default_rng(4).standard_normal((3, 8))
+    sure_model = np.tile([1e-9, 1 - 1e-9], (3, 1))
+    assert (head.fuse(sure_model, x).argmax(1) == 1).all()  # unbounded: 0.5 * ln 1e-9 = -10.4
+    bounded = replace(head, model_floor=1e-3)  # at most 0.5 * ln 1e-3 = -3.5 nats
+    fused = bounded.fuse(sure_model, x)
+    assert (fused.argmax(1) == 0).all()
+    np.testing.assert_allclose(fused[:, 0], 1 / (1 + np.exp(-6 + 0.5 * np.log(1e3))), rtol=1e-6)
+    hesitant = replace(bounded, bias=np.array([1.0, 0.0]))  # 1 nat: the model tips it
+    assert (hesitant.fuse(sure_model, x).argmax(1) == 1).all()
+
+
+def first_band_gate(bands: int, radius: float = 1.0) -> PoolGate:
+    """A gate whose pool's log spectra sit at 0 +- 0.1 on the first band (one component)."""
+    points = np.linspace(-0.1, 0.1, 11)[:, None]
+    return PoolGate(np.zeros(bands), np.ones(bands), np.eye(1, bands), points, radius, 3)
+
+
+def test_the_model_votes_only_on_windows_like_the_pool() -> None:
+    """Windows whose first log-spectrum band is near 0 are like the pool; elsewhere the template
+    decides alone, at its own temperature."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 16))
+    head = replace(template(), model_weight=1.0, template_temperature=0.5)
+    level = log_spectrum(x, head.bands)
+    gated = replace(head, pool=first_band_gate(head.bands, radius=0.3))
+    near = gated.near_pool(level)
+    assert near.any() and not near.all()
+    third = np.abs(level[:, 0]) - 0.06  # outside the pool: its 3rd-nearest point is at 0.06
+    np.testing.assert_array_equal(near, third <= 0.3)
+    model = softmax(rng.normal(size=(40, 3)) * 3)
+    fused = gated.fuse(model, x)
+    np.testing.assert_allclose(fused[near], head.fuse(model, x)[near])
+    np.testing.assert_allclose(fused[~near], softmax(head.logits(x)[~near] / 0.5))
+    np.testing.assert_allclose(gated.alone(x), softmax(head.logits(x) / 0.5))
+    np.testing.assert_allclose(gated.fuse_spectra(model, level), fused)
+    assert replace(head, template_temperature=None).alone_temperature == 2.0
+    with pytest.raises(ValueError, match="pool gate reads 4 bands"):
+        replace(head, pool=first_band_gate(4))
+
+
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
@@ -170,6 +217,10 @@ def test_fusion_weighs_the_model_against_the_template() -> None:
         ({"weights": np.full((3, 8), np.nan)}, "finite"),
         ({"model_weight": 1.5}, "model_weight"),
         ({"temperature": 0.0}, "temperature"),
+        ({"model_floor": 0.0}, "model_floor"),
+        ({"model_floor": 1.0}, "model_floor"),
+        ({"model_floor": np.nan}, "model_floor"),
+        ({"template_temperature": 0.0}, "template_temperature"),
     ],
 )
 def test_a_malformed_template_is_refused(fields, match) -> None:
@@ -199,10 +250,17 @@ def test_a_window_too_short_for_the_bands_is_an_error() -> None:
 
 
 def test_the_template_round_trips_and_refuses_features_it_cannot_compute() -> None:
-    head = template()
+    head = template(model_floor=1e-3, template_temperature=1.5, pool=first_band_gate(8))
     back = SpectralHead.from_dict(json.loads(json.dumps(head.to_dict())))
     assert np.array_equal(back.weights, head.weights)
     assert (back.model_weight, back.temperature) == (0.5, 2.0)
+    assert (back.model_floor, back.template_temperature) == (1e-3, 1.5)
+    assert back.pool is not None and np.array_equal(back.pool.points, head.pool.points)
+    older = {k: v for k, v in head.to_dict().items() if k not in ("model_floor", "pool")}
+    older.pop("template_temperature")
+    before = SpectralHead.from_dict(older)  # as bundles wrote it before the gate
+    assert before.model_floor == UNBOUNDED_MODEL_FLOOR and before.pool is None
+    assert before.alone_temperature == before.temperature == 2.0
     with pytest.raises(ValueError, match="cannot compute"):
         SpectralHead.from_dict({**head.to_dict(), "features": "log-spectrum-v1"})
 
@@ -271,3 +329,38 @@ def test_the_agent_fuses_the_template_only_on_the_factory_head(
         push_windows(agent, 30)
         assert not channel.factory_head and channel.decisions.state == "outer_race"
         assert channel.template_source == "device"
+
+
+@pytest.mark.parametrize("admits", [True, False])
+def test_the_agent_lets_the_model_vote_only_on_windows_like_the_pool(
+    agent_bundle, tmp_path, admits
+) -> None:
+    """A template with no opinion and the model at full weight: where the gate admits the
+    windows the model decides (normal); where it admits none, the undecided template does."""
+    bands, n = 64, len(CLASS_NAMES)
+    radius = 1e6 if admits else 0.0
+    points = np.full((6, 2), 1e3)  # a pool far from any window, within reach only of 1e6
+    gate = PoolGate(np.zeros(bands), np.ones(bands), np.eye(2, bands), points, radius, 5)
+    silent = template(bands, n, weights=np.zeros((n, bands)))
+    spectral = replace(silent, model_weight=1.0, temperature=1.0, pool=gate).to_dict()
+    folder = bundle_with(agent_bundle, tmp_path / "gated", spectral=spectral)
+    source = simulator_source([{"at_s": 0.0, "fault": "normal", "severity": SEVERITY}])
+    agent = Agent(load_config(write_config(tmp_path / "dev", folder, 1, source=source)))
+    agent.link = MemoryLink()
+    agent.source.start()
+    with agent:
+        channel, outcomes = agent.channels[0], []
+        decide = channel.decide
+
+        def recorded(*args):
+            outcomes.extend(decided := decide(*args))
+            return decided
+
+        channel.decide = recorded
+        push_windows(agent, 20)
+    probs = np.array([o.probs for o in outcomes if o.probs is not None])
+    assert len(probs) >= 20
+    if admits:
+        assert (probs.argmax(1) == CLASS_NAMES.index("normal")).mean() > 0.9
+    else:
+        np.testing.assert_allclose(probs, 1 / n)
