@@ -53,7 +53,7 @@ POOL_LABEL_CONFIDENCE = 0.9  # a pool window the template labels for itself: p >
 GATE_COMPONENTS = 20  # principal components of the pool's log spectra the gate compares in
 GATE_NEIGHBOURS = 5  # a window is like the pool when its 5th-nearest pool window is near ...
 GATE_QUANTILE = 0.99  # ... no farther than this quantile of the pool windows' own such distance
-GATE_DECIMALS = 4  # the gate's values as the bundle carries them (2,000 x 20 points: ~0.4 MB)
+GATE_DECIMALS = 4  # the gate as the bundle carries it (2,000 x 20 points: ~0.5 MB of JSON)
 
 
 def fit_template(views: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> SpectralHead:

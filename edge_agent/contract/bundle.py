@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -275,8 +276,19 @@ def write_manifest(folder: Path, manifest_fields: dict[str, Any]) -> Manifest:
     }
     fields = {"schema_version": SCHEMA_VERSION, "created_utc": utc_iso(), **manifest_fields}
     manifest = Manifest.model_validate({**fields, "files": files})
-    (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    (folder / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
     return manifest
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
+
+
+def manifest_text(manifest: Manifest) -> str:
+    """The manifest as indented JSON with each list of numbers on one line (the spectral
+    template and its pool gate hold tens of thousands)."""
+    text = manifest.model_dump_json(indent=2)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]", text)
 
 
 def pack(folder: Path, archive: Path) -> Path:

@@ -7,6 +7,7 @@ leaving nothing behind when refused or when only inspected.
 import gzip
 import io
 import json
+import re
 import shutil
 import stat
 import tarfile
@@ -76,6 +77,29 @@ def test_fresh_bundle_verifies_and_loads(bundle):
     emb = np.random.default_rng(1).normal(size=(5, D)).astype(np.float32)
     np.testing.assert_allclose(head.probabilities(emb), make_head().probabilities(emb), rtol=1e-6)
     assert manifest.preprocessing.spec().window == 2048
+
+
+def test_the_manifest_writes_each_list_of_numbers_on_one_line(bundle):
+    """A spectral template with its pool gate: tens of thousands of numbers, a few lines."""
+    from edge_agent.physics.pool import PoolGate
+    from edge_agent.physics.spectral import SpectralHead
+
+    rng = np.random.default_rng(2)
+    gate = PoolGate(
+        np.zeros(512), np.ones(512), rng.normal(size=(20, 512)), rng.normal(size=(2000, 20)), 3.0, 5
+    )
+    weights = rng.normal(size=(C, 512)) * 1e-7  # small numbers print with exponents
+    head = SpectralHead(np.zeros(512), np.ones(512), weights, np.zeros(C), 0.25, pool=gate)
+    fields = json.loads((bundle / "manifest.json").read_text())
+    fields = {
+        k: v for k, v in fields.items() if k not in ("schema_version", "created_utc", "files")
+    }
+    manifest = write_manifest(bundle, {**fields, "spectral": head.to_dict()})
+    text = (bundle / "manifest.json").read_text()
+    assert len(text.splitlines()) < 2200  # the 2,000 points, one line each, and the rest
+    assert verify(bundle) == manifest
+    assert not re.search(r"^\s*-?\d[\d.eE+-]*,?$", text, re.MULTILINE)  # no number alone
+    np.testing.assert_array_equal(verify(bundle).spectral.head().weights, weights)
 
 
 def test_tampered_file_is_refused_naming_it(bundle):
