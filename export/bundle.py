@@ -34,7 +34,7 @@ from edge_agent.contract.bundle import (
 )
 from edge_agent.contract.bundle import write_manifest as write_bundle_manifest
 from edge_agent.contract.wire import error_lines
-from edge_agent.physics.spectral import SpectralHead, view_of_spectrum
+from edge_agent.physics.spectral import SpectralHead
 from edge_agent.physics.view import PhysicsHead, line_view
 from edge_agent.pipeline.head import HEAD_KEYS, Head
 from export.formats import (
@@ -252,8 +252,7 @@ def heldout_fusion(run: RunInputs) -> Fusion | None:
     spectral = None  # the template's logits of the held-out windows, and where the model votes
     if run.spectral is not None:
         level = run.spectral.spectra(run.heldout_x)
-        logits = run.spectral.view_logits(view_of_spectrum(level, run.spectral.features))
-        spectral = (logits, run.spectral.near_pool(level))
+        spectral = (run.spectral.spectra_logits(level), run.spectral.near_pool(level))
     if physics_view is None and spectral is None:
         return None
 

@@ -34,7 +34,6 @@ from edge_agent.physics.spectral import (
     SpectralHead,
     log_spectrum,
     ranked_bands,
-    view_of_spectrum,
 )
 from edge_agent.pipeline.head import softmax
 from train.data import machine_geometry
@@ -172,9 +171,10 @@ def fit_pool_gate(pool: np.ndarray) -> PoolGate | None:
     center = np.round(level.mean(axis=0), GATE_DECIMALS)
     scale = np.round(np.where(std > 1e-3, std, 1.0), GATE_DECIMALS)
     k = min(GATE_COMPONENTS, len(level) - 1, level.shape[1])
-    axes = PCA(k, svd_solver="full").fit((level - center) / scale).components_
+    standardized = (level - center) / scale
+    axes = PCA(k, svd_solver="full").fit(standardized).components_
     components = np.round(axes, GATE_DECIMALS + 2)  # unit axes: entries ~ 1 / sqrt(bands)
-    points = np.round(((level - center) / scale) @ components.T, GATE_DECIMALS)
+    points = np.round(standardized @ components.T, GATE_DECIMALS)
     neighbours = min(GATE_NEIGHBOURS, len(level) - 1)
     own = kth_neighbour_distance(points, points, neighbours, leave_self_out=True)
     radius = float(np.ceil(np.quantile(own, GATE_QUANTILE) * 10**GATE_DECIMALS))
@@ -242,7 +242,7 @@ def fit_spectral(
     )
     if len(split.val) >= 2:
         level = head.spectra(split.val.x)
-        z = head.view_logits(view_of_spectrum(level, head.features))
+        z = head.spectra_logits(level)
         head = replace(
             head,
             temperature=calibrated_temperature(

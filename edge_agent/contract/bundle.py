@@ -147,7 +147,7 @@ class SpectralView(StrictModel):
     )
 
     def head(self) -> SpectralHead:
-        return SpectralHead.from_dict(self.model_dump(exclude_none=True))
+        return SpectralHead.from_dict(self.model_dump())
 
 
 class Manifest(StrictModel):

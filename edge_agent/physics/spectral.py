@@ -191,13 +191,14 @@ class SpectralHead:
             )
         return level
 
-    def view(self, windows: np.ndarray) -> np.ndarray:
-        """(N, W) windows -> (N, V) the view the weights read."""
-        return view_of_spectrum(self.spectra(windows), self.features)
-
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """(N, W) windows -> (N, C) template logits."""
-        return self.view_logits(self.view(windows))
+        return self.spectra_logits(self.spectra(windows))
+
+    def spectra_logits(self, level: np.ndarray, ranks: np.ndarray | None = None) -> np.ndarray:
+        """(N, bands) log spectra (and their `ranked_bands`, where the caller has them) ->
+        (N, C) template logits."""
+        return self.view_logits(view_of_spectrum(level, self.features, ranks))
 
     def near_pool(self, level: np.ndarray) -> np.ndarray:
         """(N,) bool: the windows (their log spectra (N, bands)) on which the model votes."""
@@ -226,7 +227,7 @@ class SpectralHead:
     ) -> np.ndarray:
         """Fused probabilities (N, C) given the windows' log spectra (N, bands) (and their
         `ranked_bands`, where the caller has them)."""
-        logits = self.view_logits(view_of_spectrum(level, self.features, ranks))
+        logits = self.spectra_logits(level, ranks)
         return self.fuse_logits(model_probs, logits, self.near_pool(level))
 
     def fuse_logits(
