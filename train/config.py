@@ -152,6 +152,13 @@ class TrainConfig(BaseModel):
     )
     multi_head_weight: float = Field(0.5, ge=0, description="Weight of the task heads' loss.")
     propagate_cap_per_class: int = Field(200, ge=0, description="Most propagated labels per class.")
+    finetune_envelope_labels: int = Field(
+        100,
+        ge=0,
+        description="Pool windows with a clear defect line of `bearing`, from records most of "
+        "whose windows show it (train.line_labels.record_line_labels), join the fine-tune's "
+        "labeled windows with that line's class: at most this many per class (0: off).",
+    )
     physics: bool = Field(
         True,
         description="Fuse the physics view (edge_agent.physics.view: defect-line levels of the "

@@ -37,7 +37,7 @@ from train.heads import (
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
 from train.multitask import TaskTargets, build_task_head, task_loss
 from train.physics import PhysicsFusion, fit_fused_temperature, fit_physics
-from train.spectral import fit_spectral
+from train.spectral import fit_spectral, pool_windows
 from train.splits import Split, WindowSet
 
 logger = logging.getLogger(__name__)
@@ -514,6 +514,27 @@ def new_head(
     return StandardizedHead(head, mean, scale).to(device)
 
 
+def envelope_labeled(cfg: TrainConfig, split: Split) -> WindowSet:
+    """Pool windows labeled by their defect lines (train.line_labels.record_line_labels), at
+    most `finetune_envelope_labels` per class."""
+    from train.data import machine_geometry
+    from train.line_labels import record_line_labels
+
+    pool = pool_windows(split)
+    found, labels = record_line_labels(
+        pool,
+        split.class_names,
+        machine_geometry(cfg),
+        cfg.sample_rate_hz,
+        cfg.finetune_envelope_labels,
+    )
+    logger.info(
+        "envelope labels for the fine-tune: %s",
+        np.bincount(labels, minlength=len(split.class_names)).tolist(),
+    )
+    return WindowSet(pool.x[found], labels, [pool.record_ids[i] for i in found])
+
+
 def propagate_labels(
     cfg: TrainConfig, model: Classifier, split: Split, limit: int = 4000
 ) -> WindowSet:
@@ -588,10 +609,12 @@ def finetune(
     labeled = split.labeled
     if cfg.propagate_labels:
         labeled = WindowSet.concat([labeled, propagate_labels(cfg, model, split)], cfg.window)
-        if len(labeled) > len(split.labeled):  # relearn the head on the wider set first
-            model.head = new_head(cfg, n_classes, device, pool_emb)
-            attach_task_head()
-            probe(labeled, "probe (propagated)")
+    if cfg.finetune_envelope_labels:
+        labeled = WindowSet.concat([labeled, envelope_labeled(cfg, split)], cfg.window)
+    if len(labeled) > len(split.labeled):  # relearn the head on the wider set first
+        model.head = new_head(cfg, n_classes, device, pool_emb)
+        attach_task_head()
+        probe(labeled, "probe (pool labels)")
     train_classifier(
         cfg,
         model,

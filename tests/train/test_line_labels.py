@@ -12,7 +12,7 @@ from edge_agent.contract.preprocess import frame
 from edge_agent.physics.bearing_sim import SKF_6205, Conditions, simulate
 from edge_agent.physics.evidence import STRONGEST_DB
 from edge_agent.physics.view import default_band, line_view
-from train.line_labels import clear_line_labels, line_scores
+from train.line_labels import clear_line_labels, line_scores, record_line_labels
 from train.splits import WindowSet
 
 FS, W = 12_000, 2048
@@ -117,3 +117,49 @@ def test_any_window_and_speed_gives_labels_within_bounds_never_an_error(
     assert all(np.sum(labels == c) <= per_class for c in (1, 2, 3))
     usable = np.isfinite(ws.shaft_hz) & (ws.shaft_hz > 0)
     assert usable[found].all()
+
+
+def with_records(windows: WindowSet) -> WindowSet:
+    """The fixture's windows as five records: two inner-race ones (4 and 8 windows), an outer-race
+    one (8), a record of 6 healthy and then 4 outer-race windows (the line in 40 % of it) and a
+    healthy one."""
+    names = {
+        "ir-a": [12, 13, 14, 15],
+        "ir-b": list(range(16, 24)),
+        "or-b": list(range(28, 36)),
+        "mixed": [0, 1, 2, 3, 4, 5, 24, 25, 26, 27],
+        "healthy": list(range(6, 12)),
+    }
+    order = [i for idx in names.values() for i in idx]
+    ids = [name for name, idx in names.items() for _ in idx]
+    return WindowSet(windows.x[order], windows.y[order], ids, windows.shaft_hz[order])
+
+
+def test_record_labels_come_from_records_mostly_showing_the_line_and_are_right(windows) -> None:
+    ws = with_records(windows)
+    assert len(clear_line_labels(ws, CLASSES, SKF_6205, FS, 100)[0]) == 24  # mixed's 4 too
+    found, labels = record_line_labels(ws, CLASSES, SKF_6205, FS, per_class=100)
+    np.testing.assert_array_equal(labels, ws.y[found])
+    taken = {ws.record_ids[i] for i in found}
+    assert taken == {"ir-a", "ir-b", "or-b"}  # not the record whose line shows in 40 %
+    assert np.bincount(labels, minlength=4).tolist() == [0, 12, 8, 0]
+
+
+def test_record_labels_take_turns_over_records_each_clearest_first(windows) -> None:
+    ws = with_records(windows)
+    found, labels = record_line_labels(ws, CLASSES, SKF_6205, FS, per_class=6)
+    inner = found[labels == 1]
+    assert [ws.record_ids[i] for i in inner].count("ir-a") == 3  # 3 of each, not 6 of ir-b
+    assert [ws.record_ids[i] for i in inner].count("ir-b") == 3
+    level = line_scores(line_view(ws.x, FS, ws.shaft_hz, SKF_6205, default_band(FS)))[:, 1]
+    for record in ("ir-a", "ir-b"):
+        own = np.array([i for i in range(len(ws)) if ws.record_ids[i] == record])
+        chosen = np.array([i for i in inner if ws.record_ids[i] == record])
+        assert level[chosen].min() >= level[np.setdiff1d(own, chosen)].max()
+
+
+def test_record_labels_need_record_names_and_a_budget(windows) -> None:
+    ws = with_records(windows)
+    for unnamed, budget in ((windows, 100), (ws, 0)):
+        found, labels = record_line_labels(unnamed, CLASSES, SKF_6205, FS, budget)
+        assert len(found) == len(labels) == 0

@@ -263,11 +263,12 @@ def test_the_paired_template_is_the_geometric_mean_of_its_two_templates() -> Non
     assert (got.argmax(1) == y).all()
 
 
-def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
+def line_split() -> Split:
+    """A healthy, an inner-race and an outer-race simulated bearing (severity 0.6, one record
+    each): the first windows labeled, then validation, test and the pool (the rest)."""
     from edge_agent.physics.bearing_sim import Conditions, simulate
 
     faults, speed = ["normal", "inner_race", "outer_race"], 1797.0 / 60
-    # one machine (simulator seed) per class; its first windows labeled, validation, test, pool
     records = [simulate(Conditions(fault=f, severity=0.6), 40 * W / FS, FS, seed=9) for f in faults]
 
     def windows(first: int, n: int) -> WindowSet:
@@ -275,11 +276,16 @@ def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
         return WindowSet(x, np.repeat(np.arange(3), n), [], np.full(3 * n, speed))
 
     pool = [
-        Segment(f, r[10 * W :], -1, 10 * W, speed) for f, r in zip(faults, records, strict=True)
+        Segment(f, r[10 * W :], c, 10 * W, speed)
+        for c, (f, r) in enumerate(zip(faults, records, strict=True))
     ]
-    split = Split(
+    return Split(
         faults, windows(0, 4), windows(4, 3), windows(7, 3), SegmentPool(pool, W, W, "zscore"), {}
     )
+
+
+def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
+    split = line_split()
     val_probs = np.full((len(split.val), 3), 1 / 3)
     cfg = load_config(None, ["seed=9", "spectral_envelope_labels=12"])
     head, report = fit_spectral(cfg, split, val_probs, floor=0.5)
@@ -287,3 +293,32 @@ def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
     assert report["envelope_labels"] == {"inner_race": 12, "outer_race": 12}
     off = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
     assert fit_spectral(off, split, val_probs, floor=0.5)[1]["envelope_labels"] == {}
+
+
+def test_the_fine_tune_learns_from_the_pool_records_that_show_a_line() -> None:
+    from train.loop import envelope_labeled
+
+    split = line_split()
+    found = envelope_labeled(load_config(None, ["finetune_envelope_labels=12"]), split)
+    assert np.bincount(found.y, minlength=3).tolist() == [0, 12, 12]
+    assert found.record_ids == [split.class_names[c] for c in found.y]  # each its own record
+    assert found.x.shape[1:] == (1, W)
+
+
+@pytest.mark.parametrize("budget", [0, 12])
+def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch, budget) -> None:
+    import train.loop
+    from train.encoder import build_encoder
+
+    trained_on = {}
+
+    def record(cfg, model, data, *, stage, **kwargs) -> None:
+        trained_on[stage] = np.bincount(data.y, minlength=3).tolist()
+
+    monkeypatch.setattr(train.loop, "train_classifier", record)
+    small = ["embedding_dim=16", "width=0.5", "propagate_labels=false"]
+    cfg = load_config(None, [*small, f"finetune_envelope_labels={budget}"])
+    encoder = build_encoder("cnn", embedding_dim=16, width=0.5)
+    train.loop.finetune(cfg, line_split(), encoder, show_progress=False)
+    assert trained_on["finetune"] == [4, 4 + budget, 4 + budget]
+    assert ("probe (pool labels)" in trained_on) == (budget > 0)
