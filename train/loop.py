@@ -383,6 +383,7 @@ class Classifier:
     physics_report: dict[str, Any] = field(default_factory=dict)
     spectral: SpectralHead | None = None
     spectral_report: dict[str, Any] = field(default_factory=dict)
+    envelope_labels: dict[str, int] = field(default_factory=dict)  # fine-tune's, per class
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         return embed(self.encoder, x)
@@ -528,10 +529,6 @@ def envelope_labeled(cfg: TrainConfig, split: Split) -> WindowSet:
         cfg.sample_rate_hz,
         cfg.finetune_envelope_labels,
     )
-    logger.info(
-        "envelope labels for the fine-tune: %s",
-        np.bincount(labels, minlength=len(split.class_names)).tolist(),
-    )
     return WindowSet(pool.x[found], labels, [pool.record_ids[i] for i in found])
 
 
@@ -610,7 +607,13 @@ def finetune(
     if cfg.propagate_labels:
         labeled = WindowSet.concat([labeled, propagate_labels(cfg, model, split)], cfg.window)
     if cfg.finetune_envelope_labels:
-        labeled = WindowSet.concat([labeled, envelope_labeled(cfg, split)], cfg.window)
+        found = envelope_labeled(cfg, split)
+        labeled = WindowSet.concat([labeled, found], cfg.window)
+        counts = np.bincount(found.y, minlength=n_classes)
+        model.envelope_labels = {
+            name: int(n) for name, n in zip(split.class_names, counts, strict=True) if n
+        }
+        logger.info("envelope labels for the fine-tune: %s", model.envelope_labels)
     if len(labeled) > len(split.labeled):  # relearn the head on the wider set first
         model.head = new_head(cfg, n_classes, device, pool_emb)
         attach_task_head()

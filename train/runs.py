@@ -39,6 +39,8 @@ def evaluate(model: Classifier, split: Split, uncertain_below: float) -> dict[st
         metrics["physics"] = model.physics_report
     if model.spectral_report:
         metrics["spectral"] = model.spectral_report
+    if model.envelope_labels:
+        metrics["finetune_envelope_labels"] = model.envelope_labels
     if model.physics is not None or model.spectral is not None:
         alone = probability_metrics(model.probabilities(split.test.x), split, uncertain_below)
         metrics["model_alone"] = {

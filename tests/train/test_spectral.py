@@ -309,6 +309,7 @@ def test_the_fine_tune_learns_from_the_pool_records_that_show_a_line() -> None:
 def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch, budget) -> None:
     import train.loop
     from train.encoder import build_encoder
+    from train.runs import evaluate
 
     trained_on = {}
 
@@ -319,6 +320,9 @@ def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch,
     small = ["embedding_dim=16", "width=0.5", "propagate_labels=false"]
     cfg = load_config(None, [*small, f"finetune_envelope_labels={budget}"])
     encoder = build_encoder("cnn", embedding_dim=16, width=0.5)
-    train.loop.finetune(cfg, line_split(), encoder, show_progress=False)
+    split = line_split()
+    model = train.loop.finetune(cfg, split, encoder, show_progress=False)
     assert trained_on["finetune"] == [4, 4 + budget, 4 + budget]
     assert ("probe (pool labels)" in trained_on) == (budget > 0)
+    reported = evaluate(model, split, 0.7).get("finetune_envelope_labels")
+    assert reported == ({"inner_race": budget, "outer_race": budget} if budget else None)
