@@ -569,10 +569,11 @@ def finetune(
     cfg: TrainConfig, split: Split, encoder: nn.Module, *, show_progress: bool = True
 ) -> Classifier:
     """Frozen-encoder probe at probe_lr; optionally propagate the labels to agreeing pool windows
-    and probe again on the wider set; end-to-end at finetune_lr (BN statistics frozen, since a
-    handful of labels cannot re-estimate them); temperature scaling on validation windows; the
-    physics view fused in where it proves reliable (train.physics), then the spectral template
-    where the pool looks like the labeled machine (train.spectral)."""
+    and add the pool windows labeled by their defect lines (`envelope_labeled`), and probe again
+    on the wider set; end-to-end at finetune_lr (BN statistics frozen, since a handful of labels
+    cannot re-estimate them); temperature scaling on validation windows; the physics view fused
+    in where it proves reliable (train.physics), then the spectral template where the pool looks
+    like the labeled machine (train.spectral)."""
     device = next(encoder.parameters()).device
     pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
     n_classes = len(split.class_names)

@@ -117,6 +117,11 @@ def test_any_window_and_speed_gives_labels_within_bounds_never_an_error(
     assert all(np.sum(labels == c) <= per_class for c in (1, 2, 3))
     usable = np.isfinite(ws.shaft_hz) & (ws.shaft_hz > 0)
     assert usable[found].all()
+    named = WindowSet(ws.x, ws.y, [f"r{i % 2}" for i in range(len(ws))], ws.shaft_hz)
+    by_record, record_labels = record_line_labels(named, CLASSES, SKF_6205, FS, per_class)
+    every = dict(zip(*clear_line_labels(named, CLASSES, SKF_6205, FS, len(ws)), strict=True))
+    assert all(every[i] == c for i, c in zip(by_record, record_labels, strict=True))
+    assert all(np.sum(record_labels == c) <= per_class for c in (1, 2, 3))
 
 
 def with_records(windows: WindowSet) -> WindowSet:
