@@ -515,13 +515,12 @@ def new_head(
     return StandardizedHead(head, mean, scale).to(device)
 
 
-def envelope_labeled(cfg: TrainConfig, split: Split) -> WindowSet:
-    """Pool windows labeled by their defect lines (train.line_labels.record_line_labels), at
-    most `finetune_envelope_labels` per class."""
+def envelope_labeled(cfg: TrainConfig, split: Split, pool: WindowSet) -> WindowSet:
+    """The pool windows `pool` (`pool_windows`) labeled by their defect lines
+    (train.line_labels.record_line_labels), at most `finetune_envelope_labels` per class."""
     from train.data import machine_geometry
     from train.line_labels import record_line_labels
 
-    pool = pool_windows(split)
     found, labels = record_line_labels(
         pool,
         split.class_names,
@@ -575,7 +574,8 @@ def finetune(
     in where it proves reliable (train.physics), then the spectral template where the pool looks
     like the labeled machine (train.spectral)."""
     device = next(encoder.parameters()).device
-    pool_emb = embed(encoder, split.pool.windows(limit=2000).x)
+    pool = pool_windows(split)  # cut once: the head's standardization and the envelope labels
+    pool_emb = embed(encoder, pool.x)
     n_classes = len(split.class_names)
     model = Classifier(encoder, new_head(cfg, n_classes, device, pool_emb))
     targets = TaskTargets.from_class_names(split.class_names)
@@ -608,7 +608,7 @@ def finetune(
     if cfg.propagate_labels:
         labeled = WindowSet.concat([labeled, propagate_labels(cfg, model, split)], cfg.window)
     if cfg.finetune_envelope_labels:
-        found = envelope_labeled(cfg, split)
+        found = envelope_labeled(cfg, split, pool)
         labeled = WindowSet.concat([labeled, found], cfg.window)
         counts = np.bincount(found.y, minlength=n_classes)
         model.envelope_labels = {

@@ -297,9 +297,11 @@ def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
 
 def test_the_fine_tune_learns_from_the_pool_records_that_show_a_line() -> None:
     from train.loop import envelope_labeled
+    from train.spectral import pool_windows
 
     split = line_split()
-    found = envelope_labeled(load_config(None, ["finetune_envelope_labels=12"]), split)
+    cfg = load_config(None, ["finetune_envelope_labels=12"])
+    found = envelope_labeled(cfg, split, pool_windows(split))
     assert np.bincount(found.y, minlength=3).tolist() == [0, 12, 12]
     assert found.record_ids == [split.class_names[c] for c in found.y]  # each its own record
     assert found.x.shape[1:] == (1, W)
