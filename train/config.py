@@ -211,6 +211,12 @@ class TrainConfig(BaseModel):
         description="The model probability the fusion reads at least: a model sure and wrong "
         "cannot outvote a sure template, and still tips a hesitant one.",
     )
+    spectral_line_referee: bool = Field(
+        True,
+        description="Where the model and the template name different classes on unlabeled "
+        "pool windows, the model votes only if those windows' strongest defect lines name its "
+        "class at least as often as the template's (false: the model always votes).",
+    )
     spectral_pool_gate: bool = Field(
         True,
         description="The model votes only on windows like the unlabeled pool it learned from "

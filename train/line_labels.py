@@ -33,6 +33,26 @@ def line_scores(view: np.ndarray) -> np.ndarray:
     return view.reshape(len(view), len(LINES), len(HARMONICS)).mean(axis=2)
 
 
+def strongest_lines(
+    windows: WindowSet, class_names: list[str], geometry: BearingGeometry, sample_rate_hz: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's strongest fault line: (N,) the index in `class_names` of the class it
+    names (-1 where that class is not among them) and (N,) its level (dB; -inf where the
+    window's shaft speed is unknown, NaN or absent, and its class then -1)."""
+    fault_classes = [cls for cls in LINES.values() if cls]  # the lines that name a class
+    n = len(windows)
+    if n == 0 or windows.shaft_hz is None:
+        return np.full(n, -1, np.int64), np.full(n, -np.inf)
+    view = line_view(
+        windows.x, sample_rate_hz, windows.shaft_hz, geometry, default_band(sample_rate_hz)
+    )
+    scores = line_scores(view)[:, [cls is not None for cls in LINES.values()]]
+    scores = np.where(np.isfinite(scores), scores, -np.inf)  # unknown speed: no line
+    best, level = scores.argmax(axis=1), scores.max(axis=1)
+    index = np.array([class_names.index(c) if c in class_names else -1 for c in fault_classes])
+    return np.where(np.isfinite(level), index[best], -1), level
+
+
 def clear_line_labels(
     windows: WindowSet,
     class_names: list[str],
@@ -44,22 +64,16 @@ def clear_line_labels(
     STRONGEST_DB) and names one of `class_names`, at most `per_class` of each class, clearest
     first. Windows of unknown speed (no or NaN shaft_hz) are never labeled."""
     none = np.zeros(0, np.int64)
-    fault_classes = [cls for cls in LINES.values() if cls]  # the lines that name a class
-    wanted = [k for k, cls in enumerate(fault_classes) if cls in class_names]
-    if per_class == 0 or not wanted or len(windows) == 0 or windows.shaft_hz is None:
+    wanted = [class_names.index(c) for c in LINES.values() if c in class_names]
+    if per_class == 0 or not wanted:
         return none, none  # wanted is empty for classes by defect size: a line names a location
-    view = line_view(
-        windows.x, sample_rate_hz, windows.shaft_hz, geometry, default_band(sample_rate_hz)
-    )
-    scores = line_scores(view)[:, [cls is not None for cls in LINES.values()]]
-    scores = np.where(np.isfinite(scores), scores, -np.inf)  # unknown speed: never clear
-    best, level = scores.argmax(axis=1), scores.max(axis=1)
-    picked, labels = [], []
-    for k in wanted:
-        clear = np.flatnonzero((best == k) & (level >= STRONGEST_DB))
+    named, level = strongest_lines(windows, class_names, geometry, sample_rate_hz)
+    picked, labels = [none], [none]
+    for c in wanted:
+        clear = np.flatnonzero((named == c) & (level >= STRONGEST_DB))
         clearest = clear[np.argsort(-level[clear], kind="stable")][:per_class]
         picked.append(clearest)
-        labels.append(np.full(len(clearest), class_names.index(fault_classes[k]), np.int64))
+        labels.append(np.full(len(clearest), c, np.int64))
     return np.concatenate(picked), np.concatenate(labels)
 
 

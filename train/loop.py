@@ -637,7 +637,11 @@ def finetune(
         model.physics = fit_fused_temperature(fusion, probs, split.val, MIN_TEMPERATURE)
     logger.info("physics view: %s", model.physics_report["reason"])
     model.spectral, model.spectral_report = fit_spectral(
-        cfg, split, model.fused_probabilities(split.val), MIN_TEMPERATURE
+        cfg,
+        split,
+        model.fused_probabilities(split.val),
+        MIN_TEMPERATURE,
+        model_pool_probs=model.fused_probabilities(pool),
     )
     logger.info("spectral view: %s", model.spectral_report["reason"])
     return model

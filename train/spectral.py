@@ -38,7 +38,7 @@ from edge_agent.physics.spectral import (
 from edge_agent.pipeline.head import softmax
 from train.data import machine_geometry
 from train.heads import calibrated_temperature, class_logits
-from train.line_labels import clear_line_labels
+from train.line_labels import clear_line_labels, strongest_lines
 from train.splits import WindowSet
 
 if TYPE_CHECKING:
@@ -181,19 +181,71 @@ def fit_pool_gate(pool: np.ndarray) -> PoolGate | None:
     return PoolGate(center, scale, components, points, radius / 10**GATE_DECIMALS, neighbours)
 
 
+def line_referee(
+    model_named: np.ndarray, template_named: np.ndarray, line_named: np.ndarray
+) -> dict[str, int]:
+    """On the windows where the model and the template name different classes (N,): how many
+    there are, and on how many of them the strongest defect line (`strongest_lines`; -1: none
+    of the classes) names the model's class and the template's."""
+    differ = model_named != template_named
+    return {
+        "disagree": int(differ.sum()),
+        "lines_name_model": int(np.sum(differ & (line_named == model_named))),
+        "lines_name_template": int(np.sum(differ & (line_named == template_named))),
+    }
+
+
+def model_vote(
+    cfg: TrainConfig,
+    split: Split,
+    template: SpectralHead,
+    pool: WindowSet,
+    model_pool_probs: np.ndarray | None,
+) -> tuple[float, dict[str, Any]]:
+    """The model's weight beside `template` and why: `spectral_model_weight`, or 0 where the
+    strongest defect lines of the `pool` windows on which the model (its probabilities of them,
+    `model_pool_probs`) and the template disagree name the template's class more often than the
+    model's (`line_referee`; on by `spectral_line_referee`)."""
+    weight = cfg.spectral_model_weight
+    if model_pool_probs is None or weight == 0:
+        return weight, {}
+    if len(model_pool_probs) != len(pool):
+        raise ValueError(f"{len(model_pool_probs)} model probabilities for {len(pool)} windows")
+    model_named = np.asarray(model_pool_probs).argmax(axis=1)
+    template_named = template.logits(pool.x).argmax(axis=1)
+    vote: dict[str, Any] = {"agreement": float(np.mean(model_named == template_named))}
+    if cfg.spectral_line_referee:
+        geometry = machine_geometry(cfg)
+        line_named, _ = strongest_lines(pool, split.class_names, geometry, cfg.sample_rate_hz)
+        vote.update(line_referee(model_named, template_named, line_named))
+        if vote["lines_name_template"] > vote["lines_name_model"]:
+            logger.info("the model does not vote: the pool's defect lines side with the template")
+            return 0.0, vote
+    return weight, vote
+
+
 def fit_spectral(
-    cfg: TrainConfig, split: Split, model_val_probs: np.ndarray, floor: float
+    cfg: TrainConfig,
+    split: Split,
+    model_val_probs: np.ndarray,
+    floor: float,
+    *,
+    model_pool_probs: np.ndarray | None = None,
 ) -> tuple[SpectralHead | None, dict[str, Any]]:
     """The spectral head fused with the model if the pool looks like the labeled machine, and a
     report of the decision. Its template learns from the labeled windows, the pool windows
     whose envelope spectrum shows a clear defect line (train.line_labels) and then the pool
     windows it labels itself. `model_val_probs`: the model's (physics-fused) probabilities of
-    the validation windows, on which the fused temperature is fitted (never below `floor`)."""
+    the validation windows, on which the fused temperature is fitted (never below `floor`).
+    `model_pool_probs`, the model's probabilities of `pool_windows(split)`: where given and
+    `spectral_line_referee` is on, the model votes only if, on the pool windows where it and
+    the template disagree, the defect lines side with it at least as often (`line_referee`)."""
     report: dict[str, Any] = {
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,
         "model_weight": cfg.spectral_model_weight,
         "model_floor": cfg.spectral_model_floor,
+        "line_referee": cfg.spectral_line_referee,
     }
     if not cfg.spectral:
         return None, {**report, "reason": "spectral = false in the config"}
@@ -234,9 +286,11 @@ def fit_spectral(
     report["pool_labels"] = {
         view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
     }
+    weight, report["vote"] = model_vote(cfg, split, template, pool_set, model_pool_probs)
+    report["model_weight"] = weight
     head = replace(
         template,
-        model_weight=cfg.spectral_model_weight,
+        model_weight=weight,
         model_floor=cfg.spectral_model_floor,
         pool=fit_pool_gate(pool) if cfg.spectral_pool_gate else None,
     )

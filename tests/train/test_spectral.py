@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.signal import butter, sosfilt
 
 from edge_agent.physics.pool import kth_neighbour_distance
@@ -295,6 +297,66 @@ def test_pool_windows_with_a_clear_defect_line_join_the_labels() -> None:
     assert fit_spectral(off, split, val_probs, floor=0.5)[1]["envelope_labels"] == {}
 
 
+def named_by_record(split: Split, names: dict[str, str]) -> np.ndarray:
+    """A sure model's probabilities of the pool windows (`pool_windows`) that names each
+    record's windows `names[record]` (the record's own class where not given)."""
+    from train.spectral import pool_windows
+
+    named = [split.class_names.index(names.get(r, r)) for r in pool_windows(split).record_ids]
+    return np.eye(3)[named] * 0.97 + 0.01
+
+
+SWAPPED = {"inner_race": "outer_race", "outer_race": "inner_race"}
+
+
+@pytest.mark.parametrize(
+    ("names", "referee", "votes"),
+    [({}, True, True), (SWAPPED, True, False), (SWAPPED, False, True)],
+)
+def test_the_model_votes_only_where_the_pools_defect_lines_do_not_side_with_the_template(
+    names, referee, votes
+) -> None:
+    """A model that calls the inner-race bearing outer race and back disagrees with the
+    template on their pool windows, whose defect lines name the template's classes."""
+    split = line_split()
+    cfg = load_config(None, ["seed=9", f"spectral_line_referee={referee}"])
+    val_probs = np.full((len(split.val), 3), 1 / 3)
+    pool_probs = named_by_record(split, names)
+    head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
+    assert head is not None and report["used"], report
+    assert head.model_weight == report["model_weight"] == (0.25 if votes else 0.0)
+    vote = report["vote"]
+    if names:  # 60 of the 90 pool windows named the other way
+        assert vote["agreement"] == pytest.approx(1 / 3, abs=0.05)
+    if referee:
+        assert vote["disagree"] == round((1 - vote["agreement"]) * len(pool_probs))
+        assert vote["lines_name_template"] >= 0.9 * vote["disagree"]
+        assert vote["lines_name_model"] == 0
+    else:
+        assert "disagree" not in vote
+    windows = split.test.x
+    model = pool_probs[: len(windows)]  # any sure model: moves the fusion only where it votes
+    assert np.allclose(head.fuse(model, windows), head.alone(windows)) == (not votes)
+    with pytest.raises(ValueError, match="model probabilities for"):
+        fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs[1:])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(-1, 2)] * 3), min_size=0, max_size=40))
+def test_the_referee_counts_only_windows_the_two_name_differently(rows) -> None:
+    from train.spectral import line_referee
+
+    model, template, line = (np.array([r[k] for r in rows], np.int64) for k in range(3))
+    votes = line_referee(model, template, line)
+    assert votes["disagree"] == int(np.sum(model != template))
+    assert votes["lines_name_model"] + votes["lines_name_template"] <= votes["disagree"]
+    assert line_referee(template, model, line) == {
+        "disagree": votes["disagree"],
+        "lines_name_model": votes["lines_name_template"],
+        "lines_name_template": votes["lines_name_model"],
+    }
+
+
 def test_the_fine_tune_learns_from_the_pool_records_that_show_a_line() -> None:
     from train.loop import envelope_labeled
     from train.spectral import pool_windows
@@ -326,5 +388,6 @@ def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch,
     model = train.loop.finetune(cfg, split, encoder, show_progress=False)
     assert trained_on["finetune"] == [4, 4 + budget, 4 + budget]
     assert ("probe (pool labels)" in trained_on) == (budget > 0)
+    assert 0 <= model.spectral_report["vote"]["agreement"] <= 1  # pool probabilities passed
     reported = evaluate(model, split, 0.7).get("finetune_envelope_labels")
     assert reported == ({"inner_race": budget, "outer_race": budget} if budget else None)
