@@ -215,7 +215,8 @@ class TrainConfig(BaseModel):
         True,
         description="Where the model and the template name different classes on unlabeled "
         "pool windows, the model votes only if those windows' strongest defect lines name its "
-        "class at least as often as the template's (false: the model always votes).",
+        "class more often than the template's beyond chance (one-sided sign test, p < 0.05; "
+        "false: the model always votes).",
     )
     spectral_pool_gate: bool = Field(
         True,

@@ -15,7 +15,10 @@ perfect on validation windows of their own records.
 Where the template is fused, the model votes only on windows like the pool it learned from
 (`fit_pool_gate`, edge_agent.physics.pool), its log-probability read no lower than a floor; the
 template decides alone elsewhere. On CWRU a model sure and wrong on bearings in neither labels
-nor pool outvoted the template everywhere else (README "Benchmarks").
+nor pool outvoted the template everywhere else (README "Benchmarks"). And it votes only where
+the pool's defect lines side with it, on the windows it and the template name differently, more
+often than chance would (`line_referee`, `lines_favour_model`): the fan end's model, weak across
+loads, passes the pool gate.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.stats import binomtest
 
+from edge_agent.physics.evidence import LINES
 from edge_agent.physics.pool import PoolGate, kth_neighbour_distance
 from edge_agent.physics.spectral import (
     ABSENT_CLASS_BIAS,
@@ -53,6 +58,7 @@ GATE_COMPONENTS = 20  # principal components of the pool's log spectra the gate 
 GATE_NEIGHBOURS = 5  # a window is like the pool when its 5th-nearest pool window is near ...
 GATE_QUANTILE = 0.99  # ... no farther than this quantile of the pool windows' own such distance
 GATE_DECIMALS = 4  # the gate as the bundle carries it (2,000 x 20 points: ~0.5 MB of JSON)
+REFEREE_SIGNIFICANCE = 0.05  # the lines side with the model beyond chance: one-sided sign test
 
 
 def fit_template(views: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> SpectralHead:
@@ -195,6 +201,16 @@ def line_referee(
     }
 
 
+def lines_favour_model(lines_name_model: int, lines_name_template: int) -> float:
+    """p-value of a one-sided sign test: how likely the lines would name the model's class at
+    least `lines_name_model` times out of the windows they name either side's class, were they
+    as likely to name each (1.0 where they name neither)."""
+    sided = lines_name_model + lines_name_template
+    if sided == 0:
+        return 1.0
+    return float(binomtest(lines_name_model, sided, alternative="greater").pvalue)
+
+
 def model_vote(
     cfg: TrainConfig,
     split: Split,
@@ -202,10 +218,12 @@ def model_vote(
     pool: WindowSet,
     model_pool_probs: np.ndarray | None,
 ) -> tuple[float, dict[str, Any]]:
-    """The model's weight beside `template` and why: `spectral_model_weight`, or 0 where the
+    """The model's weight beside `template` and why: `spectral_model_weight`, or 0 unless the
     strongest defect lines of the `pool` windows on which the model (its probabilities of them,
-    `model_pool_probs`) and the template disagree name the template's class more often than the
-    model's (`line_referee`; on by `spectral_line_referee`)."""
+    `model_pool_probs`) and the template disagree name the model's class more often than the
+    template's beyond chance (`line_referee`, `lines_favour_model`; on by
+    `spectral_line_referee`). Where no line names a class (classes by defect size) there is
+    nothing to referee and the model votes."""
     weight = cfg.spectral_model_weight
     if model_pool_probs is None or weight == 0:
         return weight, {}
@@ -214,12 +232,13 @@ def model_vote(
     model_named = np.asarray(model_pool_probs).argmax(axis=1)
     template_named = template.logits(pool.x).argmax(axis=1)
     vote: dict[str, Any] = {"agreement": float(np.mean(model_named == template_named))}
-    if cfg.spectral_line_referee:
+    if cfg.spectral_line_referee and set(split.class_names) & set(LINES.values()):
         geometry = machine_geometry(cfg)
         line_named, _ = strongest_lines(pool, split.class_names, geometry, cfg.sample_rate_hz)
         vote.update(line_referee(model_named, template_named, line_named))
-        if vote["lines_name_template"] > vote["lines_name_model"]:
-            logger.info("the model does not vote: the pool's defect lines side with the template")
+        vote["p_value"] = lines_favour_model(vote["lines_name_model"], vote["lines_name_template"])
+        if vote["p_value"] >= REFEREE_SIGNIFICANCE:
+            logger.info("the model does not vote: the pool's defect lines do not side with it")
             return 0.0, vote
     return weight, vote
 
@@ -239,7 +258,7 @@ def fit_spectral(
     the validation windows, on which the fused temperature is fitted (never below `floor`).
     `model_pool_probs`, the model's probabilities of `pool_windows(split)`: where given and
     `spectral_line_referee` is on, the model votes only if, on the pool windows where it and
-    the template disagree, the defect lines side with it at least as often (`line_referee`)."""
+    the template disagree, the defect lines side with it beyond chance (`model_vote`)."""
     report: dict[str, Any] = {
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,

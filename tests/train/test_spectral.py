@@ -307,38 +307,79 @@ def named_by_record(split: Split, names: dict[str, str]) -> np.ndarray:
 
 
 SWAPPED = {"inner_race": "outer_race", "outer_race": "inner_race"}
+MISNAMED = ["normal", "outer_race", "inner_race"]  # labels that call each race the other
 
 
 @pytest.mark.parametrize(
-    ("names", "referee", "votes"),
-    [({}, True, True), (SWAPPED, True, False), (SWAPPED, False, True)],
+    ("class_names", "names", "referee", "votes"),
+    [
+        (None, SWAPPED, True, False),  # the model wrong: the lines side with the template
+        (None, SWAPPED, False, True),  # no referee: the model always votes
+        (MISNAMED, {}, True, True),  # the template wrong: the lines side with the model
+        (None, {}, True, False),  # both right: the lines never side with the model beyond chance
+    ],
 )
-def test_the_model_votes_only_where_the_pools_defect_lines_do_not_side_with_the_template(
-    names, referee, votes
+def test_the_model_votes_only_where_the_pools_defect_lines_side_with_it(
+    class_names, names, referee, votes
 ) -> None:
-    """A model that calls the inner-race bearing outer race and back disagrees with the
-    template on their pool windows, whose defect lines name the template's classes."""
+    """The model names each pool record's windows `names[record]` (its own class where not
+    given); where it and the template disagree, the windows' defect lines name the true race."""
     split = line_split()
-    cfg = load_config(None, ["seed=9", f"spectral_line_referee={referee}"])
+    if class_names:
+        split = replace(split, class_names=class_names)
+    cfg = load_config(
+        None, ["seed=9", "spectral_envelope_labels=0", f"spectral_line_referee={referee}"]
+    )
     val_probs = np.full((len(split.val), 3), 1 / 3)
     pool_probs = named_by_record(split, names)
     head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
     assert head is not None and report["used"], report
     assert head.model_weight == report["model_weight"] == (0.25 if votes else 0.0)
     vote = report["vote"]
-    if names:  # 60 of the 90 pool windows named the other way
+    if names or class_names:  # 60 of the 90 pool windows named differently by the two
         assert vote["agreement"] == pytest.approx(1 / 3, abs=0.05)
-    if referee:
-        assert vote["disagree"] == round((1 - vote["agreement"]) * len(pool_probs))
-        assert vote["lines_name_template"] >= 0.9 * vote["disagree"]
-        assert vote["lines_name_model"] == 0
-    else:
+    if not referee:
         assert "disagree" not in vote
+    elif names or class_names:
+        assert vote["disagree"] == round((1 - vote["agreement"]) * len(pool_probs))
+        right, wrong = ("model", "template") if class_names else ("template", "model")
+        assert vote[f"lines_name_{right}"] >= 0.9 * vote["disagree"]
+        assert vote[f"lines_name_{wrong}"] == 0
+        assert (vote["p_value"] < 0.05) == votes
     windows = split.test.x
     model = pool_probs[: len(windows)]  # any sure model: moves the fusion only where it votes
     assert np.allclose(head.fuse(model, windows), head.alone(windows)) == (not votes)
     with pytest.raises(ValueError, match="model probabilities for"):
         fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs[1:])
+
+
+def test_with_classes_by_size_the_referee_has_nothing_to_say_and_the_model_votes() -> None:
+    """A line names a location, not a size: the referee stands aside (a model that swaps the
+    races still votes, as it would without the referee)."""
+    split = replace(line_split(), class_names=["normal", "inner_race_007", "outer_race_007"])
+    cfg = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
+    sized = {"normal": "normal", "inner_race": "outer_race_007", "outer_race": "inner_race_007"}
+    pool_probs = named_by_record(split, sized)
+    val_probs = np.full((len(split.val), 3), 1 / 3)
+    head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
+    assert head is not None and report["line_referee"]
+    assert head.model_weight == 0.25
+    assert set(report["vote"]) == {"agreement"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 400))
+def test_the_sign_test_favours_the_model_only_beyond_chance(model: int, template: int) -> None:
+    from train.spectral import lines_favour_model
+
+    p = lines_favour_model(model, template)
+    assert 0 < p <= 1
+    assert lines_favour_model(model + 1, template) <= p  # more lines for the model: surer
+    assert lines_favour_model(model, template + 1) >= p
+    if model <= template:  # a tie, or the lines on the template's side: never significant
+        assert p >= 0.5
+    if model >= 10 and template == 0:
+        assert p < 0.001
 
 
 @settings(max_examples=50, deadline=None)
