@@ -211,6 +211,13 @@ class TrainConfig(BaseModel):
         description="The model probability the fusion reads at least: a model sure and wrong "
         "cannot outvote a sure template, and still tips a hesitant one.",
     )
+    spectral_vouched_model_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The model's weight where the defect-line referee vouches for it (the "
+        "pool's defect lines side with it beyond chance); spectral_model_weight elsewhere.",
+    )
     spectral_line_referee: bool = Field(
         True,
         description="Where the model and the template name different classes on unlabeled "

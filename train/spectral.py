@@ -218,12 +218,13 @@ def model_vote(
     pool: WindowSet,
     model_pool_probs: np.ndarray | None,
 ) -> tuple[float, dict[str, Any]]:
-    """The model's weight beside `template` and why: `spectral_model_weight`, or 0 unless the
+    """The model's weight beside `template` and why. With `spectral_line_referee`: where the
     strongest defect lines of the `pool` windows on which the model (its probabilities of them,
     `model_pool_probs`) and the template disagree name the model's class more often than the
-    template's beyond chance (`line_referee`, `lines_favour_model`; on by
-    `spectral_line_referee`). Where no line names a class (classes by defect size) there is
-    nothing to referee and the model votes."""
+    template's beyond chance (`line_referee`, `lines_favour_model`),
+    `spectral_vouched_model_weight`, else 0. Without the referee, or where no line names a class
+    (classes by defect size: nothing to referee), `spectral_model_weight`. Where that is 0 the
+    model never votes."""
     weight = cfg.spectral_model_weight
     if model_pool_probs is None or weight == 0:
         return weight, {}
@@ -240,6 +241,7 @@ def model_vote(
         if vote["p_value"] >= REFEREE_SIGNIFICANCE:
             logger.info("the model does not vote: the pool's defect lines do not side with it")
             return 0.0, vote
+        return cfg.spectral_vouched_model_weight, vote
     return weight, vote
 
 

@@ -311,16 +311,16 @@ MISNAMED = ["normal", "outer_race", "inner_race"]  # labels that call each race 
 
 
 @pytest.mark.parametrize(
-    ("class_names", "names", "referee", "votes"),
+    ("class_names", "names", "referee", "weight"),
     [
-        (None, SWAPPED, True, False),  # the model wrong: the lines side with the template
-        (None, SWAPPED, False, True),  # no referee: the model always votes
-        (MISNAMED, {}, True, True),  # the template wrong: the lines side with the model
-        (None, {}, True, False),  # both right: the lines never side with the model beyond chance
+        (None, SWAPPED, True, 0.0),  # the model wrong: the lines side with the template
+        (None, SWAPPED, False, 0.25),  # no referee: the model always votes, bounded
+        (MISNAMED, {}, True, 0.5),  # the template wrong: the lines vouch for the model
+        (None, {}, True, 0.0),  # both right: the lines never side with the model beyond chance
     ],
 )
 def test_the_model_votes_only_where_the_pools_defect_lines_side_with_it(
-    class_names, names, referee, votes
+    class_names, names, referee, weight
 ) -> None:
     """The model names each pool record's windows `names[record]` (its own class where not
     given); where it and the template disagree, the windows' defect lines name the true race."""
@@ -334,7 +334,8 @@ def test_the_model_votes_only_where_the_pools_defect_lines_side_with_it(
     pool_probs = named_by_record(split, names)
     head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
     assert head is not None and report["used"], report
-    assert head.model_weight == report["model_weight"] == (0.25 if votes else 0.0)
+    assert head.model_weight == report["model_weight"] == weight
+    votes = weight > 0
     vote = report["vote"]
     if names or class_names:  # 60 of the 90 pool windows named differently by the two
         assert vote["agreement"] == pytest.approx(1 / 3, abs=0.05)
