@@ -33,6 +33,12 @@ def line_scores(view: np.ndarray) -> np.ndarray:
     return view.reshape(len(view), len(LINES), len(HARMONICS)).mean(axis=2)
 
 
+def line_named_classes(class_names: list[str]) -> list[int]:
+    """Indices in `class_names` of the classes a defect line can name (none for classes by
+    defect size: a line names a location)."""
+    return [class_names.index(c) for c in LINES.values() if c in class_names]
+
+
 def strongest_lines(
     windows: WindowSet, class_names: list[str], geometry: BearingGeometry, sample_rate_hz: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +70,9 @@ def clear_line_labels(
     STRONGEST_DB) and names one of `class_names`, at most `per_class` of each class, clearest
     first. Windows of unknown speed (no or NaN shaft_hz) are never labeled."""
     none = np.zeros(0, np.int64)
-    wanted = [class_names.index(c) for c in LINES.values() if c in class_names]
+    wanted = line_named_classes(class_names)
     if per_class == 0 or not wanted:
-        return none, none  # wanted is empty for classes by defect size: a line names a location
+        return none, none
     named, level = strongest_lines(windows, class_names, geometry, sample_rate_hz)
     picked, labels = [none], [none]
     for c in wanted:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import binomtest
 
-from edge_agent.physics.evidence import LINES
 from edge_agent.physics.pool import PoolGate, kth_neighbour_distance
 from edge_agent.physics.spectral import (
     ABSENT_CLASS_BIAS,
@@ -43,7 +42,7 @@ from edge_agent.physics.spectral import (
 from edge_agent.pipeline.head import softmax
 from train.data import machine_geometry
 from train.heads import calibrated_temperature, class_logits
-from train.line_labels import clear_line_labels, strongest_lines
+from train.line_labels import clear_line_labels, line_named_classes, strongest_lines
 from train.splits import WindowSet
 
 if TYPE_CHECKING:
@@ -233,7 +232,7 @@ def model_vote(
     model_named = np.asarray(model_pool_probs).argmax(axis=1)
     template_named = template.logits(pool.x).argmax(axis=1)
     vote: dict[str, Any] = {"agreement": float(np.mean(model_named == template_named))}
-    if cfg.spectral_line_referee and set(split.class_names) & set(LINES.values()):
+    if cfg.spectral_line_referee and line_named_classes(split.class_names):
         geometry = machine_geometry(cfg)
         line_named, _ = strongest_lines(pool, split.class_names, geometry, cfg.sample_rate_hz)
         vote.update(line_referee(model_named, template_named, line_named))
