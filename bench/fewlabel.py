@@ -343,9 +343,12 @@ def _items(spec: str) -> list[str]:
 
 def pretrain_group(base: TrainConfig, task: str) -> str:
     """Tasks with one key share a pretrained encoder: same unlabeled pool, and no labels in
-    pretraining (SupCon pretrains on the task's labels, so then each task pretrains alone)."""
+    pretraining. SupCon pretrains on the task's labels and the monitor keeps the epoch that
+    scores best on them (a cross-load task must not pick its encoder with labels of the loads
+    it is tested on), so then each task pretrains alone."""
     data = TASKS[task][0]
-    return f"task {data}" if base.loss == "supcon" else pool_name(data)
+    own = base.loss == "supcon" or base.pretrain_monitor
+    return f"task {data}, {TASKS[task][1]}/class" if own else pool_name(data)
 
 
 def print_calibration(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -422,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         groups.setdefault(pretrain_group(base, task), []).append(task)
     runs: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
+    kept: dict[str, dict[str, Any]] = {}  # the pretraining epoch the monitor kept
     described = {
         t: {
             "data": TASKS[t][0],
@@ -443,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
                 pre = pretrain(pre_cfg, build_split(pre_cfg), show_progress=False)
                 timings[f"pretrain {group} seed {seed}"] = time.perf_counter() - t0
                 timings[f"pretrain views/s {group}"] = pre.views_per_second
+                if pre.selection:
+                    kept[f"{group} seed {seed}"] = {
+                        "epoch": pre.selection["best_epoch"],
+                        "trained": len(pre.selection["scores"]),
+                    }
                 encoder = pre.encoder
             for task in members:
                 data, labels = TASKS[task]
@@ -463,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                             "summary": summarize(runs),
                             "runs": runs,
                             "seconds": timings,
+                            "pretrain_epoch_kept": kept,
                         },
                         indent=1,
                     )

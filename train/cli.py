@@ -143,8 +143,16 @@ def pretrain_cmd(
     result = pretrain(
         cfg, split, checkpoint=cfg.run_dir() / PRETRAINED, resume=resume, show_progress=not quiet
     )
+    kept = result.selection
+    chosen = (
+        f"; kept epoch {kept['best_epoch']} of {len(kept['scores'])}, monitor "
+        f"{kept['best_score']:.2f}"
+        if kept
+        else ""
+    )
     console.print(
-        f"pretrained encoder: {cfg.run_dir() / PRETRAINED}  ({result.views_per_second:.0f} views/s)"
+        f"pretrained encoder: {cfg.run_dir() / PRETRAINED}  "
+        f"({result.views_per_second:.0f} views/s{chosen})"
     )
     if result.collapse.get("warning"):
         console.print(f"[bold red]COLLAPSE: {result.collapse['warning']}[/bold red]")

@@ -127,6 +127,13 @@ class TrainConfig(BaseModel):
     aug_k_min: int = Field(2, ge=1)
     aug_k_max: int = Field(3, ge=1)
     fail_on_collapse: bool = Field(False, description="Stop pretraining when embeddings collapse.")
+    pretrain_monitor: bool = Field(
+        True,
+        description="Keep the epoch whose embedding best recognizes each labeled window's class "
+        "in the other recordings (leave-one-record-out kNN, train.monitor) and stop after "
+        "monitor_patience epochs without a gain; False keeps the last epoch.",
+    )
+    monitor_patience: int = Field(10, ge=1, description="Epochs without a monitor gain to stop.")
     # fine-tuning
     head_hidden: int = Field(64, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)

@@ -35,6 +35,7 @@ from train.heads import (
     to_numpy_head,
 )
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
+from train.monitor import EpochSelector
 from train.multitask import TaskTargets, build_task_head, task_loss
 from train.physics import PhysicsFusion, fit_fused_temperature, fit_physics
 from train.spectral import fit_spectral, pool_windows
@@ -105,6 +106,7 @@ class PretrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     collapse: dict[str, Any] = field(default_factory=dict)
     views_per_second: float = 0.0
+    selection: dict[str, Any] = field(default_factory=dict)  # EpochSelector.summary()
 
 
 def make_loss(cfg: TrainConfig, gather=None) -> nn.Module:
@@ -145,6 +147,8 @@ def pretrain(
     collapse_check: bool = True,
 ) -> PretrainResult:
     """SimCLR pretraining on the split's unlabeled pool; saves `checkpoint` after every epoch.
+    With cfg.pretrain_monitor the encoder returned (and saved last) is the epoch that scored best
+    on the labeled windows (train.monitor), and training stops monitor_patience epochs after it.
 
     `dist` is a train.distributed.DistContext for multi-process runs (torchrun), else None.
     `collapse_check=False` skips the embedding-spread check (speed runs on random data, where
@@ -172,6 +176,12 @@ def pretrain(
     )
     history: list[dict[str, float]] = []
     start = 0
+    watched = WindowSet.concat([split.labeled, split.val], cfg.window)
+    selector = (
+        EpochSelector(watched.y, watched.record_ids, cfg.monitor_patience)
+        if cfg.pretrain_monitor and len(watched)
+        else None
+    )
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         encoder.load_state_dict(state["encoder_state"])
@@ -179,6 +189,10 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer_state"])
         schedule.load_state_dict(state["schedule_state"])
         start, history = state["step"], state["history"]
+        if selector is not None and state.get("selection"):
+            selector.restore(state["selection"], state.get("best_encoder_state"))
+        if state.get("finished"):
+            start = total
         logger.info("resumed pretraining from %s at step %d", checkpoint, start)
     model = nn.Sequential(encoder, projection)
     if cfg.compile:
@@ -251,6 +265,12 @@ def pretrain(
             if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
                 if collapse_check:
                     collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
+                stop = False
+                if selector is not None:
+                    stop = selector.update(
+                        math.ceil((step + 1) / steps_per_epoch), embed(encoder, watched.x), encoder
+                    )
+                    encoder.train()
                 if checkpoint is not None and rank == 0:
                     save_pretrain(
                         checkpoint,
@@ -262,11 +282,34 @@ def pretrain(
                         step + 1,
                         history,
                         collapse,
+                        selector,
                     )
+                if stop:
+                    break
+    if selector is not None and selector.best_state is not None:
+        encoder.load_state_dict(selector.best_state)
+        logger.info(
+            "kept epoch %d of pretraining (monitor %.3f)", selector.best_epoch, selector.best_score
+        )
+        if checkpoint is not None and rank == 0:  # the kept encoder is what the file serves
+            save_pretrain(
+                checkpoint,
+                cfg,
+                encoder,
+                projection,
+                optimizer,
+                schedule,
+                history[-1]["step"] if history else 0,
+                history,
+                collapse,
+                selector,
+                finished=True,
+            )
     if collapse_check and not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
     speed = views / step_seconds if step_seconds > 0 else 0.0  # training steps only, no checks
-    return PretrainResult(encoder, projection, history, collapse, speed)
+    selection = selector.summary() if selector is not None and selector.enabled else {}
+    return PretrainResult(encoder, projection, history, collapse, speed, selection)
 
 
 def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict[str, Any]:
@@ -290,9 +333,23 @@ def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict
 
 
 def save_pretrain(
-    path: Path, cfg: TrainConfig, encoder, projection, optimizer, schedule, step, history, collapse
+    path: Path,
+    cfg: TrainConfig,
+    encoder,
+    projection,
+    optimizer,
+    schedule,
+    step,
+    history,
+    collapse,
+    selector: EpochSelector | None = None,
+    finished: bool = False,
 ) -> None:
+    """`finished`: the encoder state is the kept epoch's, and resuming trains no further."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    selected = {}
+    if selector is not None and selector.enabled:
+        selected = {"selection": selector.summary(), "best_encoder_state": selector.best_state}
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -306,6 +363,8 @@ def save_pretrain(
             "step": step,
             "history": history,
             "collapse": collapse,
+            "finished": finished,
+            **selected,
         },
         tmp,
     )

@@ -147,6 +147,7 @@ def write_report(
     split_counts: dict[str, Any],
     collapse: dict[str, Any] | None,
     images: list[str],
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     """Write report.md in the run folder; returns its path."""
     main = next(iter(results.values()))
@@ -176,6 +177,14 @@ def write_report(
             f"effective rank {collapse.get('effective_rank', float('nan')):.1f} "
             f"of {collapse.get('dims')}, "
             f"mean per-dimension std {collapse.get('std_mean', float('nan')):.4f}: **{verdict}**",
+            "",
+        ]
+    if selection:
+        lines += [
+            "## Pretraining epoch kept",
+            "",
+            f"epoch {selection['best_epoch']} of the {len(selection['scores'])} trained: "
+            f"{selection['score']} {selection['best_score']:.3f} (train.monitor)",
             "",
         ]
     lines += [

@@ -120,6 +120,7 @@ def run_all(
         "test": results,
         "temperature": model.temperature,
         "collapse": pre.collapse,
+        "pretrain_selection": pre.selection,
         "pretrain_views_per_second": pre.views_per_second,
         "seconds": time.perf_counter() - t0,
     }
@@ -137,6 +138,7 @@ def run_all(
         class_names=split.class_names,
         split_counts=split_summary(split),
         collapse=pre.collapse,
+        selection=pre.selection,
         images=["embeddings_before_finetune.png", "loss_curves.png", "confusion.png"],
     )
     logger.info("run folder %s (checkpoint %s, report %s)", run_dir, checkpoint.name, report.name)

@@ -85,6 +85,9 @@ def test_run_writes_checkpoint_report_and_split(run_dir):
     assert "spectral template (where the pool looks like the labeled machine): **not used**" in (
         report
     )
+    selection = json.loads((run_dir / "metrics.json").read_text())["pretrain_selection"]
+    assert selection["best_epoch"] == 1 and len(selection["scores"]) == 1  # one epoch trained
+    assert "## Pretraining epoch kept\n\nepoch 1 of the 1 trained" in report
     with np.load(run_dir / "heldout.npz") as held:
         assert held["x"].shape[1:] == (1, 512) and len(held["x"]) == len(held["y"])
 
