@@ -218,6 +218,12 @@ def pretrain(
     labeled_x = torch.from_numpy(split.labeled.x).to(device)
     labeled_y = torch.from_numpy(split.labeled.y).to(device)
     collapse: dict[str, Any] = {}
+
+    def save(steps_done: int, finished: bool = False) -> None:
+        if checkpoint is not None and rank == 0:
+            parts = (optimizer, schedule, steps_done, history, collapse, selector)
+            save_pretrain(checkpoint, cfg, encoder, projection, *parts, finished=finished)
+
     views, step_seconds = 0, 0.0
     model.train()
     batches = pool_batches(lambda: split.pool.sample(cfg.batch_size, rng), device)
@@ -271,19 +277,7 @@ def pretrain(
                         math.ceil((step + 1) / steps_per_epoch), embed(encoder, watched.x), encoder
                     )
                     encoder.train()
-                if checkpoint is not None and rank == 0:
-                    save_pretrain(
-                        checkpoint,
-                        cfg,
-                        encoder,
-                        projection,
-                        optimizer,
-                        schedule,
-                        step + 1,
-                        history,
-                        collapse,
-                        selector,
-                    )
+                save(step + 1)
                 if stop:
                     break
     if selector is not None and selector.best_state is not None:
@@ -291,20 +285,9 @@ def pretrain(
         logger.info(
             "kept epoch %d of pretraining (monitor %.3f)", selector.best_epoch, selector.best_score
         )
-        if checkpoint is not None and rank == 0:  # the kept encoder is what the file serves
-            save_pretrain(
-                checkpoint,
-                cfg,
-                encoder,
-                projection,
-                optimizer,
-                schedule,
-                history[-1]["step"] if history else 0,
-                history,
-                collapse,
-                selector,
-                finished=True,
-            )
+        if collapse_check:  # the report describes the encoder served, not the last one trained
+            collapse = collapse_report(encoder, probe, False, quiet=True)
+        save(history[-1]["step"] if history else 0, finished=True)  # the file serves the kept one
     if collapse_check and not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
     speed = views / step_seconds if step_seconds > 0 else 0.0  # training steps only, no checks
@@ -312,8 +295,11 @@ def pretrain(
     return PretrainResult(encoder, projection, history, collapse, speed, selection)
 
 
-def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict[str, Any]:
-    """Embedding spread on a fixed probe batch; a collapse is logged loudly (or raised)."""
+def collapse_report(
+    encoder: nn.Module, probe: torch.Tensor, fail: bool, quiet: bool = False
+) -> dict[str, Any]:
+    """Embedding spread on a fixed probe batch; a collapse is logged loudly (or raised) unless
+    `quiet` (the epoch was already checked when it was trained)."""
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
@@ -323,7 +309,7 @@ def collapse_report(encoder: nn.Module, probe: torch.Tensor, fail: bool) -> dict
     stats = {
         k: float(v) if isinstance(v, (int, float, np.floating)) else v for k, v in stats.items()
     }
-    if warning:
+    if warning and not quiet:
         logger.error("%s", warning)
         if fail:
             from train.collapse import CollapseError
