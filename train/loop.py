@@ -184,15 +184,15 @@ def pretrain(
     )
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        encoder.load_state_dict(state["encoder_state"])
+        encoder.load_state_dict(state.get("last_encoder_state") or state["encoder_state"])
         projection.load_state_dict(state["projection_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         schedule.load_state_dict(state["schedule_state"])
         start, history = state["step"], state["history"]
         if selector is not None and state.get("selection"):
             selector.restore(state["selection"], state.get("best_encoder_state"))
-        if state.get("finished"):
-            start = total
+        if state.get("stopped_early"):
+            start = total  # the monitor already stopped this run
         logger.info("resumed pretraining from %s at step %d", checkpoint, start)
     model = nn.Sequential(encoder, projection)
     if cfg.compile:
@@ -219,10 +219,10 @@ def pretrain(
     labeled_y = torch.from_numpy(split.labeled.y).to(device)
     collapse: dict[str, Any] = {}
 
-    def save(steps_done: int, finished: bool = False) -> None:
+    def save(steps_done: int, **ending: Any) -> None:
         if checkpoint is not None and rank == 0:
             parts = (optimizer, schedule, steps_done, history, collapse, selector)
-            save_pretrain(checkpoint, cfg, encoder, projection, *parts, finished=finished)
+            save_pretrain(checkpoint, cfg, encoder, projection, *parts, **ending)
 
     views, step_seconds = 0, 0.0
     model.train()
@@ -281,13 +281,15 @@ def pretrain(
                 if stop:
                     break
     if selector is not None and selector.best_state is not None:
+        last = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         encoder.load_state_dict(selector.best_state)
         logger.info(
             "kept epoch %d of pretraining (monitor %.3f)", selector.best_epoch, selector.best_score
         )
         if collapse_check:  # the report describes the encoder served, not the last one trained
             collapse = collapse_report(encoder, probe, False, quiet=True)
-        save(history[-1]["step"] if history else 0, finished=True)  # the file serves the kept one
+        done = history[-1]["step"] if history else 0  # the file serves the kept encoder
+        save(done, last_state=last, stopped_early=done < total)
     if collapse_check and not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
     speed = views / step_seconds if step_seconds > 0 else 0.0  # training steps only, no checks
@@ -329,9 +331,11 @@ def save_pretrain(
     history,
     collapse,
     selector: EpochSelector | None = None,
-    finished: bool = False,
+    last_state: dict[str, torch.Tensor] | None = None,
+    stopped_early: bool = False,
 ) -> None:
-    """`finished`: the encoder state is the kept epoch's, and resuming trains no further."""
+    """With `last_state` the encoder state saved is the kept epoch's and `last_state` the one
+    training resumes from; `stopped_early`: the monitor ended the run, resuming trains no more."""
     path.parent.mkdir(parents=True, exist_ok=True)
     selected = {}
     if selector is not None and selector.enabled:
@@ -349,7 +353,8 @@ def save_pretrain(
             "step": step,
             "history": history,
             "collapse": collapse,
-            "finished": finished,
+            "last_encoder_state": last_state,
+            "stopped_early": stopped_early,
             **selected,
         },
         tmp,

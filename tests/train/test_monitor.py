@@ -128,9 +128,14 @@ def test_pretraining_returns_the_kept_epoch_and_stops_early(tmp_path, monkeypatc
     kept = embed(result.encoder, watched.x)
     assert np.allclose(kept, seen[1], atol=1e-5) and not np.allclose(kept, seen[3], atol=1e-5)
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["finished"] and saved["selection"]["best_epoch"] == 2
+    assert saved["stopped_early"] and saved["selection"]["best_epoch"] == 2
     for name, tensor in saved["encoder_state"].items():
         assert torch.equal(tensor, result.encoder.state_dict()[name])
+    last = saved["last_encoder_state"]  # what a resumed run would continue from
+    assert any(not torch.equal(last[k], v) for k, v in saved["encoder_state"].items())
+    resumed = pretrain(cfg, split, checkpoint=checkpoint, resume=True, show_progress=False)
+    assert len(resumed.history) == len(result.history)  # the monitor had stopped it: no more
+    assert np.allclose(embed(resumed.encoder, watched.x), seen[1], atol=1e-5)
 
 
 def test_without_the_monitor_pretraining_runs_every_epoch() -> None:
