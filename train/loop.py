@@ -293,7 +293,7 @@ def pretrain(
     if collapse_check and not collapse:
         collapse = collapse_report(encoder, probe, cfg.fail_on_collapse)
     speed = views / step_seconds if step_seconds > 0 else 0.0  # training steps only, no checks
-    selection = selector.summary() if selector is not None and selector.enabled else {}
+    selection = selector.summary() if selector is not None and selector.scores else {}
     return PretrainResult(encoder, projection, history, collapse, speed, selection)
 
 
