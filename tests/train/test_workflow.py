@@ -117,7 +117,8 @@ def test_evaluate_command_reads_the_run(run_dir):
 
 def test_pretraining_resumes_where_it_stopped(tmp_path):
     args = ["pretrain", "--quiet", "--run-name", "r", *tiny_args(tmp_path)]
-    assert runner.invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    once = runner.invoke(app, [*args, "--epochs", "1"])
+    assert once.exit_code == 0 and "kept epoch 1 of 1, monitor" in " ".join(once.output.split())
     first = torch.load(tmp_path / "r" / "pretrained.pt", weights_only=False)
     assert first["step"] == 3
     result = runner.invoke(app, [*args, "--epochs", "2", "--resume"])
