@@ -35,7 +35,7 @@ from train.heads import (
     to_numpy_head,
 )
 from train.losses import NTXentLoss, SupConLoss, VICRegLoss
-from train.monitor import EpochSelector
+from train.monitor import EpochSelector, scored_classes
 from train.multitask import TaskTargets, build_task_head, task_loss
 from train.physics import PhysicsFusion, fit_fused_temperature, fit_physics
 from train.spectral import fit_spectral, pool_windows
@@ -177,11 +177,11 @@ def pretrain(
     history: list[dict[str, float]] = []
     start = 0
     watched = WindowSet.concat([split.labeled, split.val], cfg.window)
-    selector = (
-        EpochSelector(watched.y, watched.record_ids, cfg.monitor_patience)
-        if cfg.pretrain_monitor and len(watched)
-        else None
-    )
+    selector = None
+    if cfg.pretrain_monitor and scored_classes(watched.y, watched.record_ids):
+        selector = EpochSelector(watched.y, watched.record_ids, cfg.monitor_patience)
+    elif cfg.pretrain_monitor:
+        logger.info("pretraining monitor off: every class's labels come from one recording")
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         encoder.load_state_dict(state.get("last_encoder_state") or state["encoder_state"])
@@ -338,7 +338,7 @@ def save_pretrain(
     training resumes from; `stopped_early`: the monitor ended the run, resuming trains no more."""
     path.parent.mkdir(parents=True, exist_ok=True)
     selected = {}
-    if selector is not None and selector.enabled:
+    if selector is not None:
         selected = {"selection": selector.summary(), "best_encoder_state": selector.best_state}
     tmp = path.with_suffix(".tmp")
     torch.save(

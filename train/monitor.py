@@ -19,8 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from train.neighbors import knn_probabilities
+
 logger = logging.getLogger(__name__)
 NEIGHBOURS = 5
+
+
+def scored_classes(y: np.ndarray, records: Sequence[str]) -> list[int]:
+    """The classes whose windows come from two recordings or more: the ones a new recording of
+    the class can be recognized in."""
+    y, records = np.asarray(y), np.asarray(records)
+    return [int(c) for c in np.unique(y) if len(np.unique(records[y == c])) >= 2]
 
 
 def record_knn_score(
@@ -33,23 +42,15 @@ def record_knn_score(
     y, records = np.asarray(y), np.asarray(records)
     if not len(y) == len(records) == len(z):
         raise ValueError(f"need one label and record per row: {len(z)}, {len(y)}, {len(records)}")
-    scored = [c for c in np.unique(y) if len(np.unique(records[y == c])) >= 2]
+    scored = scored_classes(y, records)
     if not scored:
         return None
-    unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
-    similarity[records[:, None] == records[None, :]] = -np.inf  # own recording: not a neighbour
-    n_classes = int(y.max()) + 1
-    recalls = []
-    for c in scored:
-        rows = np.flatnonzero(y == c)
-        hits = 0
-        for i in rows:
-            others = np.flatnonzero(np.isfinite(similarity[i]))
-            nearest = others[np.argsort(-similarity[i, others], kind="stable")[:k]]
-            hits += np.bincount(y[nearest], minlength=n_classes).argmax() == c
-        recalls.append(hits / len(rows))
-    return float(np.mean(recalls))
+    predicted = np.empty_like(y)
+    for record in np.unique(records):
+        own = records == record
+        votes = knn_probabilities(z[~own], y[~own], z[own], int(y.max()) + 1, k)
+        predicted[own] = votes.argmax(axis=1)
+    return float(np.mean([np.mean(predicted[y == c] == c) for c in scored]))
 
 
 class EpochSelector:
@@ -57,20 +58,17 @@ class EpochSelector:
     and says when `patience` epochs have passed without a gain."""
 
     def __init__(self, y: np.ndarray, records: Sequence[str], patience: int) -> None:
+        if not scored_classes(y, records):
+            raise ValueError("every class's labels come from one recording: nothing to score")
         self.y, self.records, self.patience = np.asarray(y), list(records), patience
         self.scores: list[float] = []
         self.best_epoch, self.best_score = 0, -1.0
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.enabled = True
 
     def update(self, epoch: int, z: np.ndarray, encoder: nn.Module) -> bool:
         """Score the embedding `z` of the labeled windows after `epoch`; True: stop training."""
-        score = record_knn_score(z, self.y, self.records) if self.enabled else None
-        if score is None:
-            if self.enabled:
-                logger.info("pretraining monitor off: every class's labels come from one recording")
-            self.enabled = False
-            return False
+        score = record_knn_score(z, self.y, self.records)
+        assert score is not None  # scored_classes was checked at construction
         self.scores.append(score)
         if score > self.best_score:
             self.best_epoch, self.best_score = epoch, score
