@@ -7,7 +7,7 @@ per-sample Python loop: random parameters are drawn per sample as tensors.
 - `aug(x, gen)` applies the augmentation to each sample with probability `p`.
 - `aug.apply(x, gen, mask)` applies it to exactly the samples where `mask: bool (batch,)` is
   True; `RandomSubset` uses this to give every sample its own 2-3 augmentations. Only the
-  chosen samples are computed, so a 12-augmentation pipeline costs about 3 augmentations.
+  chosen samples are computed, so a 14-augmentation pipeline costs about 3 augmentations.
 
 `build_pipeline(names, sample_rate_hz)` builds the pretraining pipeline from registry names.
 """
@@ -81,9 +81,12 @@ def _stretch(x: torch.Tensor, factor: torch.Tensor, gen: torch.Generator) -> tor
     return _sample_at(x, pos)
 
 
-def _smooth_curve(x: torch.Tensor, knots: int, sigma: float, gen: torch.Generator) -> torch.Tensor:
-    """(n, 1, T) smooth random curve around 1: N(1, sigma) at knots+2 points, bicubic between."""
-    n, t = x.shape[0], x.shape[-1]
+def _smooth_curve(
+    x: torch.Tensor, knots: int, sigma: float, gen: torch.Generator, length: int | None = None
+) -> torch.Tensor:
+    """(n, 1, length) smooth random curve around 1 (length: the window's samples by default):
+    N(1, sigma) at knots+2 points, bicubic between."""
+    n, t = x.shape[0], x.shape[-1] if length is None else length
     values = 1 + sigma * torch.randn((n, 1, 1, knots + 2), device=x.device, generator=gen)
     curve = F.interpolate(values, size=(1, t), mode="bicubic", align_corners=True)
     return curve.reshape(n, 1, t)
@@ -264,6 +267,54 @@ class SpeedChange(Augmentation):
         return _stretch(x, _uniform((x.shape[0], 1, 1), self.low, self.high, x, gen), gen)
 
 
+class TransferFunction(Augmentation):
+    """Shape each window's spectrum by a smooth random gain, about ±sigma_db dB at knots points
+    from 0 Hz to Nyquist (bicubic between, phase kept), as another sensor, mounting or
+    transmission path between bearing and accelerometer would."""
+
+    def __init__(self, sigma_db: float = 6.0, knots: int = 8, p: float = 0.5) -> None:
+        if sigma_db < 0 or knots < 1:
+            raise ValueError(
+                f"TransferFunction needs sigma_db >= 0, knots >= 1, got {sigma_db=}, {knots=}"
+            )
+        self.sigma_db, self.knots, self.p = float(sigma_db), int(knots), _check_p(self, p)
+
+    def transform(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        spec = torch.fft.rfft(x, dim=-1)
+        db = (_smooth_curve(x, self.knots, self.sigma_db, gen, spec.shape[-1]) - 1).to(x.dtype)
+        return torch.fft.irfft(spec * 10 ** (db / 20), n=x.shape[-1], dim=-1)
+
+
+class ResonanceShift(Augmentation):
+    """Move each window's whole spectrum up or down by one FFT bin to max_shift_hz, as the
+    resonances of another machine or mounting would sit elsewhere. This shifts the analytic
+    signal's frequency, so the envelope, where a defect's impact rate lives, is kept; what moves
+    past 0 Hz or Nyquist is dropped."""
+
+    def __init__(
+        self, max_shift_hz: float = 1000.0, sample_rate_hz: int = 12_000, p: float = 0.5
+    ) -> None:
+        if not 0 < max_shift_hz < sample_rate_hz / 2:
+            raise ValueError(
+                f"ResonanceShift needs 0 < max_shift_hz < sample_rate_hz / 2, "
+                f"got {max_shift_hz=}, {sample_rate_hz=}"
+            )
+        self.max_shift_hz, self.sample_rate_hz = float(max_shift_hz), int(sample_rate_hz)
+        self.p = _check_p(self, p)
+
+    def transform(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, c, t = x.shape
+        spec = torch.fft.rfft(x, dim=-1)
+        bins = spec.shape[-1]
+        reach = max(1, round(self.max_shift_hz * t / self.sample_rate_hz))
+        sign = _randint((n, 1, 1), 0, 1, x, gen) * 2 - 1
+        shift = sign * _randint((n, 1, 1), 1, reach, x, gen)
+        source = torch.arange(bins, device=x.device) - shift  # out[f] = spec[f - shift]
+        inside = (source >= 0) & (source < bins)
+        moved = spec.gather(-1, source.clamp(0, bins - 1).expand(n, c, bins))
+        return torch.fft.irfft(moved * inside, n=t, dim=-1)
+
+
 class Flip(Augmentation):
     """Negate the signal (an accelerometer mounted the other way round); with reverse_time, also
     play it backwards."""
@@ -421,6 +472,8 @@ AUGMENTATIONS: dict[str, type[Augmentation]] = {
     "magnitude_warp": MagnitudeWarp,
     "time_warp": TimeWarp,
     "smooth": Smooth,
+    "transfer_function": TransferFunction,
+    "resonance_shift": ResonanceShift,
 }
 DEFAULT_AUGMENTATIONS: tuple[str, ...] = tuple(AUGMENTATIONS)
 

@@ -120,8 +120,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-6, ge=0)
     augmentations: tuple[str, ...] | None = Field(
         PHYSICAL_AUGMENTATIONS,
-        description="Names from train.augment.AUGMENTATIONS; None = all twelve. The default is "
-        "the reference recipe's five plus speed change: on CWRU they beat all twelve (the "
+        description="Names from train.augment.AUGMENTATIONS; None = all of them. The default is "
+        "the reference recipe's five plus speed change: on CWRU they beat all of them (the "
         "time-series set's smoothing and warps blur the resonance bands faults live in).",
     )
     aug_k_min: int = Field(2, ge=1)

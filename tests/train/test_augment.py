@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.signal import hilbert
 
 from train.augment import (
     AUGMENTATIONS,
@@ -22,10 +23,12 @@ from train.augment import (
     GaussianNoise,
     RandomGain,
     RandomSubset,
+    ResonanceShift,
     Smooth,
     SpeedChange,
     TimeMask,
     TimeWarp,
+    TransferFunction,
     TwoViews,
     build_pipeline,
 )
@@ -190,6 +193,38 @@ def test_frequency_mask_removes_one_narrow_band() -> None:
         assert row.min() < 0.2
 
 
+def am_tone(carrier_hz: float, rate_hz: float, t: int = 2048) -> torch.Tensor:
+    """A resonance at carrier_hz struck rate_hz times a second: (1, 1, t)."""
+    time = torch.arange(t) / SR
+    envelope = 1 + 0.8 * torch.cos(2 * math.pi * rate_hz * time)
+    return (envelope * torch.sin(2 * math.pi * carrier_hz * time)).view(1, 1, t)
+
+
+def test_resonance_shift_moves_the_resonance_and_keeps_the_envelope() -> None:
+    x = am_tone(3000.0, 160.0).repeat(32, 1, 1)
+    y = ResonanceShift(max_shift_hz=1000.0, p=1.0)(x, gen(2))
+    moved = dominant_hz(y) - 3000.0
+    assert (moved.abs() > 0).all() and (moved.abs() <= 1000.0 + SR / 2048).all()
+    assert (moved > 0).any() and (moved < 0).any()
+    edge = slice(100, -100)  # the analytic signal's ends carry the FFT's wrap-around
+    before = torch.tensor(abs(hilbert(x[0, 0].numpy())))[edge]
+    for row in y[:, 0]:
+        after = torch.tensor(abs(hilbert(row.numpy())))[edge]
+        assert (after - before).abs().max() < 0.01 * before.max()
+
+
+def test_transfer_function_reshapes_the_spectrum_smoothly_and_keeps_its_phase() -> None:
+    x = torch.randn(16, 1, 2048, generator=gen(3))
+    y = TransferFunction(sigma_db=6.0, knots=8, p=1.0)(x, gen(4))
+    before, after = torch.fft.rfft(x, dim=-1), torch.fft.rfft(y, dim=-1)
+    db = 20 * torch.log10(after.abs() / before.abs())[:, 0, 1:-1]
+    assert db.abs().amax(dim=-1).min() > 1.0, "every window's spectrum is reshaped"
+    assert db.abs().max() < 6.0 * 6, "no gain beyond six sigma"
+    assert db.diff(dim=-1).abs().max() < 0.5, "the gain is smooth over frequency (dB per bin)"
+    phase = torch.angle(after * before.conj())[:, 0, 1:-1]
+    assert phase.abs().max() < 1e-3
+
+
 def test_random_subset_gives_each_sample_k_min_to_k_max_augmentations() -> None:
     seen: list[torch.Tensor] = []
 
@@ -243,6 +278,8 @@ def test_build_pipeline_applies_overrides_and_rejects_mistakes() -> None:
         (lambda: Smooth(min_width=1), "min_width=1"),
         (lambda: TimeWarp(sigma=0.0), "sigma=0.0"),
         (lambda: Flip(p=1.5), "p=1.5"),
+        (lambda: TransferFunction(knots=0), "knots=0"),
+        (lambda: ResonanceShift(max_shift_hz=7000.0), "max_shift_hz=7000.0"),
     ],
 )
 def test_invalid_arguments_name_the_value(build, value: str) -> None:
