@@ -45,6 +45,18 @@ def test_rank_one_embeddings_are_detected_by_rank() -> None:
     assert warning is not None and "effective rank" in warning and "embedding std" not in warning
 
 
+def test_a_narrow_cone_of_many_directions_is_not_collapse_but_a_point_is() -> None:
+    # Embeddings around a shared direction (a bias), spread over every dimension: the spread is
+    # a fifth of the uniform sphere's, as after a first pretraining epoch, and the rank healthy.
+    shared = 5.0 * gaussian(1, seed=4) / math.sqrt(D)
+    cone = embedding_stats(shared + gaussian(512, seed=5) / math.sqrt(D))
+    assert 0.1 / math.sqrt(D) < cone["std_mean"] < 0.3 / math.sqrt(D)
+    assert check_collapse(cone) is None
+    point = embedding_stats(shared + 0.01 * gaussian(512, seed=5) / math.sqrt(D))
+    assert point["std_mean"] < 0.05 / math.sqrt(D)
+    assert "embedding std" in (check_collapse(point) or "")
+
+
 def test_low_rank_threshold_is_relative_to_dims() -> None:
     z = gaussian(512, 2) @ gaussian(2, D, seed=3)  # rank 2 in 64 dims: 2 < 0.05 * 64 = 3.2
     assert check_collapse(embedding_stats(z)) is not None
