@@ -121,8 +121,10 @@ class TrainConfig(BaseModel):
     augmentations: tuple[str, ...] | None = Field(
         PHYSICAL_AUGMENTATIONS,
         description="Names from train.augment.AUGMENTATIONS; None = all of them. The default is "
-        "the reference recipe's five plus speed change: on CWRU they beat all of them (the "
-        "time-series set's smoothing and warps blur the resonance bands faults live in).",
+        "the reference recipe's five plus speed change: on CWRU they beat the twelve "
+        "time-series ones (whose smoothing and warps blur the resonance bands faults live in). "
+        "gain, noise, shift, speed_change, transfer_function, resonance_shift carry the fault "
+        "from one load to another better, but not on every task (README, Benchmarks).",
     )
     aug_k_min: int = Field(2, ge=1)
     aug_k_max: int = Field(3, ge=1)
