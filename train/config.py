@@ -227,6 +227,13 @@ class TrainConfig(BaseModel):
         description="The model's weight where the defect-line referee vouches for it (the "
         "pool's defect lines side with it beyond chance); spectral_model_weight elsewhere.",
     )
+    spectral_vouched_labels: bool = Field(
+        True,
+        description="Where the referee vouches for the model, the template also learns the "
+        "model's class on the pool windows it names otherwise whose strongest defect line "
+        "names the model's class, in records where the model and the lines each name that "
+        "class in most windows (train.spectral.vouched_windows).",
+    )
     spectral_line_referee: bool = Field(
         True,
         description="Where the model and the template name different classes on unlabeled "

@@ -115,9 +115,11 @@ def pool_label_text(view: dict[str, Any]) -> str:
         return ", ".join(f"{c} {n}" for c, n in by_class.items()) or "none"
 
     by_template = "; ".join(f"{v} view {counts(c)}" for v, c in view.get("pool_labels", {}).items())
+    vouched = view.get("vouched_labels")
     return (
         f"; pool windows it learned from: by a clear defect line {counts(view['envelope_labels'])}"
-        f"; by its own confident calls: {by_template or 'none'}"
+        + (f"; by the model where the lines side with it: {counts(vouched)}" if vouched else "")
+        + f"; by its own confident calls: {by_template or 'none'}"
     )
 
 

@@ -210,23 +210,47 @@ def lines_favour_model(lines_name_model: int, lines_name_template: int) -> float
     return float(binomtest(lines_name_model, sided, alternative="greater").pvalue)
 
 
+def vouched_windows(
+    model_named: np.ndarray,
+    template_named: np.ndarray,
+    line_named: np.ndarray,
+    record_ids: list[str],
+) -> np.ndarray:
+    """Indices of the windows the model and the template name differently whose strongest
+    defect line (`strongest_lines`) names the model's class, in records where the model and
+    the strongest lines each name that class in most windows: a few windows of a ball record
+    that the model calls a race and whose race line happens to stand highest do not speak for
+    the record."""
+    records = np.asarray(record_ids)
+    sided = (model_named != template_named) & (line_named == model_named)
+    keep = np.zeros(len(records), bool)
+    for record in np.unique(records[sided]):
+        own = records == record
+        for c in np.unique(model_named[own & sided]):
+            if np.mean(line_named[own] == c) > 0.5 and np.mean(model_named[own] == c) > 0.5:
+                keep |= own & sided & (model_named == c)
+    return np.flatnonzero(keep)
+
+
 def model_vote(
     cfg: TrainConfig,
     split: Split,
     template: SpectralHead,
     pool: WindowSet,
     model_pool_probs: np.ndarray | None,
-) -> tuple[float, dict[str, Any]]:
+) -> tuple[float, dict[str, Any], np.ndarray]:
     """The model's weight beside `template` and why. With `spectral_line_referee`: where the
     strongest defect lines of the `pool` windows on which the model (its probabilities of them,
     `model_pool_probs`) and the template disagree name the model's class more often than the
     template's beyond chance (`line_referee`, `lines_favour_model`),
     `spectral_vouched_model_weight`, else 0. Without the referee, or where no line names a class
     (classes by defect size: nothing to referee), `spectral_model_weight`. Where that is 0 the
-    model never votes."""
+    model never votes. Also the pool windows on which the model is vouched for: where the
+    referee vouches, those on which the lines name the model's class against the template's."""
     weight = cfg.spectral_model_weight
+    none = np.empty(0, int)
     if model_pool_probs is None or weight == 0:
-        return weight, {}
+        return weight, {}, none
     if len(model_pool_probs) != len(pool):
         raise ValueError(f"{len(model_pool_probs)} model probabilities for {len(pool)} windows")
     model_named = np.asarray(model_pool_probs).argmax(axis=1)
@@ -239,9 +263,13 @@ def model_vote(
         vote["p_value"] = lines_favour_model(vote["lines_name_model"], vote["lines_name_template"])
         if vote["p_value"] >= REFEREE_SIGNIFICANCE:
             logger.info("the model does not vote: the pool's defect lines do not side with it")
-            return 0.0, vote
-        return cfg.spectral_vouched_model_weight, vote
-    return weight, vote
+            return 0.0, vote, none
+        return (
+            cfg.spectral_vouched_model_weight,
+            vote,
+            vouched_windows(model_named, template_named, line_named, pool.record_ids),
+        )
+    return weight, vote, none
 
 
 def fit_spectral(
@@ -306,7 +334,25 @@ def fit_spectral(
     report["pool_labels"] = {
         view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
     }
-    weight, report["vote"] = model_vote(cfg, split, template, pool_set, model_pool_probs)
+    weight, report["vote"], vouched = model_vote(cfg, split, template, pool_set, model_pool_probs)
+    if len(vouched) and cfg.spectral_vouched_labels:
+        named = np.asarray(model_pool_probs).argmax(axis=1)[vouched]
+        rest = np.setdiff1d(rest, vouched)
+        template, added = paired_template(
+            np.vstack([labeled, pool[found], pool[vouched]]),
+            np.r_[split.labeled.y, found_y, named],
+            pool[rest],
+            n_classes,
+            cfg.seed,
+            cfg.spectral_pool_labels,
+        )
+        report["vouched_labels"] = {
+            split.class_names[c]: int(np.sum(named == c)) for c in np.unique(named)
+        }
+        report["pool_labels"] = {
+            view: {split.class_names[c]: n for c, n in gained.items()}
+            for view, gained in added.items()
+        }
     report["model_weight"] = weight
     head = replace(
         template,

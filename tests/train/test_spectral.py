@@ -433,3 +433,55 @@ def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch,
     assert 0 <= model.spectral_report["vote"]["agreement"] <= 1  # pool probabilities passed
     reported = evaluate(model, split, 0.7).get("finetune_envelope_labels")
     assert reported == ({"inner_race": budget, "outer_race": budget} if budget else None)
+
+
+@pytest.mark.parametrize("vouched_labels", [True, False])
+def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouched_labels) -> None:
+    """The labels call each race the other, the model names every pool record's windows right
+    and their defect lines agree with it: the template learns the model's calls on them."""
+    split = replace(line_split(), class_names=MISNAMED)
+    cfg = load_config(
+        None, ["seed=9", "spectral_envelope_labels=0", f"spectral_vouched_labels={vouched_labels}"]
+    )
+    val_probs = np.full((len(split.val), 3), 1 / 3)
+    pool_probs = named_by_record(split, {})
+    head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
+    assert head is not None and report["model_weight"] == 0.5, report
+    races = split.test.y > 0
+    truth = 3 - split.test.y[races]  # the index of each race window's own name in MISNAMED
+    named = head.alone(split.test.x[races]).argmax(axis=1)
+    if vouched_labels:
+        taught = report["vouched_labels"]
+        assert set(taught) == {"inner_race", "outer_race"} and min(taught.values()) >= 25
+        assert np.mean(named == truth) >= 0.9
+    else:
+        assert "vouched_labels" not in report
+        assert np.mean(named == truth) <= 0.1
+
+
+def test_a_record_whose_lines_name_the_model_in_few_windows_does_not_vouch() -> None:
+    """Record "a": the model and the lines name class 1 in 12 of its 16 windows; record "b": the
+    lines in 6 of 12; record "c" (a ball record): the lines name the race in 30 of 40 windows,
+    the model in 5."""
+    from train.spectral import vouched_windows
+
+    model = np.array([1] * 12 + [1] * 12 + [2] * 4 + [1] * 5 + [3] * 35)
+    template = np.array([2] * 12 + [3] * 12 + [2] * 4 + [3] * 40)
+    line = np.array([1] * 12 + [1, 3] * 6 + [2] * 4 + [1] * 30 + [-1] * 10)
+    records = ["a"] * 12 + ["b"] * 12 + ["a"] * 4 + ["c"] * 40
+    np.testing.assert_array_equal(vouched_windows(model, template, line, records), np.arange(12))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(-1, 2)] * 3, st.sampled_from("abc")), max_size=60))
+def test_vouched_windows_are_those_of_records_the_model_and_the_lines_name_alike(rows) -> None:
+    from train.spectral import vouched_windows
+
+    model, template, line = (np.array([r[k] for r in rows], np.int64) for k in range(3))
+    records = np.array([r[3] for r in rows])
+    chosen = vouched_windows(model, template, line, list(records))
+    for i in range(len(rows)):
+        sided = model[i] != template[i] and line[i] == model[i]
+        own = records == records[i]
+        shown = np.mean(line[own] == model[i]) > 0.5 and np.mean(model[own] == model[i]) > 0.5
+        assert (i in chosen) == (sided and shown)

@@ -251,5 +251,8 @@ def test_the_report_says_which_pool_windows_a_fused_template_learned_from() -> N
     assert "**fused**, domain gap 0.500" in line
     assert "by a clear defect line inner_race 100, outer_race 37" in line
     assert "plain view normal 100, ball 3; ranked view none" in line
+    assert "by the model" not in line
+    vouched = views_section({"spectral": {**fused, "vouched_labels": {"outer_race": 185}}})[2]
+    assert "by the model where the lines side with it: outer_race 185" in vouched
     refused = {"used": False, "reason": "domain gap 0.990 > 0.90", "envelope_labels": {}}
     assert "pool windows" not in views_section({"spectral": refused})[2]
