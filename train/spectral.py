@@ -18,7 +18,9 @@ template decides alone elsewhere. On CWRU a model sure and wrong on bearings in 
 nor pool outvoted the template everywhere else (README "Benchmarks"). And it votes only where
 the pool's defect lines side with it, on the windows it and the template name differently, more
 often than chance would (`line_referee`, `lines_favour_model`): the fan end's model, weak across
-loads, passes the pool gate.
+loads, passes the pool gate. Where they vouch, the template also learns the model's calls on the
+pool records the model and the lines name alike (`vouched_windows`): a bounded vote cannot
+overrule a template sure and wrong about a whole bearing.
 """
 
 from __future__ import annotations
@@ -287,7 +289,9 @@ def fit_spectral(
     the validation windows, on which the fused temperature is fitted (never below `floor`).
     `model_pool_probs`, the model's probabilities of `pool_windows(split)`: where given and
     `spectral_line_referee` is on, the model votes only if, on the pool windows where it and
-    the template disagree, the defect lines side with it beyond chance (`model_vote`)."""
+    the template disagree, the defect lines side with it beyond chance (`model_vote`), and then
+    with `spectral_vouched_labels` the template is refitted with the model's class on the
+    `vouched_windows` too."""
     report: dict[str, Any] = {
         "used": False,
         "max_domain_gap": cfg.spectral_max_domain_gap,
