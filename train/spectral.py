@@ -323,40 +323,33 @@ def fit_spectral(
         cfg.sample_rate_hz,
         cfg.spectral_envelope_labels,
     )
-    rest = np.setdiff1d(np.arange(len(pool)), found)
-    template, added = paired_template(
-        np.vstack([labeled, pool[found]]),
-        np.r_[split.labeled.y, found_y],
-        pool[rest],
-        n_classes,
-        cfg.seed,
-        cfg.spectral_pool_labels,
-    )
-    report["envelope_labels"] = {
-        split.class_names[c]: int(np.sum(found_y == c)) for c in np.unique(found_y)
-    }
-    report["pool_labels"] = {
-        view: {split.class_names[c]: n for c, n in gained.items()} for view, gained in added.items()
-    }
-    weight, report["vote"], vouched = model_vote(cfg, split, template, pool_set, model_pool_probs)
-    if len(vouched) and cfg.spectral_vouched_labels:
-        named = np.asarray(model_pool_probs).argmax(axis=1)[vouched]
-        rest = np.setdiff1d(rest, vouched)
+    names = split.class_names
+
+    def taught_template(taught: np.ndarray, taught_y: np.ndarray) -> SpectralHead:
+        """The template on the labels and the `taught` pool windows, self-trained on the rest."""
         template, added = paired_template(
-            np.vstack([labeled, pool[found], pool[vouched]]),
-            np.r_[split.labeled.y, found_y, named],
-            pool[rest],
+            np.vstack([labeled, pool[taught]]),
+            np.r_[split.labeled.y, taught_y],
+            pool[np.setdiff1d(np.arange(len(pool)), taught)],
             n_classes,
             cfg.seed,
             cfg.spectral_pool_labels,
         )
-        report["vouched_labels"] = {
-            split.class_names[c]: int(np.sum(named == c)) for c in np.unique(named)
-        }
         report["pool_labels"] = {
-            view: {split.class_names[c]: n for c, n in gained.items()}
-            for view, gained in added.items()
+            view: {names[c]: n for c, n in gained.items()} for view, gained in added.items()
         }
+        return template
+
+    def counts(y: np.ndarray) -> dict[str, int]:
+        return {names[c]: int(np.sum(y == c)) for c in np.unique(y)}
+
+    template = taught_template(found, found_y)
+    report["envelope_labels"] = counts(found_y)
+    weight, report["vote"], vouched = model_vote(cfg, split, template, pool_set, model_pool_probs)
+    if len(vouched) and cfg.spectral_vouched_labels:
+        named = np.asarray(model_pool_probs).argmax(axis=1)[vouched]
+        template = taught_template(np.r_[found, vouched], np.r_[found_y, named])
+        report["vouched_labels"] = counts(named)
     report["model_weight"] = weight
     head = replace(
         template,
