@@ -247,8 +247,8 @@ def model_vote(
     template's beyond chance (`line_referee`, `lines_favour_model`),
     `spectral_vouched_model_weight`, else 0. Without the referee, or where no line names a class
     (classes by defect size: nothing to referee), `spectral_model_weight`. Where that is 0 the
-    model never votes. Also the pool windows on which the model is vouched for: where the
-    referee vouches, those on which the lines name the model's class against the template's."""
+    model never votes. Also, where the referee vouches, the `vouched_windows` of the pool
+    (none elsewhere)."""
     weight = cfg.spectral_model_weight
     none = np.empty(0, int)
     if model_pool_probs is None or weight == 0:
