@@ -247,8 +247,8 @@ def model_vote(
     template's beyond chance (`line_referee`, `lines_favour_model`),
     `spectral_vouched_model_weight`, else 0. Without the referee, or where no line names a class
     (classes by defect size: nothing to referee), `spectral_model_weight`. Where that is 0 the
-    model never votes. Also, where the referee vouches, the `vouched_windows` of the pool
-    (none elsewhere)."""
+    model never votes. Also, where the referee vouches and `spectral_vouched_labels` is on,
+    the `vouched_windows` of the pool (none elsewhere)."""
     weight = cfg.spectral_model_weight
     none = np.empty(0, int)
     if model_pool_probs is None or weight == 0:
@@ -266,11 +266,12 @@ def model_vote(
         if vote["p_value"] >= REFEREE_SIGNIFICANCE:
             logger.info("the model does not vote: the pool's defect lines do not side with it")
             return 0.0, vote, none
-        return (
-            cfg.spectral_vouched_model_weight,
-            vote,
-            vouched_windows(model_named, template_named, line_named, pool.record_ids),
+        vouched = (
+            vouched_windows(model_named, template_named, line_named, pool.record_ids)
+            if cfg.spectral_vouched_labels
+            else none
         )
+        return cfg.spectral_vouched_model_weight, vote, vouched
     return weight, vote, none
 
 
@@ -346,7 +347,7 @@ def fit_spectral(
     template = taught_template(found, found_y)
     report["envelope_labels"] = counts(found_y)
     weight, report["vote"], vouched = model_vote(cfg, split, template, pool_set, model_pool_probs)
-    if len(vouched) and cfg.spectral_vouched_labels:
+    if len(vouched):
         named = np.asarray(model_pool_probs).argmax(axis=1)[vouched]
         template = taught_template(np.r_[found, vouched], np.r_[found_y, named])
         report["vouched_labels"] = counts(named)
