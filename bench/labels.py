@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="override a training config field, field=value (e.g. cwru_channel=FE)",
+    )
     args = parser.parse_args(argv)
     from bench.fewlabel import task_config
     from train.config import load_config
@@ -66,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from train.data import build_split
 
     logging.basicConfig(level=logging.WARNING)
-    base = load_config(None, [])
+    try:
+        base = load_config(None, args.set)
+    except ValueError as err:
+        parser.error(str(err))
     if not ((base.data_root or default_data_root()) / "cwru").is_dir():
         console.print("not measured: no CWRU records (see ../shared/datasets)")
         return 0
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - started
-    args.out.write_text(json.dumps(dict(summary=summary, runs=runs, seconds=seconds), indent=1))
+    result = dict(overrides=args.set, summary=summary, runs=runs, seconds=seconds)
+    args.out.write_text(json.dumps(result, indent=1))
     console.print(f"wrote {args.out} in {seconds:.0f} s")
     return 0
 

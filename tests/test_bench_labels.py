@@ -24,6 +24,12 @@ def test_help_names_the_budget(capsys):
     assert done.value.code == 0 and "same budget" in capsys.readouterr().out
 
 
+def test_a_bad_override_names_the_field(capsys):
+    with pytest.raises(SystemExit) as done:
+        labels.main(["--seeds", "1", "--set", "cwru_channel=XX"])
+    assert done.value.code == 2 and "cwru_channel" in capsys.readouterr().err
+
+
 @pytest.mark.realdata
 def test_suggested_labels_spend_the_same_budget_on_the_real_rig(tmp_path):
     if not (default_data_root() / "cwru").is_dir():
@@ -31,6 +37,7 @@ def test_suggested_labels_spend_the_same_budget_on_the_real_rig(tmp_path):
     out = tmp_path / "labels.json"
     assert labels.main(["--seeds", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["overrides"] == []
     for task, classes in (("cwru 4 classes, 20 labels", 4), ("cwru 10 classes, 50 labels", 10)):
         run = result["runs"][task][0]
         spent = {k: sum(run[k]["labels_per_class"]) for k in ("random", "suggested")}
