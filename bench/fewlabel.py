@@ -26,6 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.options import add_config_options, config_from
 from edge_agent.contract.preprocess import frame
 from edge_agent.physics.bearing_sim import BearingGeometry
 from edge_agent.physics.evidence import (
@@ -34,7 +35,7 @@ from edge_agent.physics.evidence import (
     evidence,
     select_band,
 )
-from train.config import DATA_DESCRIPTIONS, TrainConfig, load_config
+from train.config import DATA_DESCRIPTIONS, TrainConfig
 from train.cwru import default_data_root
 from train.data import (
     LOCATION_CLASSES,
@@ -396,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma list of groups ({', '.join(GROUPS)}), data names (cwru-lolo-2) or task "
         "names (default all)",
     )
-    parser.add_argument("--config", type=Path, help="TOML training config (budget, model)")
-    parser.add_argument("--set", action="append", default=[], help="override field=value")
+    add_config_options(parser)
     parser.add_argument(
         "--no-baselines",
         action="store_true",
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    base = load_config(args.config, args.set)
+    base = config_from(parser, args)
     try:
         tasks = select_tasks(args.tasks)
     except ValueError as err:

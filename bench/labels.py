@@ -24,6 +24,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.options import add_config_options, config_from
+
 console = Console()
 RESULTS = Path("bench/results/labels.json")
 TASKS = {"cwru 4 classes, 20 labels": "cwru-4class", "cwru 10 classes, 50 labels": "cwru-10class"}
@@ -59,23 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        help="override a training config field, field=value (e.g. cwru_channel=FE)",
-    )
+    add_config_options(parser)
     args = parser.parse_args(argv)
     from bench.fewlabel import task_config
-    from train.config import load_config
     from train.cwru import default_data_root
     from train.data import build_split
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        base = load_config(None, args.set)
-    except ValueError as err:
-        parser.error(str(err))
+    base = config_from(parser, args)
     if not ((base.data_root or default_data_root()) / "cwru").is_dir():
         console.print("not measured: no CWRU records (see ../shared/datasets)")
         return 0

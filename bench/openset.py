@@ -23,9 +23,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.options import add_config_options, config_from
 from edge_agent.contract.bundle import ClassStats
 from edge_agent.pipeline.openset import OpenSetScorer, auroc
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig
 from train.cwru import default_data_root
 from train.data import build_split
 from train.loop import finetune, pretrain
@@ -87,12 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                         "sim-reference")  # fmt: skip
     parser.add_argument("--labels", type=int, default=50, help="labels per class")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--config", type=Path, help="TOML training config (budget, model)")
-    parser.add_argument("--set", action="append", default=[], help="override field=value")
+    add_config_options(parser)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    base = load_config(args.config, args.set)
+    base = config_from(parser, args)
     cwru = ((base.data_root or default_data_root()) / "cwru").is_dir()
     data = args.data or ("cwru-4class" if cwru else "sim-reference")
     rows: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ import pytest
 
 from bench import fewlabel
 from edge_agent.physics.bearing_sim import SKF_6205
+from train.config import load_config
 from train.mfpt import MFPT_GEOMETRY
 from train.records import Record
 from train.scenarios import lab_records
@@ -106,7 +107,7 @@ def test_task_selection_by_group_data_or_name():
 
 
 def test_unseen_bearing_pretrains_on_its_own_pool_and_targets_are_registered():
-    base = fewlabel.load_config(None, None, pretrain_monitor=False)
+    base = load_config(None, None, pretrain_monitor=False)
     groups = {fewlabel.pretrain_group(base, t) for t in fewlabel.GROUPS["cwru"]}
     assert len(groups) == 2  # every record; every record but the 0.014 in ones
     unseen = 'cwru unseen bearing (0.014" held out), 50/class'
@@ -122,7 +123,7 @@ def test_unseen_bearing_pretrains_on_its_own_pool_and_targets_are_registered():
 def test_a_pretraining_that_uses_labels_serves_its_own_task_only(uses_labels):
     # SupCon trains on the labels, the monitor picks the epoch with them: a cross-load task's
     # encoder must not be chosen with the labels of the loads it is tested on
-    base = fewlabel.load_config(None, None, **uses_labels)
+    base = load_config(None, None, **uses_labels)
     cwru = fewlabel.GROUPS["cwru"]
     assert len({fewlabel.pretrain_group(base, t) for t in cwru}) == len(cwru)
 
@@ -161,7 +162,7 @@ def test_mfpt_tasks_run_where_the_clone_is_and_are_skipped_with_a_hint_where_not
     for task, rows in result["summary"].items():
         assert fewlabel.ENVELOPE in rows and SPECTRAL in rows, task
         assert result["tasks"][task]["data"].startswith("mfpt")
-    mfpt_task = fewlabel.task_config(fewlabel.load_config(None, None), "mfpt-2class", 5, 0)
+    mfpt_task = fewlabel.task_config(load_config(None, None), "mfpt-2class", 5, 0)
     assert fewlabel.machine_geometry(mfpt_task) == MFPT_GEOMETRY
     assert not mfpt_task.physics
     capsys.readouterr()

@@ -24,12 +24,6 @@ def test_help_names_the_budget(capsys):
     assert done.value.code == 0 and "same budget" in capsys.readouterr().out
 
 
-def test_a_bad_override_names_the_field(capsys):
-    with pytest.raises(SystemExit) as done:
-        labels.main(["--seeds", "1", "--set", "cwru_channel=XX"])
-    assert done.value.code == 2 and "cwru_channel" in capsys.readouterr().err
-
-
 @pytest.mark.realdata
 def test_suggested_labels_spend_the_same_budget_on_the_real_rig(tmp_path):
     if not (default_data_root() / "cwru").is_dir():
