@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -60,6 +61,20 @@ def _config(config: Path | None, overrides: list[str] | None, **fields: Any) -> 
     except ConfigError as exc:
         console.print(f"[red]invalid config[/red]\n{exc}")
         raise typer.Exit(1) from exc
+
+
+def _config_args(
+    config: Path | None, overrides: list[str] | None, data: str | None, seed: int | None
+) -> str:
+    """The configuration options of a command line, to print a next step that runs as shown
+    (labels_manifest left out: the next step sets it)."""
+    args = [] if config is None else ["--config", str(config)]
+    for item in overrides or []:
+        if item.partition("=")[0].strip() != "labels_manifest":
+            args += ["--set", item]
+    args += [] if data is None else ["--data", data]
+    args += [] if seed is None else ["--seed", str(seed)]
+    return "".join(f" {shlex.quote(a)}" for a in args)
 
 
 def _fail(message: str) -> None:
@@ -213,34 +228,61 @@ def suggest(
     set_: SetOpt = None,
     data: DataOpt = None,
     seed: SeedOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Also write them to this CSV file.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write them to this CSV file; on a plant's recordings, a manifest of "
+            "excerpts whose label column you fill in, read with --set labels_manifest=FILE."
+        ),
+    ] = None,
 ) -> None:
     """Propose the unlabeled windows to label: one per k-means group of the pool's spectral
     views (train.suggest), so a few labels cover every kind of window the pool holds."""
     _setup_logging(True)
     cfg = _config(config, set_, data=data, seed=seed)
     from train.data import build_split
-    from train.suggest import suggest_from_pool
+    from train.suggest import suggest_from_pool, write_label_sheet
 
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.touch()
+        except OSError as exc:
+            _fail(f"--out {out}: cannot write ({exc.strerror})")
     try:
-        _, where = suggest_from_pool(build_split(cfg).pool, budget, cfg.seed)
+        split = build_split(cfg, need_labels=False)
+        unlabeled = split.description.get("unlabeled_records")  # a plant's: not the labeled
+        _, where = suggest_from_pool(
+            split.pool, budget, cfg.seed, None if cfg.data != "recordings" else unlabeled or []
+        )
     except ValueError as exc:
         _fail(str(exc))
-    rate = cfg.sample_rate_hz
-    rows = [(record, start, start / rate) for record, start in where]
-    table = Table("#", "record", "first sample", "from (s)", "to (s)")
-    for n, (record, start, t) in enumerate(rows, 1):
-        table.add_row(str(n), record, str(start), f"{t:.3f}", f"{t + cfg.window / rate:.3f}")
+    rate, window = cfg.sample_rate_hz, cfg.window
+    sources = split.description.get("sources", {})  # a plant's recordings: times in the file
+    table = Table("#", "record", "from (s)", "to (s)")
+    for n, (record, first) in enumerate(where, 1):
+        t = sources[record]["first_s"] + first / rate if sources else first / rate
+        table.add_row(str(n), record, f"{t:.3f}", f"{t + window / rate:.3f}")
     console.print(table)
+    if out is not None and sources:
+        write_label_sheet(out, where, sources, rate, window)
+        step = shlex.quote(f"labels_manifest={out}")
+        tested = len(split.description["test_records"])
+        console.print(
+            f"wrote {out}: {len(where)} windows of {window / rate:.3f} s to label, one per row. "
+            "Fill in the label column (leave a row empty if unsure). The model is tested on "
+            "whole recordings labeled in the manifest (a row without start_s, end_s; "
+            f"{tested} now), ideally one of each class. Then train on both:"
+        )
+        print(f"  faultwatch train run{_config_args(config, set_, data, seed)} --set {step}")
+        return
     if out is not None:
         lines = ["record,first_sample,from_s,to_s"]
-        lines += [f"{r},{s},{t:.4f},{t + cfg.window / rate:.4f}" for r, s, t in rows]
+        lines += [f"{r},{f},{f / rate:.4f},{(f + window) / rate:.4f}" for r, f in where]
         out.write_text("\n".join(lines) + "\n")
         console.print(f"wrote {out}")
     console.print(
-        f"label these {len(rows)} windows ({cfg.window} samples at {rate} Hz from the first "
-        "sample shown, in the record resampled to that rate): cut each into a recording of its "
-        "class in a recordings manifest (data = 'recordings') and train on it"
+        f"label these {len(where)} windows ({window} samples at {rate} Hz from the time shown)"
     )
 
 

@@ -90,6 +90,11 @@ class TrainConfig(BaseModel):
         "FE at the fan end, the far side of the motor.",
     )
     manifest: Path | None = Field(None, description="Recordings manifest (data = 'recordings').")
+    labels_manifest: Path | None = Field(
+        None,
+        description="A second manifest read with `manifest`: usually the file `faultwatch train "
+        "suggest --out` wrote, its label column filled in (data = 'recordings').",
+    )
     pool_shards: Path | None = Field(
         None,
         description="Folder from `faultwatch train shards`: the unlabeled pretraining pool is "
@@ -285,6 +290,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"hop ({self.hop}) must be <= window ({self.window})")
         if self.data == "recordings" and self.manifest is None:
             raise ValueError("data = 'recordings' needs manifest = <path to CSV or TOML manifest>")
+        if self.labels_manifest is not None and self.data != "recordings":
+            raise ValueError(
+                f"labels_manifest is read with data = 'recordings' only (data is {self.data!r})"
+            )
         return self
 
     def run_dir(self) -> Path:

@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from edge_agent.physics.bearing_sim import BearingGeometry
 from train.config import DATA_DESCRIPTIONS, TrainConfig
 from train.records import Record
 from train.splits import (
+    TRAIN_END,
     Segment,
     SegmentPool,
     Split,
@@ -30,12 +32,14 @@ logger = logging.getLogger(__name__)
 LOCATION_CLASSES = ["normal", "inner_race", "outer_race", "ball"]
 
 
-def build_split(cfg: TrainConfig) -> Split:
+def build_split(cfg: TrainConfig, need_labels: bool = True) -> Split:
+    """The split `cfg` names; need_labels=False lets a plant's recordings have none yet (to
+    choose which windows to label)."""
     rng = np.random.default_rng(cfg.seed)
     if cfg.data == "sim-reference":
         split = sim_reference_split(cfg, rng)
     elif cfg.data == "recordings":
-        split = recordings_split(cfg, rng)
+        split = recordings_split(cfg, rng, need_labels)
     elif cfg.data in MFPT_TASKS:
         split = mfpt_split(cfg, rng)
     else:
@@ -277,13 +281,7 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
             for r in _sim_test_records(cfg)
         ]
     if cfg.data == "recordings":
-        from train.recordings import load_manifest
-
-        records = [
-            r
-            for r in _resampled(load_manifest(cfg.manifest), cfg.sample_rate_hz)  # type: ignore[arg-type]
-            if r.label
-        ]
+        records = [r for r in manifest_records(cfg) if r.label and "excerpt_s" not in r.meta]
         keep: Callable[[Record], bool] = _every
     elif cfg.data in MFPT_TASKS:
         records, keep = mfpt_records(cfg), MFPT_TASKS[cfg.data].test
@@ -300,23 +298,120 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
     return out
 
 
-def recordings_split(cfg: TrainConfig, rng: np.random.Generator) -> Split:
-    """A plant's recordings: labeled ones are time-block split; unlabeled ones join the pool."""
-    from train.recordings import load_manifest
+def manifest_records(cfg: TrainConfig) -> list[Record]:
+    """The recordings of `manifest` and `labels_manifest`, at the training rate, excerpts cut to
+    their stretch. ValueError when both list the same recording."""
+    from train.recordings import at_rate, load_manifest
 
-    records = _resampled(load_manifest(cfg.manifest), cfg.sample_rate_hz)  # type: ignore[arg-type]
-    labeled = [r for r in records if r.label]
-    if not labeled:
-        raise ValueError(f"{cfg.manifest}: no recording has a label; fine-tuning needs some")
-    names = sorted({r.label for r in labeled}, key=lambda n: (n != "normal", n))
-    split = split_records(labeled, names, cfg, rng, label_of=lambda r: r.label)
-    extra = [Segment(r.record_id, r.signal, -1, 0) for r in records if not r.label]
-    if extra:
-        split.pool = SegmentPool(
-            split.pool.segments + extra, cfg.window, cfg.hop, cfg.normalization
+    records = load_manifest(cfg.manifest)  # type: ignore[arg-type]
+    if cfg.labels_manifest is not None:
+        extra = load_manifest(cfg.labels_manifest)
+        listed = {_identity(r): r.meta["where"] for r in records}
+        for r in extra:
+            if _identity(r) in listed:
+                raise ValueError(
+                    f"{r.meta['where']}: path: {r.record_id!r} is already listed in "
+                    f"{listed[_identity(r)]}"
+                )
+        unlabeled = sum(not r.label for r in extra)
+        if unlabeled:
+            logger.info(
+                "%s: %d of %d rows have no label; they join the unlabeled pool",
+                cfg.labels_manifest,
+                unlabeled,
+                len(extra),
+            )
+        records += extra
+    return [at_rate(r, cfg.sample_rate_hz) for r in records]
+
+
+def _identity(record: Record) -> tuple[str, tuple[float, ...]]:
+    """What a manifest row reads: the file (and column), and the excerpt's times if any."""
+    return record.meta["source_id"], tuple(record.meta.get("excerpt_s", ()))
+
+
+def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bool = True) -> Split:
+    """A plant's recordings: labeled ones are time-block split; unlabeled ones join the pool;
+    every window of a labeled excerpt (the operator picked it) joins the labeled windows."""
+    records = manifest_records(cfg)
+    for r in records:
+        if r.signal.shape[0] < cfg.window and "excerpt_s" in r.meta:
+            raise ValueError(
+                f"{r.meta['where']}: start_s, end_s: the excerpt holds {r.signal.shape[0]} "
+                f"samples at {cfg.sample_rate_hz} Hz, less than one {cfg.window}-sample window"
+            )
+    whole = [r for r in records if r.label and "excerpt_s" not in r.meta]
+    excerpts = [r for r in records if r.label and "excerpt_s" in r.meta]
+    if need_labels and not whole:
+        raise ValueError(
+            f"{cfg.manifest}: no whole recording has a label ({len(excerpts)} labeled "
+            "excerpts): label at least one (a row without start_s, end_s); the last 30 % of a "
+            "labeled recording tests the model and checks its INT8 export"
         )
+    _check_excerpts_against_whole(records, whole)
+    names = sorted({r.label for r in whole + excerpts}, key=lambda n: (n != "normal", n))
+    extra = [Segment(r.record_id, r.signal, -1, 0) for r in records if not r.label]
+    split = split_records(whole, names, cfg, rng, label_of=lambda r: r.label, extra_pool=extra)
+    index = {name: i for i, name in enumerate(names)}
+    file_ids = {r.meta["source_id"]: r.record_id for r in records if "excerpt_s" not in r.meta}
+    picked = [  # one recording is one file: excerpts of a file share its id (train.monitor)
+        windows_of(
+            Segment(
+                file_ids.get(r.meta["source_id"], r.meta["source_id"]), r.signal, index[r.label], 0
+            ),
+            cfg.window,
+            cfg.window,
+            cfg.normalization,
+        )
+        for r in excerpts
+    ]
+    split.labeled = WindowSet.concat([split.labeled, *picked], cfg.window)
+    split.description["labeled_excerpts"] = [
+        {"record": r.record_id, "label": r.label, "windows": len(w)}
+        for r, w in zip(excerpts, picked, strict=True)
+    ]
+    untested = [name for i, name in enumerate(names) if not (split.test.y == i).any()]
+    if need_labels and untested:
+        logger.warning(
+            "no test windows of %s: a labeled whole recording of each would measure them",
+            ", ".join(untested),
+        )
+    if extra:
         split.description["unlabeled_records"] = [s.record_id for s in extra]
+    split.description["sources"] = {r.record_id: source_of(r) for r in records}
     return split
+
+
+def source_of(record: Record) -> dict[str, Any]:
+    """Where a manifest record's samples come from: a manifest row for them (path relative to
+    nothing: the file as read), and the time of the record's first sample in that file."""
+    meta = record.meta
+    row = {"path": meta["file"], "sample_rate_hz": meta["file_rate_hz"], "scale_g": meta["scale_g"]}
+    if "column" in meta:
+        row["column"] = meta["column"]
+    return {"row": row, "first_s": meta["first_s"]}
+
+
+def _check_excerpts_against_whole(records: list[Record], whole: list[Record]) -> None:
+    """An excerpt of a labeled whole recording must lie in its train block (a window from its
+    validation or test block would leak into training) and carry its label, if any."""
+    of_file = {r.meta["source_id"]: r for r in whole}
+    for r in records:
+        span, source = r.meta.get("excerpt_s"), of_file.get(r.meta["source_id"])
+        if span is None or source is None:
+            continue
+        train_end_s = TRAIN_END * source.duration_s
+        if span[1] > train_end_s:
+            raise ValueError(
+                f"{r.meta['where']}: end_s: {span[1]:g} s reaches past the train block "
+                f"(0-{train_end_s:g} s) of {source.record_id} ({source.meta['where']}), a labeled "
+                "recording whose later windows validate and test the model"
+            )
+        if r.label and r.label != source.label:
+            raise ValueError(
+                f"{r.meta['where']}: label: {r.label!r}, but the whole recording is "
+                f"{source.label!r} ({source.meta['where']})"
+            )
 
 
 def cwru_records(cfg: TrainConfig) -> list[Record]:

@@ -15,8 +15,14 @@ TOML manifest, one table per recording:
 
 path (relative to the manifest's folder) and sample_rate_hz are required. label: a class name,
 empty or absent = unlabeled. scale_g: multiplies the samples to get g (default 1.0). column:
-the WAV channel / NPY column index, or the CSV column name or index. Other keys go to `meta`.
+the WAV channel / NPY column index, or the CSV column name or index. start_s, end_s (both or
+neither): only that stretch of the file, in seconds from its first sample (an excerpt: how a
+window `faultwatch train suggest` proposed is labeled). Other keys go to `meta`.
 Files: .wav (integer PCM as a fraction of full scale), .npy (1-D, or 2-D with `column`), .csv.
+
+An excerpt is read with EXCERPT_MARGIN_S of the file on each side; `at_rate` resamples it on
+the sample grid of its whole file resampled, with no edge transient inside its stretch, and cuts
+it to that stretch: a window `suggest` proposed comes back to the sample.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.contract.preprocess import adc_to_g
+from edge_agent.contract.preprocess import adc_to_g, resample
 from train.records import UNLABELED, Record
 
 if sys.version_info >= (3, 11):
@@ -43,7 +49,8 @@ else:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("path", "sample_rate_hz", "label", "scale_g", "column")
+FIELDS = ("path", "sample_rate_hz", "label", "scale_g", "column", "start_s", "end_s")
+EXCERPT_MARGIN_S = 1.1  # <= 1 s to align any two integer rates' grids (1 / gcd s), 0.1 s filter
 SUFFIXES = (".wav", ".npy", ".csv")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -169,6 +176,12 @@ def _load_entry(where: str, entry: dict[str, Any], folder: Path) -> Record:
         )
     if signal.size == 0:
         raise ValueError(f"{where}: {file.name}: the recording is empty")
+    excerpt = _excerpt(where, entry, signal.size, rate)
+    first_s = 0.0
+    if excerpt is not None:
+        lo = max(0, math.floor((excerpt[0] - EXCERPT_MARGIN_S) * rate))
+        hi = min(signal.size, math.ceil((excerpt[1] + EXCERPT_MARGIN_S) * rate))
+        signal, first_s = signal[lo:hi], lo / rate
     n_nan = int(np.count_nonzero(np.isnan(signal)))
     n_inf = int(np.count_nonzero(np.isinf(signal)))
     if n_nan or n_inf:
@@ -177,11 +190,81 @@ def _load_entry(where: str, entry: dict[str, Any], folder: Path) -> Record:
             "clean or cut the recording first"
         )
     meta = {key: value for key, value in entry.items() if key not in FIELDS}
-    meta.update(file=str(file), scale_g=scale, source="manifest", where=where)
+    name = rel if column is None else f"{rel}#{column}"
+    source_id = str(file.resolve()) + ("" if column is None else f"#{column}")  # across manifests
+    meta.update(file=str(file), scale_g=scale, source="manifest", where=where, source_id=source_id)
+    meta.update(file_rate_hz=rate, first_s=first_s)  # first_s: the first sample's time in the file
     if column is not None:
         meta["column"] = column
-    record_id = rel if column is None else f"{rel}#{column}"
+    record_id = name
+    if excerpt is not None:
+        meta["excerpt_s"] = list(excerpt)
+        record_id = f"{name}@{excerpt[0]:g}-{excerpt[1]:g}s"
     return Record(record_id, (signal * scale).astype(np.float32), rate, label, meta)
+
+
+def at_rate(record: Record, rate: int) -> Record:
+    """A manifest record resampled to `rate`; an excerpt on the sample grid of its whole file
+    resampled, cut to its exact stretch. ValueError naming the row if the stretch holds no
+    sample at that rate."""
+    span = record.meta.get("excerpt_s")
+    if span is None:
+        return _resampled(record, rate)
+    file_rate = record.sample_rate_hz
+    first = round(record.meta["first_s"] * file_rate)  # the cut's first sample in the file
+    step = file_rate // math.gcd(file_rate, rate)  # file samples per grid point of both rates
+    skip = -first % step
+    first_s = (first + skip) / file_rate
+    aligned = Record(record.record_id, record.signal[skip:], file_rate, record.label, record.meta)
+    signal = _resampled(aligned, rate).signal
+    lo = round((span[0] - first_s) * rate)
+    hi = min(signal.shape[0], lo + round((span[1] - span[0]) * rate))
+    if hi <= lo:
+        raise ValueError(
+            f"{record.meta['where']}: start_s, end_s: the excerpt holds no sample at {rate} Hz"
+        )
+    meta = {**record.meta, "first_s": span[0]}
+    return Record(record.record_id, signal[lo:hi], rate, record.label, meta)
+
+
+def _resampled(record: Record, rate: int) -> Record:
+    if record.sample_rate_hz == rate:
+        return record
+    signal = resample(record.signal, record.sample_rate_hz, rate)
+    return Record(record.record_id, signal, rate, record.label, record.meta)
+
+
+def _excerpt(
+    where: str, entry: dict[str, Any], n_samples: int, rate: int
+) -> tuple[float, float] | None:
+    """(start_s, end_s) of an excerpt row, None for a whole file; ValueError naming the field."""
+    duration_s = n_samples / rate
+    given = [key for key in ("start_s", "end_s") if key in entry]
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = "end_s" if given == ["start_s"] else "start_s"
+        raise ValueError(f"{where}: {missing}: an excerpt needs both start_s and end_s")
+    start, end = (_seconds(where, key, entry[key]) for key in ("start_s", "end_s"))
+    if (end - start) * rate < 1:
+        raise ValueError(
+            f"{where}: end_s: must be at least one sample after start_s ({start:g}), got {end:g}"
+        )
+    if end > duration_s * (1 + 1e-9):
+        raise ValueError(
+            f"{where}: end_s: {end:g} s is past the end of the file ({duration_s:g} s)"
+        )
+    return start, end
+
+
+def _seconds(where: str, field: str, value: Any) -> float:
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{where}: {field}: must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def _positive_int(where: str, field: str, value: Any) -> int:

@@ -227,12 +227,12 @@ def write_manifest_shards(
     manifest: Path, folder: Path, spec: PreprocessSpec, shard_size: int = 4096
 ) -> Path:
     """Stream every recording of a manifest (one at a time) into normalized window shards."""
-    from edge_agent.contract.preprocess import prepare, resample
-    from train.recordings import iter_manifest
+    from edge_agent.contract.preprocess import prepare
+    from train.recordings import at_rate, iter_manifest
 
     def windows() -> Iterator[np.ndarray]:
         for record in iter_manifest(manifest):
-            signal = resample(record.signal, record.sample_rate_hz, spec.sample_rate_hz)
+            signal = at_rate(record, spec.sample_rate_hz).signal
             if signal.shape[0] >= spec.window:
                 yield prepare(signal, spec)
 

@@ -222,12 +222,13 @@ def split_records(
     labeled_filter: Callable[[Record], bool] = lambda r: True,
     test_filter: Callable[[Record], bool] = lambda r: True,
     pool_filter: Callable[[Record], bool] = lambda r: True,
+    extra_pool: Sequence[Segment] = (),
 ) -> Split:
     """Time-block split inside every record (the CWRU and recordings path).
 
     Labeled and validation windows come from the train / val blocks of records passing
     `labeled_filter`, test windows from the test blocks of records passing `test_filter`, and
-    the unlabeled pool from the train blocks of records passing `pool_filter`.
+    the unlabeled pool from the train blocks of records passing `pool_filter`, and `extra_pool`.
     """
     index = {name: i for i, name in enumerate(class_names)}
     blocks = {r.record_id: (r, time_blocks(r, index[label_of(r)], cfg.window)) for r in records}
@@ -253,7 +254,7 @@ def split_records(
         for s in [b.get("train")]
         if s is not None and pool_filter(r)
     ]
-    pool = SegmentPool(pool_segments, cfg.window, cfg.hop, cfg.normalization)
+    pool = SegmentPool([*pool_segments, *extra_pool], cfg.window, cfg.hop, cfg.normalization)
     description = {
         "scheme": "time-block within each record",
         "blocks": {

@@ -9,12 +9,20 @@ the window nearest each group's centre. The operator labels those; no class coun
 advance, so a class the pool shows in several guises gets several labels. k-means favours large
 groups: a kind of window much rarer than 1 / budget of the pool can still go unlabeled, so spend
 a few more labels than the kinds expected (on CWRU, 20 labels for 10 bearings covered all).
+
+On a plant's recordings `write_label_sheet` writes the suggestions as a recordings manifest of
+excerpts (start_s, end_s) with an empty label column: the operator fills it in and trains with
+`labels_manifest` set to that file, nothing cut by hand.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,15 +59,46 @@ def suggest_labels(windows: np.ndarray, budget: int, seed: int) -> np.ndarray:
 
 
 def suggest_from_pool(
-    pool: SegmentPool, budget: int, seed: int
+    pool: SegmentPool, budget: int, seed: int, records: Collection[str] | None = None
 ) -> tuple[WindowSet, list[tuple[str, int]]]:
     """The suggested windows of up to SUGGEST_POOL_WINDOWS evenly spread pool windows (with the
     pool's hidden labels, which only a benchmark may read) and where each comes from (record id,
-    first sample)."""
-    from train.splits import WindowSet
+    first sample). records: draw from these records' windows only (ValueError if none is in
+    the pool)."""
+    from train.splits import SegmentPool, WindowSet
+
+    if records is not None:
+        segments = [s for s in pool.segments if s.record_id in records]
+        if not segments:
+            raise ValueError("every recording is labeled: no unlabeled window to suggest")
+        pool = SegmentPool(segments, pool.window, pool.hop, pool.normalization)
 
     windows = pool.windows(limit=SUGGEST_POOL_WINDOWS)
     where = pool.positions(limit=SUGGEST_POOL_WINDOWS)
     picks = suggest_labels(windows.x, budget, seed)
     chosen = WindowSet(windows.x[picks], windows.y[picks], [windows.record_ids[i] for i in picks])
     return chosen, [where[i] for i in picks]
+
+
+SHEET_FIELDS = ("path", "sample_rate_hz", "column", "scale_g", "start_s", "end_s", "label")
+
+
+def write_label_sheet(
+    out: Path,
+    where: list[tuple[str, int]],
+    sources: dict[str, dict[str, Any]],
+    rate: int,
+    window: int,
+) -> None:
+    """The suggested windows (record id, first sample at `rate`) as a manifest of unlabeled
+    excerpts, paths relative to `out`'s folder, `sources` as `train.data.source_of` gives them."""
+    folder = out.resolve().parent
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, SHEET_FIELDS)
+        writer.writeheader()
+        for record_id, first in where:
+            source = sources[record_id]
+            start = source["first_s"] + first / rate
+            row = dict(source["row"], start_s=f"{start:.6f}", end_s=f"{start + window / rate:.6f}")
+            row["path"] = os.path.relpath(Path(row["path"]).resolve(), folder)
+            writer.writerow(row)
