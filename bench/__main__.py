@@ -13,6 +13,7 @@ BENCHES = {
     "device": "bench.device",
     "openset": "bench.openset",
     "labels": "bench.labels",
+    "encoders": "bench.encoders",
 }
 
 

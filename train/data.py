@@ -352,19 +352,7 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
     names = sorted({r.label for r in whole + excerpts}, key=lambda n: (n != "normal", n))
     extra = [Segment(r.record_id, r.signal, -1, 0) for r in records if not r.label]
     split = split_records(whole, names, cfg, rng, label_of=lambda r: r.label, extra_pool=extra)
-    index = {name: i for i, name in enumerate(names)}
-    file_ids = {r.meta["source_id"]: r.record_id for r in records if "excerpt_s" not in r.meta}
-    picked = [  # one recording is one file: excerpts of a file share its id (train.monitor)
-        windows_of(
-            Segment(
-                file_ids.get(r.meta["source_id"], r.meta["source_id"]), r.signal, index[r.label], 0
-            ),
-            cfg.window,
-            cfg.window,
-            cfg.normalization,
-        )
-        for r in excerpts
-    ]
+    picked = _excerpt_windows(excerpts, records, names, cfg)
     split.labeled = WindowSet.concat([split.labeled, *picked], cfg.window)
     split.description["labeled_excerpts"] = [
         {"record": r.record_id, "label": r.label, "windows": len(w)}
@@ -382,9 +370,27 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
     return split
 
 
+def _excerpt_windows(
+    excerpts: list[Record], records: list[Record], names: list[str], cfg: TrainConfig
+) -> list[WindowSet]:
+    """Every non-overlapping window of each labeled excerpt, under its file's record id (one
+    recording is one file, for train.monitor's leave-one-recording-out)."""
+    file_ids = {r.meta["source_id"]: r.record_id for r in records if "excerpt_s" not in r.meta}
+    return [
+        windows_of(
+            Segment(file_ids.get(source, source), r.signal, names.index(r.label), 0),
+            cfg.window,
+            cfg.window,
+            cfg.normalization,
+        )
+        for r in excerpts
+        for source in [r.meta["source_id"]]
+    ]
+
+
 def source_of(record: Record) -> dict[str, Any]:
-    """Where a manifest record's samples come from: a manifest row for them (path relative to
-    nothing: the file as read), and the time of the record's first sample in that file."""
+    """Where a manifest record's samples come from: the manifest row that reads its file (the
+    path as opened) and the time of the record's first sample in that file."""
     meta = record.meta
     row = {"path": meta["file"], "sample_rate_hz": meta["file_rate_hz"], "scale_g": meta["scale_g"]}
     if "column" in meta:
