@@ -15,7 +15,6 @@ and writes bench/results/encoders.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -28,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.options import add_config_options, config_from
+from bench.options import config_from, has_cwru, seeded_parser
 
 console = Console()
 RESULTS = Path("bench/results/encoders.json")
@@ -110,25 +109,16 @@ def trained_encoders(cfg, split):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench encoders",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    add_config_options(parser)
+    parser = seeded_parser("python -m bench encoders", __doc__, 3, RESULTS)
     args = parser.parse_args(argv)
     if args.config is None and not any(s.startswith("epochs=") for s in args.set):
         args.set = ["epochs=8", *args.set]
-    from train.cwru import default_data_root
     from train.data import build_split
     from train.loop import embed
 
     logging.basicConfig(level=logging.WARNING)
     base = config_from(parser, args)
-    if not ((base.data_root or default_data_root()) / "cwru").is_dir():
-        console.print("not measured: no CWRU records (see ../shared/datasets)")
+    if not has_cwru(base):
         return 0
     started = time.perf_counter()
     runs: dict[str, list[dict]] = {name: [] for name in ENCODERS}

@@ -12,7 +12,6 @@ Needs the CWRU records; prints a table and writes bench/results/labels.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.options import add_config_options, config_from
+from bench.options import config_from, has_cwru, seeded_parser
 
 console = Console()
 RESULTS = Path("bench/results/labels.json")
@@ -54,23 +53,14 @@ def recipe(cfg, split) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench labels",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    add_config_options(parser)
+    parser = seeded_parser("python -m bench labels", __doc__, 5, RESULTS)
     args = parser.parse_args(argv)
     from bench.fewlabel import task_config
-    from train.cwru import default_data_root
     from train.data import build_split
 
     logging.basicConfig(level=logging.WARNING)
     base = config_from(parser, args)
-    if not ((base.data_root or default_data_root()) / "cwru").is_dir():
-        console.print("not measured: no CWRU records (see ../shared/datasets)")
+    if not has_cwru(base):
         return 0
     started = time.perf_counter()
     runs: dict[str, list[dict]] = {}

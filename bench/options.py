@@ -25,3 +25,24 @@ def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tr
         return load_config(args.config, args.set)
     except ConfigError as err:
         parser.error(str(err))
+
+
+def seeded_parser(prog: str, doc: str | None, seeds: int, out: Path) -> argparse.ArgumentParser:
+    """A bench's parser with `--seeds`, `--out` (its JSON) and the config options."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--out", type=Path, default=out)
+    add_config_options(parser)
+    return parser
+
+
+def has_cwru(cfg: TrainConfig) -> bool:
+    """Whether the CWRU records are under the configured data root; says so when they are not."""
+    from train.cwru import default_data_root
+
+    if ((cfg.data_root or default_data_root()) / "cwru").is_dir():
+        return True
+    print("not measured: no CWRU records (see ../shared/datasets)")
+    return False

@@ -133,27 +133,24 @@ def test_labeled_excerpts_train_and_never_test(plant: Path) -> None:
     assert set(split.labeled.record_ids) == {f"data/r{i}.npy" for i in range(4)}  # id: file
 
 
-def test_an_excerpt_may_not_reach_a_labeled_recordings_later_blocks(plant: Path) -> None:
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (  # the test block of r1 (labeled whole) from 1.2 s on
+            f"../data/r1.npy,12000,1.0,{TRAIN_END * 2.0 + 0.05},",
+            r"sheet.csv row 2: end_s: 1.25 s reaches past the train block \(0-1.2 s\)",
+        ),
+        ("../data/r0.npy,12000,0,0.1,ball", r"row 2: label: 'ball', but the whole recording is "),
+        ("../data/r2.npy,12000,,,ball", r"sheet.csv row 2: path: '../data/r2.npy' is already"),
+    ],
+)
+def test_a_sheet_that_would_leak_or_contradict_the_manifest_is_refused(
+    plant: Path, row: str, message: str
+) -> None:
     sheet = plant / "sheets" / "sheet.csv"  # another folder: another relative path, same file
     sheet.parent.mkdir()
-    end = TRAIN_END * 2.0 + 0.05
-    sheet.write_text(f"path,sample_rate_hz,start_s,end_s,label\n../data/r1.npy,12000,1.0,{end},\n")
-    with pytest.raises(ValueError, match=r"sheet.csv row 2: end_s: 1.25 s reaches past the train"):
-        build_split(config(plant, f"labels_manifest={sheet}"))
-
-
-def test_an_excerpt_may_not_contradict_its_labeled_recording(plant: Path) -> None:
-    sheet = plant / "sheet.csv"
-    sheet.write_text("path,sample_rate_hz,start_s,end_s,label\ndata/r0.npy,12000,0,0.1,ball\n")
-    with pytest.raises(ValueError, match=r"row 2: label: 'ball', but the whole recording is "):
-        build_split(config(plant, f"labels_manifest={sheet}"))
-
-
-def test_manifests_may_not_list_a_recording_twice(plant: Path) -> None:
-    sheet = plant / "sheets" / "sheet.csv"
-    sheet.parent.mkdir()
-    sheet.write_text("path,sample_rate_hz,label\n../data/r2.npy,12000,ball\n")
-    with pytest.raises(ValueError, match=r"sheet.csv row 2: path: '../data/r2.npy' is already"):
+    sheet.write_text(f"path,sample_rate_hz,start_s,end_s,label\n{row}\n")
+    with pytest.raises(ValueError, match=message):
         build_split(config(plant, f"labels_manifest={sheet}"))
 
 
