@@ -16,7 +16,6 @@ and writes bench/results/encoders.json.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.options import config_from, has_cwru, seeded_parser
+from bench.options import config_from, has_cwru, seeded_parser, write_result
 
 console = Console()
 RESULTS = Path("bench/results/encoders.json")
@@ -144,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, cells in summary.items():
         table.add_row(name, *(cells[f"k{k}"]["shown"] for k in K_LABELS))
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    seconds = time.perf_counter() - started
-    result = dict(overrides=args.set, summary=summary, runs=runs, seconds=seconds)
-    args.out.write_text(json.dumps(result, indent=1))
-    console.print(f"wrote {args.out} in {seconds:.0f} s")
+    write_result(args.out, args.set, summary, runs, started)
     return 0
 
 

@@ -12,7 +12,6 @@ Needs the CWRU records; prints a table and writes bench/results/labels.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.options import config_from, has_cwru, seeded_parser
+from bench.options import config_from, has_cwru, seeded_parser, write_result
 
 console = Console()
 RESULTS = Path("bench/results/labels.json")
@@ -80,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[task] = {k: _summary([r[k] for r in rows]) for k in ("random", "suggested")}
         table.add_row(task, *(summary[task][k]["shown"] for k in ("random", "suggested")))
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    seconds = time.perf_counter() - started
-    result = dict(overrides=args.set, summary=summary, runs=runs, seconds=seconds)
-    args.out.write_text(json.dumps(result, indent=1))
-    console.print(f"wrote {args.out} in {seconds:.0f} s")
+    write_result(args.out, args.set, summary, runs, started)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The training-config options the benches share: `--config FILE` and `--set field=value`."""
+"""What the training benches share: `--config FILE` and `--set field=value`, `--seeds` and
+`--out`, the CWRU check and the JSON they write."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def has_cwru(cfg: TrainConfig) -> bool:
         return True
     print("not measured: no CWRU records (see ../shared/datasets)")
     return False
+
+
+def write_result(
+    out: Path, overrides: list[str], summary: dict, runs: dict, started: float
+) -> None:
+    """Write the bench's JSON (overrides, summary, runs, seconds since `started`) and say so."""
+    import json
+    import time
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seconds = time.perf_counter() - started
+    result = dict(overrides=overrides, summary=summary, runs=runs, seconds=seconds)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out} in {seconds:.0f} s")
