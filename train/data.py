@@ -350,7 +350,13 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
         )
     _check_excerpts_against_whole(records, whole)
     names = sorted({r.label for r in whole + excerpts}, key=lambda n: (n != "normal", n))
-    extra = [Segment(r.record_id, r.signal, -1, 0) for r in records if not r.label]
+    labeled_spans = _labeled_spans(excerpts, cfg.sample_rate_hz)
+    extra = [
+        piece
+        for r in records
+        if not r.label
+        for piece in _unlabeled_pieces(r, labeled_spans.get(r.meta["source_id"], []))
+    ]
     split = split_records(whole, names, cfg, rng, label_of=lambda r: r.label, extra_pool=extra)
     picked = _excerpt_windows(excerpts, records, names, cfg)
     split.labeled = WindowSet.concat([split.labeled, *picked], cfg.window)
@@ -365,9 +371,31 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
             ", ".join(untested),
         )
     if extra:
-        split.description["unlabeled_records"] = [s.record_id for s in extra]
+        split.description["unlabeled_records"] = list(dict.fromkeys(s.record_id for s in extra))
     split.description["sources"] = {r.record_id: source_of(r) for r in records}
     return split
+
+
+def _labeled_spans(excerpts: list[Record], rate: int) -> dict[str, list[tuple[int, int]]]:
+    """Per file, the sample ranges (at `rate`, from the file's start) its labeled excerpts hold."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for r in excerpts:
+        lo = round(r.meta["first_s"] * rate)
+        spans.setdefault(r.meta["source_id"], []).append((lo, lo + r.signal.shape[0]))
+    return spans
+
+
+def _unlabeled_pieces(record: Record, labeled: list[tuple[int, int]]) -> list[Segment]:
+    """An unlabeled record as pool segments, less the stretches labeled by excerpts of its file
+    (so the pool, and the windows `suggest` proposes, hold no labeled window)."""
+    first = round(record.meta["first_s"] * record.sample_rate_hz)  # the record in its file
+    cuts = sorted((max(lo - first, 0), hi - first) for lo, hi in labeled if hi > first)
+    pieces, start = [], 0
+    for lo, hi in [*cuts, (record.signal.shape[0], record.signal.shape[0])]:
+        if lo > start:
+            pieces.append(Segment(record.record_id, record.signal[start:lo], -1, start))
+        start = max(start, hi)
+    return pieces
 
 
 def _excerpt_windows(

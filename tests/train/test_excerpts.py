@@ -195,10 +195,12 @@ def test_suggest_writes_a_sheet_that_trains_on_exactly_the_suggested_windows(pla
 
     named = [split.class_names.index(name) for name in ("ball", "outer_race")]
     suggested = split.labeled.x[np.isin(split.labeled.y, named)]
-    assert len(suggested) == 4
-    pool = split.pool.windows()
-    for window in suggested:  # each one a window of the pool, to the sample
-        assert np.abs(pool.x - window).max(axis=(1, 2)).min() < 1e-5
+    whole = {f"../data/r{i}.npy": recording(i) for i in (2, 3)}
+    whole["../data/fast.npy"] = resample(recording(4, FAST), FAST, FS)
+    expected = [  # the window of the whole file at the training rate, to the sample
+        whole[row["path"]][round(float(row["start_s"]) * FS) :][:W] for row in rows
+    ]
+    np.testing.assert_allclose(suggested[:, 0], normalize(np.stack(expected))[:, 0], atol=1e-5)
 
 
 def test_pretraining_shards_hold_an_excerpts_stretch_only(plant: Path) -> None:
@@ -228,3 +230,39 @@ def test_suggest_refuses_by_name_when_nothing_is_left_to_label(plant: Path) -> N
     assert unwritable.exit_code == 1 and "--out /proc/no/label-these.csv: cannot write" in (
         unwritable.output
     )
+
+
+def test_labeled_stretches_leave_the_pool_so_a_second_round_suggests_new_windows(
+    plant: Path,
+) -> None:
+    from train.cli import app
+
+    sheet = plant / "label-these.csv"  # beside the manifest: the same relative paths
+    args = ["suggest", "--budget", "6"]
+    for item in [*SETTINGS, f"manifest={plant / 'plant.csv'}"]:
+        args += ["--set", item]
+    first = CliRunner().invoke(app, [*args, "--out", str(sheet)])
+    assert first.exit_code == 0, first.output
+    sheet.write_text(sheet.read_text().replace(",\n", ",ball\n"))  # every window labeled
+    rate_of = {"data/fast.npy": FAST}
+    labeled = {
+        (row["path"], round(float(row["start_s"]) * FS))
+        for row in csv.DictReader(sheet.open(newline=""))
+    }
+    assert len(labeled) == 6 and all(path in rate_of or "/r" in path for path, _ in labeled)
+    split = build_split(config(plant, f"labels_manifest={sheet}"))
+    for record, first_sample in split.pool.positions():  # no pool window overlaps a labeled one
+        assert all(abs(first_sample - start) >= W for path, start in labeled if path == record), (
+            record,
+            first_sample,
+        )
+    again = plant / "more.csv"
+    second = CliRunner().invoke(
+        app, [*args, "--out", str(again), "--set", f"labels_manifest={sheet}"]
+    )
+    assert second.exit_code == 0, second.output
+    proposed = {
+        (row["path"], round(float(row["start_s"]) * FS))
+        for row in csv.DictReader(again.open(newline=""))
+    }
+    assert len(proposed) == 6 and not proposed & labeled
