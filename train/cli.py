@@ -265,12 +265,16 @@ def suggest(
         table.add_row(str(n), record, f"{t:.3f}", f"{t + window / rate:.3f}")
     console.print(table)
     if out is not None and sources:
-        write_label_sheet(out, where, sources, rate, window)
+        from train.recordings import load_manifest
+
+        carried = [] if cfg.labels_manifest is None else load_manifest(cfg.labels_manifest)
+        write_label_sheet(out, where, sources, rate, window, carried)
         step = shlex.quote(f"labels_manifest={out}")
         tested = len(split.description["test_records"])
         console.print(
-            f"wrote {out}: {len(where)} windows of {window / rate:.3f} s to label, one per row. "
-            "Fill in the label column (leave a row empty if unsure). The model is tested on "
+            f"wrote {out}: {len(where)} windows of {window / rate:.3f} s to label, one per row"
+            + (f", after the {len(carried)} rows of {cfg.labels_manifest}. " if carried else ". ")
+            + "Fill in the label column (leave a row empty if unsure). The model is tested on "
             "whole recordings labeled in the manifest (a row without start_s, end_s; "
             f"{tested} now), ideally one of each class. Then train on both:"
         )

@@ -12,7 +12,8 @@ a few more labels than the kinds expected (on CWRU, 20 labels for 10 bearings co
 
 On a plant's recordings `write_label_sheet` writes the suggestions as a recordings manifest of
 excerpts (start_s, end_s) with an empty label column: the operator fills it in and trains with
-`labels_manifest` set to that file, nothing cut by hand.
+`labels_manifest` set to that file, nothing cut by hand; asked again with `labels_manifest` set,
+it carries that file's rows into the new one, so one file holds every label.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from edge_agent.physics.spectral import spectral_view
 
 if TYPE_CHECKING:
+    from train.records import Record
     from train.splits import SegmentPool, WindowSet
 
 KMEANS_RESTARTS = 4
@@ -89,16 +91,29 @@ def write_label_sheet(
     sources: dict[str, dict[str, Any]],
     rate: int,
     window: int,
+    carried: Sequence[Record] = (),
 ) -> None:
     """The suggested windows (record id, first sample at `rate`) as a manifest of unlabeled
-    excerpts, paths relative to `out`'s folder, `sources` as `train.data.source_of` gives them."""
+    excerpts, after the rows of `carried` (the labels so far), paths relative to `out`'s folder;
+    `sources` as `train.data.source_of` gives them."""
+    from train.data import source_of
+
+    rows = []
+    for record in carried:
+        row = dict(source_of(record)["row"], label=record.label)
+        if "excerpt_s" in record.meta:
+            start, end = record.meta["excerpt_s"]
+            row.update(start_s=f"{start:.6f}", end_s=f"{end:.6f}")
+        rows.append(row)
+    for record_id, first in where:
+        source = sources[record_id]
+        start = source["first_s"] + first / rate
+        rows.append(
+            dict(source["row"], start_s=f"{start:.6f}", end_s=f"{start + window / rate:.6f}")
+        )
     folder = out.resolve().parent
     with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, SHEET_FIELDS)
+        writer = csv.DictWriter(handle, SHEET_FIELDS, lineterminator="\n")
         writer.writeheader()
-        for record_id, first in where:
-            source = sources[record_id]
-            start = source["first_s"] + first / rate
-            row = dict(source["row"], start_s=f"{start:.6f}", end_s=f"{start + window / rate:.6f}")
-            row["path"] = os.path.relpath(Path(row["path"]).resolve(), folder)
-            writer.writerow(row)
+        for row in rows:
+            writer.writerow(dict(row, path=os.path.relpath(Path(row["path"]).resolve(), folder)))

@@ -261,8 +261,11 @@ def test_labeled_stretches_leave_the_pool_so_a_second_round_suggests_new_windows
         app, [*args, "--out", str(again), "--set", f"labels_manifest={sheet}"]
     )
     assert second.exit_code == 0, second.output
-    proposed = {
-        (row["path"], round(float(row["start_s"]) * FS))
-        for row in csv.DictReader(again.open(newline=""))
-    }
-    assert len(proposed) == 6 and not proposed & labeled
+    rows = list(csv.DictReader(again.open(newline="")))
+    assert "after the 6 rows of" in second.output
+    carried = {(r["path"], round(float(r["start_s"]) * FS)) for r in rows if r["label"]}
+    proposed = {(r["path"], round(float(r["start_s"]) * FS)) for r in rows if not r["label"]}
+    assert carried == labeled and len(proposed) == 6 and not proposed & labeled
+    again.write_text(again.read_text().replace(",\n", ",outer_race\n"))
+    both = build_split(config(plant, f"labels_manifest={again}"))  # one file, every label
+    assert len(both.description["labeled_excerpts"]) == 12
