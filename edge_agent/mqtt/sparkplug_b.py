@@ -17,7 +17,8 @@ rules are owned here:
 - births: NBIRTH (bdSeq, Node Control/Rebirth, gateway status, command metrics), then a DBIRTH per
   device with its current values. Again on NCMD `Node Control/Rebirth` = true, and when a class
   not seen yet appears (its `Probability/<class>` metric must be born first). Until the NBIRTH,
-  `finish()` drops live data (a DBIRTH carries the current values later) and holds stored events.
+  and a device's DDATA until its DBIRTH, `finish()` drops live data (a DBIRTH carries the current
+  values later) and holds stored events.
 - primary host (`mqtt.sparkplug.primary_host_id`): subscribes `spBv1.0/STATE/<id>` (retained JSON
   {"online": bool, "timestamp": ms}, older timestamps ignored); births wait for online. Offline:
   the node publishes its NDEATH and holds events in the outbox until the host is back (the spec
@@ -133,6 +134,7 @@ class SparkplugB:
         self._bdseq = self._load_bdseq()  # the current connection's (after will())
         self._seq = 0
         self._born = False  # NBIRTH published on this connection, no NDEATH since
+        self._born_devices: set[str] = set()  # their DBIRTH out since that NBIRTH
         self._live: set[str] = set()  # events stored since this NBIRTH: not historical
         self._host_online = False
         self._host_timestamp = -1
@@ -270,6 +272,8 @@ class SparkplugB:
                 return payload
             if kind != "NBIRTH" and not self._born:
                 return None
+            if kind == "DDATA" and device in self.devices and device not in self._born_devices:
+                return None  # the outbox's sender can come between the NBIRTH and this DBIRTH
             try:
                 message = decode(payload)
             except DecodeError:
@@ -277,6 +281,9 @@ class SparkplugB:
                 return payload
             if kind == "NBIRTH":
                 self._born, self._seq = True, 0
+                self._born_devices.clear()
+            elif kind == "DBIRTH":
+                self._born_devices.add(device)
             birth = kind in ("NBIRTH", "DBIRTH")
             historical = key is not None and key not in self._live
             out = pb.Payload(timestamp=now_ms(), seq=self._seq)

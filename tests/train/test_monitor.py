@@ -27,7 +27,7 @@ def labeled_windows(by: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, lis
     y = np.repeat(np.arange(CLASSES), RECORDS_PER_CLASS * WINDOWS)
     records = [f"c{c}-r{r}" for c in range(CLASSES) for r in range(RECORDS_PER_CLASS)]
     records = [name for name in records for _ in range(WINDOWS)]
-    centres = {key: rng.normal(size=32) for key in [*range(CLASSES), *set(records)]}
+    centres = {key: rng.normal(size=32) for key in [*range(CLASSES), *sorted(set(records))]}
     z = np.stack([centres[c if by == "class" else rec] for c, rec in zip(y, records, strict=True)])
     return z + 0.05 * rng.normal(size=z.shape), y, records
 

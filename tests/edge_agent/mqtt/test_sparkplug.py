@@ -346,3 +346,29 @@ def test_agent_with_two_channels_as_sparkplug_devices(mosquitto, collect, tmp_pa
     assert json.loads(reply)["id"] == "p1" and json.loads(reply)["ok"] is True
     kinds = [k for k, _, _, _ in wire.messages()]
     assert kinds[0] == "NBIRTH" and kinds[-1] == "NDEATH"  # a clean stop says goodbye
+
+
+def test_no_device_data_goes_out_between_the_nbirth_and_its_dbirth(tmp_path) -> None:
+    """The outbox's sender may emit a stored event while a rebirth is half sent: it is held
+    until the device's DBIRTH is on the wire (a host drops data of an unborn device)."""
+    from types import SimpleNamespace
+
+    from edge_agent.mqtt.sparkplug_b import SparkplugB
+
+    sent = []
+    transport = SimpleNamespace(
+        outbox=SimpleNamespace(path=tmp_path / "outbox.sqlite3"),
+        publish=lambda out, **_: sent.append(out) or True,
+        store=lambda out, severity, key: sent.append(out),
+        wake=lambda: None,
+    )
+    session = SparkplugB(spb_config(1883), transport, submit=lambda *a: None)
+    nbirth, dbirth = session.births()
+    session.send(event())
+    (ddata,) = sent
+    assert session.finish(ddata.topic, ddata.payload, "e1") is None  # nothing born yet
+    assert session.finish(nbirth.topic, nbirth.payload, None) is not None
+    assert session.finish(ddata.topic, ddata.payload, "e1") is None  # the DBIRTH is not out
+    assert session.finish(dbirth.topic, dbirth.payload, None) is not None
+    out = session.finish(ddata.topic, ddata.payload, "e1")
+    assert out is not None and decode(out).seq == 2  # NBIRTH 0, DBIRTH 1, then the data
