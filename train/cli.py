@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 from enum import Enum
 from pathlib import Path
@@ -243,12 +244,13 @@ def suggest(
     from train.data import build_split
     from train.suggest import suggest_from_pool, write_label_sheet
 
-    if out is not None:
+    if out is not None:  # before the work: a folder made, or a clear error
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.touch()
         except OSError as exc:
             _fail(f"--out {out}: cannot write ({exc.strerror})")
+        if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            _fail(f"--out {out}: cannot write (permission denied)")
     try:
         split = build_split(cfg, need_labels=False)
         unlabeled = split.description.get("unlabeled_records")  # a plant's: not the labeled

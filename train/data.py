@@ -8,13 +8,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from edge_agent.physics.bearing_sim import BearingGeometry
 from train.config import DATA_DESCRIPTIONS, TrainConfig
-from train.records import Record
+from train.recordings import is_excerpt, manifest_row
+from train.records import Record, resampled
 from train.splits import (
     TRAIN_END,
     Segment,
@@ -59,14 +59,7 @@ def build_split(cfg: TrainConfig, need_labels: bool = True) -> Split:
 
 
 def _resampled(records: list[Record], rate: int) -> list[Record]:
-    from edge_agent.contract.preprocess import resample
-
-    return [
-        r
-        if r.sample_rate_hz == rate
-        else Record(r.record_id, resample(r.signal, r.sample_rate_hz, rate), rate, r.label, r.meta)
-        for r in records
-    ]
+    return [resampled(r, rate) for r in records]
 
 
 def _sim_test_records(cfg: TrainConfig) -> list[Record]:
@@ -281,7 +274,7 @@ def raw_test_records(cfg: TrainConfig) -> list[Record]:
             for r in _sim_test_records(cfg)
         ]
     if cfg.data == "recordings":
-        records = [r for r in manifest_records(cfg) if r.label and "excerpt_s" not in r.meta]
+        records = [r for r in manifest_records(cfg) if r.label and not is_excerpt(r)]
         keep: Callable[[Record], bool] = _every
     elif cfg.data in MFPT_TASKS:
         records, keep = mfpt_records(cfg), MFPT_TASKS[cfg.data].test
@@ -335,13 +328,13 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
     every window of a labeled excerpt (the operator picked it) joins the labeled windows."""
     records = manifest_records(cfg)
     for r in records:
-        if r.signal.shape[0] < cfg.window and "excerpt_s" in r.meta:
+        if r.signal.shape[0] < cfg.window and is_excerpt(r):
             raise ValueError(
                 f"{r.meta['where']}: start_s, end_s: the excerpt holds {r.signal.shape[0]} "
                 f"samples at {cfg.sample_rate_hz} Hz, less than one {cfg.window}-sample window"
             )
-    whole = [r for r in records if r.label and "excerpt_s" not in r.meta]
-    excerpts = [r for r in records if r.label and "excerpt_s" in r.meta]
+    whole = [r for r in records if r.label and not is_excerpt(r)]
+    excerpts = [r for r in records if r.label and is_excerpt(r)]
     if need_labels and not whole:
         raise ValueError(
             f"{cfg.manifest}: no whole recording has a label ({len(excerpts)} labeled "
@@ -372,7 +365,9 @@ def recordings_split(cfg: TrainConfig, rng: np.random.Generator, need_labels: bo
         )
     if extra:
         split.description["unlabeled_records"] = list(dict.fromkeys(s.record_id for s in extra))
-    split.description["sources"] = {r.record_id: source_of(r) for r in records}
+    split.description["sources"] = {
+        r.record_id: {"row": manifest_row(r), "first_s": r.meta["first_s"]} for r in records
+    }
     return split
 
 
@@ -403,27 +398,13 @@ def _excerpt_windows(
 ) -> list[WindowSet]:
     """Every non-overlapping window of each labeled excerpt, under its file's record id (one
     recording is one file, for train.monitor's leave-one-recording-out)."""
-    file_ids = {r.meta["source_id"]: r.record_id for r in records if "excerpt_s" not in r.meta}
-    return [
-        windows_of(
-            Segment(file_ids.get(source, source), r.signal, names.index(r.label), 0),
-            cfg.window,
-            cfg.window,
-            cfg.normalization,
-        )
-        for r in excerpts
-        for source in [r.meta["source_id"]]
-    ]
-
-
-def source_of(record: Record) -> dict[str, Any]:
-    """Where a manifest record's samples come from: the manifest row that reads its file (the
-    path as opened) and the time of the record's first sample in that file."""
-    meta = record.meta
-    row = {"path": meta["file"], "sample_rate_hz": meta["file_rate_hz"], "scale_g": meta["scale_g"]}
-    if "column" in meta:
-        row["column"] = meta["column"]
-    return {"row": row, "first_s": meta["first_s"]}
+    file_ids = {r.meta["source_id"]: r.record_id for r in records if not is_excerpt(r)}
+    windows = []
+    for r in excerpts:
+        file_id = file_ids.get(r.meta["source_id"], r.meta["source_id"])
+        segment = Segment(file_id, r.signal, names.index(r.label), 0)
+        windows.append(windows_of(segment, cfg.window, cfg.window, cfg.normalization))
+    return windows
 
 
 def _check_excerpts_against_whole(records: list[Record], whole: list[Record]) -> None:

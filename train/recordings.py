@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.contract.preprocess import adc_to_g, resample
-from train.records import UNLABELED, Record
+from edge_agent.contract.preprocess import adc_to_g
+from train.records import UNLABELED, Record, resampled
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -203,20 +203,37 @@ def _load_entry(where: str, entry: dict[str, Any], folder: Path) -> Record:
     return Record(record_id, (signal * scale).astype(np.float32), rate, label, meta)
 
 
+def is_excerpt(record: Record) -> bool:
+    """Whether a manifest row read only a stretch of its file (start_s, end_s)."""
+    return "excerpt_s" in record.meta
+
+
+def manifest_row(record: Record) -> dict[str, Any]:
+    """A manifest row that reads `record` again: its file (the path as opened), rate, scale and
+    column, its stretch if an excerpt, its label."""
+    meta = record.meta
+    row = {"path": meta["file"], "sample_rate_hz": meta["file_rate_hz"], "scale_g": meta["scale_g"]}
+    if "column" in meta:
+        row["column"] = meta["column"]
+    if is_excerpt(record):
+        row.update(zip(("start_s", "end_s"), (f"{t:.6f}" for t in meta["excerpt_s"]), strict=True))
+    return row | ({"label": record.label} if record.label else {})
+
+
 def at_rate(record: Record, rate: int) -> Record:
     """A manifest record resampled to `rate`; an excerpt on the sample grid of its whole file
     resampled, cut to its exact stretch. ValueError naming the row if the stretch holds no
     sample at that rate."""
-    span = record.meta.get("excerpt_s")
-    if span is None:
-        return _resampled(record, rate)
+    if not is_excerpt(record):
+        return resampled(record, rate)
+    span = record.meta["excerpt_s"]
     file_rate = record.sample_rate_hz
     first = round(record.meta["first_s"] * file_rate)  # the cut's first sample in the file
     step = file_rate // math.gcd(file_rate, rate)  # file samples per grid point of both rates
     skip = -first % step
     first_s = (first + skip) / file_rate
     aligned = Record(record.record_id, record.signal[skip:], file_rate, record.label, record.meta)
-    signal = _resampled(aligned, rate).signal
+    signal = resampled(aligned, rate).signal
     lo = round((span[0] - first_s) * rate)
     hi = min(signal.shape[0], lo + round((span[1] - span[0]) * rate))
     if hi <= lo:
@@ -225,13 +242,6 @@ def at_rate(record: Record, rate: int) -> Record:
         )
     meta = {**record.meta, "first_s": span[0]}
     return Record(record.record_id, signal[lo:hi], rate, record.label, meta)
-
-
-def _resampled(record: Record, rate: int) -> Record:
-    if record.sample_rate_hz == rate:
-        return record
-    signal = resample(record.signal, record.sample_rate_hz, rate)
-    return Record(record.record_id, signal, rate, record.label, record.meta)
 
 
 def _excerpt(

@@ -48,3 +48,13 @@ class Record:
         if isinstance(rpm, (int, float)) and not isinstance(rpm, bool) and 0 < rpm < float("inf"):
             return float(rpm) / 60.0
         return float("nan")
+
+
+def resampled(record: Record, rate: int) -> Record:
+    """`record` at `rate` (polyphase, edge_agent's `resample`); itself when already there."""
+    from edge_agent.contract.preprocess import resample
+
+    if record.sample_rate_hz == rate:
+        return record
+    signal = resample(record.signal, record.sample_rate_hz, rate)
+    return Record(record.record_id, signal, rate, record.label, record.meta)

@@ -95,22 +95,15 @@ def write_label_sheet(
 ) -> None:
     """The suggested windows (record id, first sample at `rate`) as a manifest of unlabeled
     excerpts, after the rows of `carried` (the labels so far), paths relative to `out`'s folder;
-    `sources` as `train.data.source_of` gives them."""
-    from train.data import source_of
+    `sources`: per record id, its file's manifest row and the time of its first sample there."""
+    from train.recordings import manifest_row
 
-    rows = []
-    for record in carried:
-        row = dict(source_of(record)["row"], label=record.label)
-        if "excerpt_s" in record.meta:
-            start, end = record.meta["excerpt_s"]
-            row.update(start_s=f"{start:.6f}", end_s=f"{end:.6f}")
-        rows.append(row)
+    rows = [manifest_row(record) for record in carried]
     for record_id, first in where:
         source = sources[record_id]
         start = source["first_s"] + first / rate
-        rows.append(
-            dict(source["row"], start_s=f"{start:.6f}", end_s=f"{start + window / rate:.6f}")
-        )
+        end = start + window / rate
+        rows.append(dict(source["row"], start_s=f"{start:.6f}", end_s=f"{end:.6f}", label=""))
     folder = out.resolve().parent
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, SHEET_FIELDS, lineterminator="\n")
