@@ -13,7 +13,10 @@
    class (the normal record and that size and load's fault records), `calibrate` as the agent
    runs it on them, with their spectral views (the device template) and without (the head
    alone). Scored on the last 50 % of those records (the device's machine later on) and of every
-   other record (other sizes and loads of the rig). Mean and worst over the label sets.
+   other record (other sizes and loads of the rig). Mean and worst over the label sets. The
+   figure judged is the device's decision: the head with its template, and where a clear defect
+   line (the 6205 at the record's speed, `EvidenceStream` as the agent feeds it) disagrees on a
+   window beyond the labels' reach, the line (`follow_evidence = "unlabeled"`, the default).
 2. Physics evidence on CWRU: share of 4096-sample windows whose best-ranked defect line is the
    right class, in the records with a clear line (IR, OR 0.007 / 0.021 @6); worst record counts.
 3. Zero labels, bearing configured: the real `Agent` (factory head, `[bearing]` 6205 at the true
@@ -156,9 +159,9 @@ def simulate(m: Foreign, fault: str, seconds: float, rate: int, run_seed: int) -
     return sim.read(round(seconds * rate))
 
 
-def embed_signal(x: np.ndarray, model, sensor) -> tuple[np.ndarray, np.ndarray]:
+def embed_signal(x: np.ndarray, model, sensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Embeddings (N, D) and spectral views (N, bands) of the sensor-valid windows of `x`, as
-    the agent computes them."""
+    the agent computes them, and those windows' indices among all of x's."""
     from edge_agent.contract.preprocess import frame, normalize
     from edge_agent.physics.spectral import spectral_view
     from edge_agent.pipeline.sanity import check_window
@@ -171,19 +174,56 @@ def embed_signal(x: np.ndarray, model, sensor) -> tuple[np.ndarray, np.ndarray]:
         ).ok
         for w in windows
     ]
-    raw = windows[np.flatnonzero(ok)]
+    kept = np.flatnonzero(ok)
+    raw = windows[kept]
     good = normalize(raw, spec.normalization)
     emb = np.concatenate([model.backend.embed(good[i : i + 64]) for i in range(0, len(good), 64)])
-    return emb, spectral_view(raw)
+    return emb, spectral_view(raw), kept
 
 
-def macro_f1(head, emb: np.ndarray, views: np.ndarray, y: np.ndarray, names: list[str]) -> float:
-    """Macro-F1 of the device's decisions: its head, fused with its device template if any."""
+def clear_lines(x: np.ndarray, start: int, spec, rate: int, rpm: float) -> list[str | None]:
+    """The clear defect line (`EvidenceStream.clear_class`, the 6205 at `rpm`) at the end of
+    each window of x[start:], the stream fed hop by hop from the beginning of `x`, as the
+    agent feeds it."""
+    from edge_agent.config import BearingConfig
+    from edge_agent.physics.stream import EvidenceStream
+
+    stream = EvidenceStream(BearingConfig(designation="6205", shaft_rpm=rpm), rate)
+    first_end = start + spec.window
+    fed, out = 0, []
+    for end in range(first_end % spec.hop or spec.hop, len(x) + 1, spec.hop):
+        stream.feed(x[fed:end], end / rate)
+        fed = end
+        if end >= first_end:
+            out.append(stream.clear_class)
+    return out
+
+
+def macro_f1(
+    head,
+    emb: np.ndarray,
+    views: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    clear: list[str | None] | None = None,
+) -> float:
+    """Macro-F1 of the device's decisions: its head, fused with its device template if any;
+    with `clear` (each window's clear defect line; for a head refitted on the device), steered
+    by the evidence as the channel steers them at the default `follow_evidence`."""
     from edge_agent.calibration.refit import scores
+    from edge_agent.physics.stream import who_decides
+    from edge_agent.pipeline.channel import steered
     from edge_agent.pipeline.head import softmax
     from train.metrics import classification_metrics
 
-    return classification_metrics(softmax(scores(head, emb, views)), y, names)["macro_f1"]
+    probs = softmax(scores(head, emb, views))
+    if clear is not None:
+        labeled = head.reach.covers(views) if head.reach is not None else np.ones(len(y), bool)
+        for i, line in enumerate(clear):
+            model_class = names[int(probs[i].argmax())]
+            basis, override = who_decides(line, model_class, False, bool(labeled[i]), "unlabeled")
+            probs[i] = steered(probs[i], names, basis, override)
+    return classification_metrics(probs, y, names)["macro_f1"]
 
 
 # ---- 1. calibration on a foreign machine -----------------------------------------------------
@@ -224,9 +264,9 @@ def calibration_seed(bundle: Path, seed: int, record_s: float, work: Path) -> di
         c: embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
         for c, x in records.items()
     }
-    emb = np.concatenate([e for e, _ in held.values()])
-    views = np.concatenate([v for _, v in held.values()])
-    y = np.concatenate([np.full(len(e), names.index(c)) for c, (e, _) in held.items()])
+    emb = np.concatenate([e for e, _, _ in held.values()])
+    views = np.concatenate([v for _, v, _ in held.values()])
+    y = np.concatenate([np.full(len(e), names.index(c)) for c, (e, _, _) in held.items()])
     factory_f1 = macro_f1(model.factory, emb, views, y, names)
     out: dict[str, Any] = dict(machine=asdict(m), held_out=len(y), factory_f1=factory_f1, k={})
     runner = CliRunner()
@@ -340,9 +380,12 @@ def cwru_windows(bundle: Path, work: Path, names: list[str]) -> tuple[dict[str, 
         data = np.load(record)  # the normal record is at 48 kHz: resampled as the agent would
         x = resample(data["DE"].astype(np.float64), int(data["fs"]), rate)
         label = embed_signal(x[: int(LABEL_PART * len(x))], model, cfg.sensor)
-        score = embed_signal(x[int((1 - SCORE_PART) * len(x)) :], model, cfg.sensor)
+        start = int((1 - SCORE_PART) * len(x))
+        score = embed_signal(x[start:], model, cfg.sensor)
+        clear = clear_lines(x, start, model.spec, rate, float(data["rpm"]))
         out[record.stem] = dict(label_emb=label[0], label_views=label[1],
-                                score_emb=score[0], score_views=score[1])  # fmt: skip
+                                score_emb=score[0], score_views=score[1],
+                                score_clear=[clear[i] for i in score[2]])  # fmt: skip
     return out, model.factory
 
 
@@ -361,15 +404,17 @@ def cwru_labels(
 
 def cwru_scored(
     records: dict, scored: list[str], names: list[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Embeddings, views and labels of the score part of each record in `scored`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """Embeddings, views, labels and clear defect lines of the score part of each record in
+    `scored`."""
+    clear = [line for r in scored for line in records[r]["score_clear"]]
     emb = [records[r]["score_emb"] for r in scored]
     views = [records[r]["score_views"] for r in scored]
     y = [
         np.full(len(e), names.index(cwru_record_class(r)[0]))
         for r, e in zip(scored, emb, strict=True)
     ]
-    return np.concatenate(emb), np.concatenate(views), np.concatenate(y)
+    return np.concatenate(emb), np.concatenate(views), np.concatenate(y), clear
 
 
 def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
@@ -404,8 +449,9 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             }
             run = dict(size=size, load=load, k=k, labels=len(y))
             for where, scored in (("same", chosen), ("rig", others)):
-                e, v, t = cwru_scored(records, scored, names)
+                e, v, t, clear = cwru_scored(records, scored, names)
                 run |= {f"{where}_{n}": macro_f1(h, e, v, t, names) for n, h in heads.items()}
+                run[f"{where}_evidence"] = macro_f1(heads["device"], e, v, t, names, clear)
             template = heads["device"].template
             run["template_model_weight"] = None if template is None else template.model_weight
             runs.append(run)
@@ -416,15 +462,18 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             ("same", f"cwru_calibration_{k}", "those records later"),
             ("rig", f"cwru_calibration_rig_{k}", "the rig's other records"),
         ):
-            device_f1 = [r[f"{where}_device"] for r in mine]
+            device_f1 = [r[f"{where}_evidence"] for r in mine]
+            template_f1 = [r[f"{where}_device"] for r in mine]
             head_f1 = [r[f"{where}_head"] for r in mine]
             mean, std, worst = spread(device_f1)
+            d_mean, _, d_worst = spread(template_f1)
             h_mean, _, h_worst = spread(head_f1)
             target = F1_TARGETS[k] if where == "same" else None
             rows[key] = row(
                 f"CWRU as the device, {k} label(s)/class of one record each: macro-F1 on {what}",
                 mean,
-                f"{mean:.3f} ± {std:.3f} (worst {worst:.3f}); head alone {h_mean:.3f} "
+                f"{mean:.3f} ± {std:.3f} (worst {worst:.3f}); without the evidence "
+                f"{d_mean:.3f} (worst {d_worst:.3f}); head alone {h_mean:.3f} "
                 f"(worst {h_worst:.3f}); factory {mine[0][f'{where}_factory']:.3f}",
                 f">= {target:.2f}" if target else "(report)",
                 mean >= target if target else None,

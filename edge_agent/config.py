@@ -428,10 +428,12 @@ class BearingConfig(StrictModel):
     shaft_search_rpm: tuple[float, float] = Field(
         (600.0, 3600.0), description="Range the speed is estimated in when shaft_rpm is unset."
     )
-    follow_evidence: Literal["uncalibrated", "never"] = Field(
-        "uncalibrated",
-        description="While the device head is still the factory head, a clear defect line "
-        "decides the published diagnosis (basis: evidence); never: the model always decides.",
+    follow_evidence: Literal["unlabeled", "uncalibrated", "never"] = Field(
+        "unlabeled",
+        description="Where a clear defect line disagrees with the model, it decides the "
+        "published diagnosis (basis: evidence): unlabeled: while the device head is the "
+        "factory head and, after calibration, on windows unlike every labeled one; "
+        "uncalibrated: only while the head is the factory head; never: the model always decides.",
     )
 
     @model_validator(mode="after")

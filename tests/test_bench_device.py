@@ -93,10 +93,49 @@ def test_cwru_calibration_scores_the_device_template_beside_the_head(tmp_path, a
         # the tiny bundle knows normal, inner and outer race: 3 records label each set
         assert len(runs) == 3 and all(r["labels"] == 3 * k for r in runs)
         for r in runs:
-            for key in ("same_device", "same_head", "rig_device", "rig_head"):
+            for key in ("same_device", "same_head", "rig_device", "rig_head", "rig_evidence"):
                 assert 0.0 <= r[key] <= 1.0
         assert isinstance(rows[f"cwru_calibration_{k}"]["met"], bool)
         assert rows[f"cwru_calibration_rig_{k}"]["met"] is None  # reported, no target
     # a few labels of the device's own records: the template carries them (README figures)
     five = rows["cwru_calibration_5"]["detail"]["runs"]
     assert min(r["same_device"] for r in five) > 0.9
+
+
+def test_clear_lines_follow_the_score_windows_as_the_agent_feeds_the_stream():
+    from types import SimpleNamespace
+
+    from edge_agent.contract.preprocess import frame
+    from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
+
+    rate, spec = 12_000, SimpleNamespace(window=2048, hop=512)
+    sim = BearingSimulator(Conditions(fault="outer_race", severity=1.0), rate, seed=1)
+    x = sim.read(9 * rate)
+    start = 5 * rate + 100  # off the hop grid, once the stream has its band and 3 readings
+    clear = device.clear_lines(x, start, spec, rate, 1797.0)
+    assert len(clear) == len(frame(x[start:], spec.window, spec.hop))
+    assert clear[-1] == "outer_race" and clear.count("outer_race") > 0.9 * len(clear)
+    healthy = BearingSimulator(Conditions(fault="normal", severity=1.0), rate, seed=1)
+    assert set(device.clear_lines(healthy.read(6 * rate), rate, spec, rate, 1797.0)) == {None}
+
+
+def test_the_device_decision_follows_a_clear_line_only_beyond_the_labels_reach():
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edge_agent.calibration.reach import LabelReach
+    from edge_agent.pipeline.head import Head
+
+    names = ["normal", "inner_race", "outer_race"]
+    w1, b1, w2 = np.eye(2, dtype=np.float32), np.zeros(2, np.float32), np.zeros((2, 3), np.float32)
+    says_normal = Head(w1, b1, w2, np.array([9.0, 0.0, 0.0], np.float32))
+    emb, views = np.zeros((4, 2), np.float32), np.zeros((4, 8), np.float32)
+    y = np.array([0, 0, 2, 2])
+    clear = [None, None, "outer_race", "outer_race"]
+    far = replace(says_normal, reach=LabelReach(np.ones((1, 8)), 0.5))
+    near = replace(says_normal, reach=LabelReach(np.zeros((1, 8)), 0.5))
+    assert device.macro_f1(far, emb, views, y, names, clear) == 1.0  # the line decides
+    assert device.macro_f1(near, emb, views, y, names, clear) < 0.5  # the labels vouch
+    assert device.macro_f1(says_normal, emb, views, y, names, clear) < 0.5  # no reach: vouch
+    assert device.macro_f1(far, emb, views, y, names) < 0.5  # no evidence given

@@ -26,7 +26,9 @@ refit on windows it did not fit, and refuses a head that is worse. What is refit
 - Where the labeled windows carry spectral views, a device template is fitted on them too
   (`device_template`) and cross-validated on the same blocks; the head keeps it if the two fused
   predict at least as well as the head alone, and the check above then judges the pair (the
-  current head with its own template, if any, against the refit with its new one).
+  current head with its own template, if any, against the refit with its new one). The refit
+  also carries the reach of those views (`reach.LabelReach`): beyond it a clear defect line
+  decides, not the head (`physics.stream`).
 
 `fit_renormalization()` is the label-free alternative when only normal operation is available:
 it sets the head's per-device `emb_mean`/`emb_scale` so this device's normal embeddings match the
@@ -42,6 +44,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edge_agent.calibration.device_template import cross_validated_logits, fit_device_template
+from edge_agent.calibration.reach import LabelReach
 from edge_agent.pipeline.head import Head
 
 logger = logging.getLogger(__name__)
@@ -248,7 +251,8 @@ def calibrate(
         current,
         **{k: getattr(factory, k) for k in ("w1", "b1", "w2", "b2")},
         temperature=factory.temperature,
-        template=None,  # a device template is fitted afresh, never inherited
+        template=None,  # a device template and the labels' reach are fitted afresh
+        reach=None,
     )
 
     def refit(rows: np.ndarray) -> Head:
@@ -273,6 +277,7 @@ def calibrate(
     candidate = refit(np.arange(len(y)))
     cv_scores, template_cv = cv_logits, None
     if v is not None:
+        candidate = replace(candidate, reach=LabelReach.of(v, y))
         candidate, template_cv, view_note = _with_template(candidate, cv_logits, v, y, blocks)
         if candidate.template is not None:
             cv_scores = fused_scores(cv_logits, template_cv, candidate.template.model_weight)

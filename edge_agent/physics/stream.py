@@ -7,10 +7,13 @@ lines of the configured bearing at the configured or estimated shaft speed
 (`physics.evidence`). A line counts as *clear* when the same fault class is `strongest` in
 `PERSIST` readings in a row; `clear_class` is then that class, else None.
 
-`basis(model_class, factory_head)` says who decides the published diagnosis: the model alone
-(`model`), model and evidence agreeing (`both`), or, while the device still runs the factory
-head (never calibrated here, so possibly out of its depth on this machine) and a clear line
-disagrees with the model, the evidence (`evidence`), unless `bearing.follow_evidence = "never"`.
+`basis(model_class, factory_head, labeled)` says who decides the published diagnosis: the model
+alone (`model`), model and evidence agreeing (`both`), or, where a clear line disagrees with a
+head that has no operator's label for the window, the evidence (`evidence`): while the device
+still runs the factory head (never calibrated here, so possibly out of its depth on this
+machine), and after calibration on windows beyond the reach of the labels (`calibration.reach`:
+another bearing, size or load than the labeled ones). `bearing.follow_evidence = "uncalibrated"`
+keeps the first only, `"never"` neither.
 """
 
 from __future__ import annotations
@@ -87,16 +90,13 @@ class EvidenceStream:
         self._recent.append(reading.strongest)
         return reading
 
-    def basis(self, model_class: str | None, factory_head: bool) -> tuple[str, str | None]:
-        """(basis, the class to publish instead of the model's, or None to keep the model's)."""
-        clear = self.clear_class
-        if clear is None:
-            return "model", None
-        if clear == model_class:
-            return "both", None
-        if factory_head and self.cfg.follow_evidence == "uncalibrated":
-            return "evidence", clear
-        return "model", None
+    def basis(
+        self, model_class: str | None, factory_head: bool, labeled: bool
+    ) -> tuple[str, str | None]:
+        """`who_decides` given this stream's clear line and follow_evidence."""
+        return who_decides(
+            self.clear_class, model_class, factory_head, labeled, self.cfg.follow_evidence
+        )
 
     def known_shaft_hz(self) -> float | None:
         """The shaft speed as far as it is known now: configured, measured by a tachometer, or
@@ -114,3 +114,19 @@ class EvidenceStream:
             return self.measured_shaft_hz
         lo, hi = self.cfg.shaft_search_rpm
         return estimate_shaft_hz(signal, self.fs, lo / 60.0, hi / 60.0)
+
+
+def who_decides(
+    clear: str | None, model_class: str | None, factory_head: bool, labeled: bool, follow: str
+) -> tuple[str, str | None]:
+    """(basis, the class to publish instead of the model's, or None to keep the model's), given
+    the clear line's class (`clear`, None: no clear line), whether the head is the factory's,
+    whether the window lies within reach of the labels it was refitted on (`labeled`) and
+    `bearing.follow_evidence` (`follow`)."""
+    if clear is None:
+        return "model", None
+    if clear == model_class:
+        return "both", None
+    if (factory_head and follow != "never") or (follow == "unlabeled" and not labeled):
+        return "evidence", clear
+    return "model", None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,14 +173,15 @@ class Channel:
         """Decisions of the first `n` batch windows; `emb` (k, D): the windows that passed."""
         ok = [i for i, c in enumerate(checks) if c.ok]
         probs = views = None
-        novel = unknown = np.zeros(0)
+        novel = unknown = labeled = np.zeros(0)
         factory_head = self.factory_head  # once per batch: the head changes between batches
         if ok:
             assert emb is not None and len(emb) == len(ok)
             probs = self.head.probabilities(emb)
             probs = self._fuse_physics(probs, self.batch[ok])
             template = self.template(factory_head)
-            if template is not None or self.log.view_bands:
+            reach = self.head.reach
+            if template is not None or reach is not None or self.log.view_bands:
                 level = log_spectrum(self.batch[ok], BANDS)  # once for the log and the template
                 views = ranked_bands(level)
             if template is not None:
@@ -187,6 +189,9 @@ class Channel:
                     probs = template.fuse_spectra(probs, level, views)
                 else:  # a template of fewer bands
                     probs = template.fuse(probs, self.batch[ok])
+            labeled = np.full(len(ok), not factory_head)  # no reach: labels vouch everywhere
+            if reach is not None and views is not None and views.shape[1] == reach.bands:
+                labeled = reach.covers(views)
             if self.openset is not None:
                 unknown = self.openset.score(self.head.adapt(emb))
                 threshold = self.unknown_threshold()
@@ -198,7 +203,7 @@ class Channel:
             t_end = float(self.batch_t[i])
             if check.ok:
                 assert probs is not None and emb is not None
-                steered = self._steer(probs[j], factory_head)
+                steered = self._steer(probs[j], factory_head, bool(labeled[j]))
                 self.unknown_score = float(unknown[j]) if len(unknown) else None
                 decision = self.decisions.update(
                     steered,
@@ -271,24 +276,15 @@ class Channel:
         )
         return physics.fuse(probs, view)
 
-    def _steer(self, probs: np.ndarray, factory_head: bool) -> np.ndarray:
-        """The probabilities the decisions see: the model's; EVIDENCE_CONFIDENCE on the line's
-        class where a clear defect line disagrees with an uncalibrated head (the evidence
-        decides) or agrees with an unsure model (the evidence confirms)."""
+    def _steer(self, probs: np.ndarray, factory_head: bool, labeled: bool) -> np.ndarray:
+        """The probabilities the decisions see (`steered`), and who decided (`self.basis`)."""
         evidence = self.monitor.evidence
         if evidence is None:
             self.basis = None
             return probs
         names = self.decisions.class_names
-        top = int(probs.argmax())
-        self.basis, override = evidence.basis(names[top], factory_head)
-        if self.basis == "both" and probs[top] < EVIDENCE_CONFIDENCE:
-            override = names[top]
-        if override is None or override not in names:
-            return probs
-        steered = np.full_like(probs, (1.0 - EVIDENCE_CONFIDENCE) / (len(probs) - 1))
-        steered[names.index(override)] = EVIDENCE_CONFIDENCE
-        return steered
+        self.basis, override = evidence.basis(names[int(probs.argmax())], factory_head, labeled)
+        return steered(probs, names, self.basis, override)
 
     def _monitor(self, decision: Decision, window: np.ndarray, emb: np.ndarray) -> list[Finding]:
         """Commissioning, drift and health of one valid window."""
@@ -297,3 +293,18 @@ class Channel:
         return self.monitor.window(
             window, emb, decision.state, decided_normal, decision.t, self.unknown_score
         )
+
+
+def steered(
+    probs: np.ndarray, names: Sequence[str], basis: str, override: str | None
+) -> np.ndarray:
+    """The model's probabilities, or EVIDENCE_CONFIDENCE on the line's class where a clear
+    defect line decides (`override`, from `EvidenceStream.basis`) or confirms an unsure model."""
+    top = int(probs.argmax())
+    if basis == "both" and probs[top] < EVIDENCE_CONFIDENCE:
+        override = names[top]
+    if override is None or override not in names:
+        return probs
+    out = np.full_like(probs, (1.0 - EVIDENCE_CONFIDENCE) / (len(probs) - 1))
+    out[names.index(override)] = EVIDENCE_CONFIDENCE
+    return out

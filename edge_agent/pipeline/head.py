@@ -2,8 +2,8 @@
 
 It stays in float outside the quantized encoder graph because every device refits its own copy
 (see calibration/refit.py). Dropout is a training-time thing and has no place here. A head
-refitted on a device may carry that device's spectral template (calibration/device_template.py),
-saved and rolled back with it.
+refitted on a device may carry that device's spectral template (calibration/device_template.py)
+and the reach of the labels it was fitted on (calibration/reach.py), saved and rolled back with it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from edge_agent.calibration.reach import LabelReach
     from edge_agent.physics.spectral import SpectralHead
 
 HEAD_KEYS = ("w1", "b1", "w2", "b2", "temperature", "emb_mean", "emb_scale")
 TEMPLATE_PREFIX = "template_"  # head file keys of the device template (SpectralHead.to_dict)
+REACH_KEYS = ("reach_views", "reach_radius")  # head file keys of the labels' reach
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class Head:
 
     `emb_mean`/`emb_scale` (D,) re-normalize embeddings per device (identity by default).
     `template`: this device's spectral template, fused with the head's probabilities by the
-    channel (None: no device template).
+    channel (None: no device template). `reach`: where the labels it was refitted on vouch for
+    it (None: the factory head, or labels without spectral views).
     """
 
     w1: np.ndarray
@@ -38,6 +41,7 @@ class Head:
     emb_mean: np.ndarray | None = None
     emb_scale: np.ndarray | None = None
     template: SpectralHead | None = None
+    reach: LabelReach | None = None
 
     def __post_init__(self) -> None:
         d, h = self.w1.shape
@@ -104,6 +108,9 @@ class Head:
         if self.template is not None:
             for key, value in self.template.to_dict().items():
                 arrays[f"{TEMPLATE_PREFIX}{key}"] = np.asarray(value)
+        if self.reach is not None:
+            arrays["reach_views"] = self.reach.views
+            arrays["reach_radius"] = np.float64(self.reach.radius)
         return arrays
 
     def save(self, path: Path) -> None:
@@ -123,10 +130,13 @@ class Head:
                 for k in data.files
                 if k.startswith(TEMPLATE_PREFIX)
             }
+            reach = {k: data[k] for k in REACH_KEYS if k in data.files}
+            if reach and len(reach) != len(REACH_KEYS):
+                raise ValueError(f"{path}: head file has {sorted(reach)}, not all of {REACH_KEYS}")
             arrays = {
                 k: np.asarray(data[k], dtype=np.float32)
                 for k in data.files
-                if not k.startswith(TEMPLATE_PREFIX)
+                if not k.startswith(TEMPLATE_PREFIX) and k not in REACH_KEYS
             }
         return cls(
             w1=arrays["w1"],
@@ -137,6 +147,7 @@ class Head:
             emb_mean=arrays.get("emb_mean"),
             emb_scale=arrays.get("emb_scale"),
             template=_template(template) if template else None,
+            reach=_reach(reach) if reach else None,
         )
 
 
@@ -144,6 +155,12 @@ def _template(data: dict) -> SpectralHead:
     from edge_agent.physics.spectral import SpectralHead  # it imports softmax from here
 
     return SpectralHead.from_dict({**data, "features": str(data.get("features"))})
+
+
+def _reach(data: dict) -> LabelReach:
+    from edge_agent.calibration.reach import LabelReach
+
+    return LabelReach(data["reach_views"], float(data["reach_radius"]))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ from edge_agent.calibration.headstore import CommitMeta, HeadStore
 from edge_agent.calibration.refit import balanced_accuracy, calibrate
 from edge_agent.physics.spectral import BANDS, TEMPLATE_C
 from edge_agent.pipeline.head import Head, softmax
+from tests.edge_agent.calibration.conftest import C, D
 
-D, H, C = 16, 32, 3
 WORLD = np.random.default_rng(0)
 EMB_MEANS = WORLD.normal(0.0, 0.35, (C, D))  # weak: the classes overlap in embedding space
 PEAKS = (60, 200, 380)  # each class's resonance band
@@ -37,14 +37,6 @@ def device(per_class: int, seed: int, bands: int = BANDS) -> tuple[np.ndarray, .
     views = np.exp(-(((band - peaks[y][:, None]) / (bands / 50)) ** 2))
     views = views + rng.normal(0.0, 0.3, views.shape)
     return emb, views.astype(np.float32), y, np.arange(len(y), dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def factory() -> Head:
-    rng = np.random.default_rng(1)
-    w1 = (rng.normal(0.0, 1.0, (D, H)) / np.sqrt(D)).astype(np.float32)
-    w2 = rng.normal(0.0, 0.1, (H, C)).astype(np.float32)
-    return Head(w1, np.zeros(H, np.float32), w2, np.zeros(C, np.float32))
 
 
 def fused(head: Head, emb: np.ndarray, views: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent.agent import Agent
+from edge_agent.calibration.reach import LabelReach
 from edge_agent.config import BearingConfig, load_config
 from edge_agent.mqtt.memory import MemoryLink
 from edge_agent.physics.bearing_sim import BearingSimulator, Conditions
@@ -57,16 +58,28 @@ def test_a_defect_becomes_a_clear_line_of_its_class(fault):
 def test_a_healthy_bearing_has_no_clear_line_and_the_model_decides():
     stream = stream_of("normal", 2.0 + PERSIST + 0.5)
     assert stream.clear_class is None
-    assert stream.basis("outer_race", factory_head=True) == ("model", None)
+    assert stream.basis("outer_race", factory_head=True, labeled=False) == ("model", None)
 
 
-def test_who_decides_follows_calibration_and_the_config():
-    stream = stream_of("outer_race", 2.0 + PERSIST + 0.5)
-    assert stream.basis("outer_race", factory_head=True) == ("both", None)
-    assert stream.basis("normal", factory_head=True) == ("evidence", "outer_race")
-    assert stream.basis("normal", factory_head=False) == ("model", None)  # calibrated here
-    never = stream_of("outer_race", 2.0 + PERSIST + 0.5, follow_evidence="never")
-    assert never.basis("normal", factory_head=True) == ("model", None)
+@pytest.mark.parametrize(
+    ("follow", "factory_head", "labeled", "decides"),
+    [
+        ("unlabeled", True, False, "evidence"),
+        ("unlabeled", False, False, "evidence"),  # calibrated, the window beyond the labels
+        ("unlabeled", False, True, "model"),  # the operator's labels vouch for the head here
+        ("uncalibrated", True, False, "evidence"),
+        ("uncalibrated", False, False, "model"),
+        ("never", True, False, "model"),
+        ("never", False, False, "model"),
+    ],
+)
+def test_who_decides_follows_calibration_the_labels_and_the_config(
+    follow, factory_head, labeled, decides
+):
+    stream = stream_of("outer_race", 2.0 + PERSIST + 0.5, follow_evidence=follow)
+    assert stream.basis("outer_race", factory_head, labeled) == ("both", None)
+    override = "outer_race" if decides == "evidence" else None
+    assert stream.basis("normal", factory_head, labeled) == (decides, override)
 
 
 def test_bearing_config_names_the_problem():
@@ -122,6 +135,40 @@ def test_an_uncalibrated_head_that_misses_the_fault_is_overruled_by_a_clear_line
     assert ("outer_race", "evidence") in states
     fault = next(e for e in agent.link.events if e.state == "outer_race")
     assert "decided by the envelope spectrum" in fault.message
+
+
+@pytest.mark.parametrize(
+    ("reach", "published"),
+    [
+        (None, "normal"),  # refitted on labels without spectral views: the labels vouch
+        (LabelReach(np.zeros((1, 512), np.float32), 1e9), "normal"),  # every window like a label
+        (LabelReach(np.zeros((1, 512), np.float32), 0.0), "outer_race"),  # none: the line decides
+    ],
+)
+def test_a_calibrated_head_is_overruled_by_a_clear_line_only_beyond_its_labels(
+    tmp_path, agent_bundle, reach, published
+):
+    """A head refitted on this device says "normal"; an outer-race line stands out. Where its
+    labels reach, the operator's word stands; beyond them (another bearing, size or load than
+    the labeled ones) the line decides, at the config's default."""
+    from dataclasses import replace
+
+    schedule = [{"at_s": 0.0, "fault": "outer_race", "severity": SEVERITY}]
+    path = write_config(tmp_path / "dev", agent_bundle, 1, simulator_source(schedule),
+                        bearing=BEARING)  # fmt: skip
+    with Agent(load_config(path)) as agent:
+        channel = agent.channels[0]
+        channel.head = replace(channel.head, b2=np.array([50.0, 0.0, 0.0], np.float32), reach=reach)
+        assert not channel.factory_head
+        agent.link = MemoryLink()
+        agent.source.start()
+        while agent.windows_total < int(8.0 * SAMPLE_RATE_HZ / HOP):
+            channel.buffer.push(agent.source.read(1.0))
+            agent._drain(None)
+    states = [(e.state, e.basis) for e in agent.link.events if e.kind == "state_change"]
+    assert states[0] == ("normal", "model")
+    assert states[-1][0] == published
+    assert (("outer_race", "evidence") in states) == (published == "outer_race")
 
 
 def test_a_clear_line_corrects_a_wrong_fault_class_at_once(tmp_path, agent_bundle):
