@@ -385,11 +385,21 @@ MaxWindowsOption = Annotated[
 ]
 
 
-def _embed_files(
-    cfg, model, files: list[Path], rate_hz: int | None = None, max_windows: int | None = None
-):
+StartOption = Annotated[
+    float | None,
+    typer.Option(
+        "--start-s", min=0, help="Label each file from this second on (default: its start)."
+    ),
+]
+EndOption = Annotated[
+    float | None,
+    typer.Option("--end-s", min=0, help="Label each file up to this second (default: its end)."),
+]
+
+
+def _embed_files(cfg, model, files: list[Path], rate_hz: int | None = None, **stretch):
     """Embeddings, times, spectral views and rejected-window count of recordings (exit 1 on a
-    bad file)."""
+    bad file); `stretch`: max_windows, start_s, end_s (embed_recordings)."""
     try:
         return embed_recordings(
             files,
@@ -398,7 +408,7 @@ def _embed_files(
             model.backend,
             cfg.inference.batch_windows,
             rate_hz=rate_hz,
-            max_windows=max_windows,
+            **stretch,
         )
     except SourceError as exc:
         raise _fail(one_line(exc)) from None
@@ -413,18 +423,23 @@ def calibrate(
     ],
     rate_hz: RateOption = None,
     max_windows: MaxWindowsOption = None,
+    start_s: StartOption = None,
+    end_s: EndOption = None,
     channel: ChannelOption = None,
 ) -> None:
     """Label recordings, refit the device head on all labels so far, commit it unless worse.
 
     Labels accumulate in the device's calibration set: label one class now and another later,
-    and the head is refit on both (the same head as labeling both at once).
+    and the head is refit on both (the same head as labeling both at once). --start-s / --end-s
+    label only that stretch of each file (where the fault shows in a longer recording).
     """
     cfg, store, model = _offline_model(config, channel)
     m = model.manifest
     if label not in m.class_names:
         raise _fail(f"unknown label {label!r}; valid: {', '.join(m.class_names)}")
-    emb, t, views, rejected = _embed_files(cfg, model, files, rate_hz, max_windows)
+    emb, t, views, rejected = _embed_files(
+        cfg, model, files, rate_hz, max_windows=max_windows, start_s=start_s, end_s=end_s
+    )
     if not len(t):
         raise _fail(
             f"no window of {len(files)} file(s) passed the sensor checks ({rejected} failed)"

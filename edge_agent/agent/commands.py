@@ -144,6 +144,8 @@ def calibrate(agent: Agent, ch: Channel, command: Command) -> CommandResult:
                 ch.cfg.inference.batch_windows,
                 rate_hz=command.rate_hz,
                 max_windows=command.max_windows,
+                start_s=command.start_s,
+                end_s=command.end_s,
             )
         except SourceError as exc:
             return _fail(command, f"calibrate: {exc}")

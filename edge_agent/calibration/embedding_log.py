@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from edge_agent.calibration.refit import CalibrationResult, calibrate
 from edge_agent.config import FileSourceConfig, SensorConfig
 from edge_agent.contract.bundle import Manifest
 from edge_agent.contract.durable import atomic_write
-from edge_agent.contract.preprocess import frame, normalize
+from edge_agent.contract.preprocess import PreprocessSpec, frame, normalize
 from edge_agent.physics.spectral import BANDS, spectral_view
 from edge_agent.pipeline.head import Head
 from edge_agent.pipeline.sanity import check_window
@@ -240,6 +241,8 @@ def embed_recordings(
     *,
     rate_hz: int | None = None,
     max_windows: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
 ) -> Embedded:
     """Embeddings and spectral views of the windows of the recordings that pass the sensor checks.
 
@@ -247,9 +250,11 @@ def embed_recordings(
     source's resampler: a WAV at its header's rate (`rate_hz`, when given, must agree), NPY/CSV at
     `rate_hz`, which they cannot carry themselves (SourceError naming the file without it).
     Integer and WAV data are scaled with `sensor`. `max_windows`: at most this many windows per
-    file, spread evenly over it (an operator labels a few windows). Window end times are taken
-    from the file's mtime as the end of the recording. SourceError for an unreadable or
-    too-short file.
+    file, spread evenly over it (an operator labels a few windows). `start_s`, `end_s`: only the
+    windows wholly inside that stretch of each file (seconds from its start; unset: its start,
+    its end), cut after resampling the whole file. Window end times are taken from the file's
+    mtime as the end of the recording. SourceError for an unreadable or too-short file, or a
+    stretch past its end or shorter than one window.
     """
     spec = manifest.preprocessing.spec()
     embs, times, views, rejected = [], [], [], 0
@@ -275,10 +280,11 @@ def embed_recordings(
                 f"({spec.window}); record longer"
             )
         windows = frame(g, spec.window, spec.hop)
-        positions = np.arange(len(windows))  # window index in the file
+        positions = stretch_windows(path, len(g), spec, start_s, end_s)  # window index in the file
+        windows = windows[positions]
         if max_windows is not None and len(windows) > max_windows:
-            positions = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
-            windows = windows[positions]
+            spread = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+            positions, windows = positions[spread], windows[spread]
         ok = np.array(
             [
                 check_window(
@@ -300,6 +306,31 @@ def embed_recordings(
         empty = np.zeros((0, manifest.embedding_dim), np.float32)
         return Embedded(empty, np.zeros(0), np.zeros((0, BANDS), np.float32), rejected)
     return Embedded(np.concatenate(embs), np.concatenate(times), np.concatenate(views), rejected)
+
+
+def stretch_windows(
+    path: Path, samples: int, spec: PreprocessSpec, start_s: float | None, end_s: float | None
+) -> np.ndarray:
+    """Indices of the windows of a `samples`-long recording lying wholly in [start_s, end_s]
+    (s; None: its start, its end); SourceError naming `path` for a stretch it cannot give."""
+    rate = spec.sample_rate_hz
+    duration = samples / rate
+    start = 0.0 if start_s is None else float(start_s)
+    end = duration if end_s is None else float(end_s)
+    if not (0.0 <= start < end):
+        raise SourceError(f"{path}: the stretch {start:g}-{end:g} s needs 0 <= start < end")
+    if end > duration + 0.5 / rate:
+        raise SourceError(
+            f"{path}: the stretch ends at {end:g} s, past the recording's {duration:.3f} s"
+        )
+    first = math.ceil(start * rate / spec.hop - 1e-9)
+    last = math.floor((min(end * rate, samples) - spec.window) / spec.hop + 1e-9)
+    if last < first:
+        raise SourceError(
+            f"{path}: the stretch {start:g}-{end:g} s holds no whole window "
+            f"({spec.window / rate:.3f} s); give a longer one"
+        )
+    return np.arange(first, last + 1)
 
 
 class Embedded(NamedTuple):

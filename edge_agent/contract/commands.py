@@ -75,6 +75,12 @@ class CalibrateCommand(CommandModel):
     max_windows: int | None = Field(
         None, gt=0, le=100_000, description="At most this many windows per file."
     )
+    start_s: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Label each file from this second on."
+    )
+    end_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Label each file up to this second."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CalibrateCommand:
@@ -89,6 +95,11 @@ class CalibrateCommand(CommandModel):
                     f"labels_from_utc ({self.labels_from_utc.isoformat()}) must be before "
                     f"labels_to_utc ({self.labels_to_utc.isoformat()})"
                 )
+        stretch = self.start_s is not None or self.end_s is not None
+        if stretch and self.files is None:
+            raise ValueError("start_s and end_s cut files; a time range is cut by its UTC ends")
+        if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
+            raise ValueError(f"start_s ({self.start_s:g}) must be before end_s ({self.end_s:g})")
         return self
 
 

@@ -203,6 +203,30 @@ def test_offline_calibration_then_heads_and_rollback(tmp_path, agent_bundle):
     assert "no head version 99" in missing.stderr
 
 
+def test_calibrate_labels_only_the_stretch_of_a_longer_recording(tmp_path, agent_bundle):
+    """A 4 s recording, normal then inner race: --start-s 2 labels the fault's half only."""
+    config = str(replay_config(tmp_path, agent_bundle))
+    rate = ["--rate-hz", str(SAMPLE_RATE_HZ)]
+    normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 1)
+    halves = [
+        np.load(recording(tmp_path / "a.npy", "normal", 2.0, run_seed=SEED + 3)),
+        np.load(recording(tmp_path / "b.npy", "inner_race", 2.0, run_seed=SEED + 2)),
+    ]
+    both = tmp_path / "normal-then-inner.npy"
+    np.save(both, np.concatenate(halves))
+    first = runner.invoke(app, ["calibrate", "-c", config, "--label", "normal", *rate, str(normal)])
+    assert "calibration set: normal 45" in first.output
+    args = ["calibrate", "-c", config, "--label", "inner_race", *rate]
+    late = runner.invoke(app, [*args, "--start-s", "2", str(both)])
+    assert late.exit_code == 0, late.output  # normal windows labeled inner race: refused
+    assert "45 windows from 1 file(s) labeled 'inner_race'" in late.output  # as a 2 s file
+    assert "calibration set: normal 45, inner_race 45" in late.output
+    past = runner.invoke(app, [*args, "--end-s", "9", str(both)])
+    assert past.exit_code == 1 and "past the recording's 4.000 s" in past.stderr
+    short = runner.invoke(app, [*args, "--start-s", "3.9", str(both)])
+    assert short.exit_code == 1 and "holds no whole window" in short.stderr
+
+
 def test_renormalize_maps_an_offset_device_onto_the_reference(tmp_path, agent_bundle):
     config = str(replay_config(tmp_path, agent_bundle))
     normal = recording(tmp_path / "normal.npy", "normal", 2.0, run_seed=SEED + 3)

@@ -364,6 +364,9 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
                 collector, "calibrate", {"id": "f2", "label": "normal", "files": ["/no/such.wav"]}
             )
             assert not missing["ok"] and "replay file not found" in missing["message"]
+            past = {"id": "f3", "label": "outer_race", "files": [str(rec)], "end_s": 5.0}
+            past = send(collector, "calibrate", past | {"rate_hz": SAMPLE_RATE_HZ})
+            assert not past["ok"] and "past the recording's 2.000 s" in past["message"]
             assert send(collector, "ping", {"id": "p2"})["ok"]
         assert len(agent.outbox) == 0
     offline = collector.wait_for(BASE + "status", lambda p: p["status"] == "offline")

@@ -75,6 +75,19 @@ def test_valid_commands_parse_to_their_model(name, payload, model):
             "must be before",
         ),
         ({"id": "1", "label": "x", "files": []}, "calibrate.files"),
+        (
+            {
+                "id": "1",
+                "label": "x",
+                "labels_from_utc": "2025-05-01T10:00:00Z",
+                "labels_to_utc": "2025-05-01T10:05:00Z",
+                "start_s": 3,
+            },
+            "start_s and end_s cut files",
+        ),
+        ({"id": "1", "label": "x", "files": ["a"], "start_s": 5, "end_s": 2}, "must be before"),
+        ({"id": "1", "label": "x", "files": ["a"], "start_s": -1}, "calibrate.start_s"),
+        ({"id": "1", "label": "x", "files": ["a"], "end_s": "nan"}, "calibrate.end_s"),
     ],
 )
 def test_calibrate_needs_exactly_one_valid_data_source(payload, reason):

@@ -107,6 +107,15 @@ def test_schemas_describe_what_is_published(tmp_path):
     }  # fmt: skip
 
 
+def test_the_shipped_schemas_are_what_the_models_write(tmp_path):
+    from edge_agent.contract.events import SCHEMA_FOLDER
+
+    for path in write_schemas(tmp_path):
+        shipped = SCHEMA_FOLDER / path.name
+        stale = f"{shipped} is stale: run python -m edge_agent.contract.events"
+        assert shipped.read_text() == path.read_text(), stale
+
+
 def test_status_carries_the_agent_version():
     status = StatusMessage(**DEVICE, status="online", started_utc="2025-05-01T00:00:00Z")
     assert status.agent_version and json.loads(encode(status))["status"] == "online"
