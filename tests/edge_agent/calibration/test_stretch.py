@@ -33,7 +33,7 @@ def test_a_stretch_gives_exactly_the_windows_wholly_inside_it(start, end) -> Non
         and i * SPEC.hop + SPEC.window <= hi * SPEC.sample_rate_hz + slack
     ]  # fmt: skip
     if lo >= hi or not inside:
-        with pytest.raises(SourceError, match="rec.npy: the stretch"):
+        with pytest.raises(SourceError, match=r"rec\.npy: the stretch"):
             stretch_windows(Path("rec.npy"), SAMPLES, SPEC, start, end)
     else:
         got = stretch_windows(Path("rec.npy"), SAMPLES, SPEC, start, end)
@@ -52,7 +52,7 @@ def test_a_stretch_gives_exactly_the_windows_wholly_inside_it(start, end) -> Non
     ],
 )
 def test_a_stretch_the_recording_cannot_give_is_refused_naming_the_file(start, end, reason):
-    with pytest.raises(SourceError, match="rec.npy") as error:
+    with pytest.raises(SourceError, match=r"rec\.npy") as error:
         stretch_windows(Path("rec.npy"), SAMPLES, SPEC, start, end)
     assert reason in str(error.value)
 
