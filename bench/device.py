@@ -199,6 +199,27 @@ def clear_lines(x: np.ndarray, start: int, spec, rate: int, rpm: float) -> list[
     return out
 
 
+def decided(
+    head, emb: np.ndarray, views: np.ndarray, names: list[str], clear: list[str | None] | None
+) -> np.ndarray:
+    """(N, C) what the device decides from: its head, fused with its device template if any;
+    with `clear` (each window's clear defect line; for a head refitted on the device), steered
+    by the evidence as the channel steers them at the default `follow_evidence`."""
+    from edge_agent.calibration.refit import scores
+    from edge_agent.physics.stream import who_decides
+    from edge_agent.pipeline.channel import steered
+    from edge_agent.pipeline.head import softmax
+
+    probs = softmax(scores(head, emb, views))
+    if clear is not None:
+        labeled = head.reach.covers(views) if head.reach is not None else np.ones(len(emb), bool)
+        for i, line in enumerate(clear):
+            model_class = names[int(probs[i].argmax())]
+            basis, override = who_decides(line, model_class, False, bool(labeled[i]), "unlabeled")
+            probs[i] = steered(probs[i], names, basis, override)
+    return probs
+
+
 def macro_f1(
     head,
     emb: np.ndarray,
@@ -207,23 +228,10 @@ def macro_f1(
     names: list[str],
     clear: list[str | None] | None = None,
 ) -> float:
-    """Macro-F1 of the device's decisions: its head, fused with its device template if any;
-    with `clear` (each window's clear defect line; for a head refitted on the device), steered
-    by the evidence as the channel steers them at the default `follow_evidence`."""
-    from edge_agent.calibration.refit import scores
-    from edge_agent.physics.stream import who_decides
-    from edge_agent.pipeline.channel import steered
-    from edge_agent.pipeline.head import softmax
+    """Macro-F1 of the device's decisions (`decided`)."""
     from train.metrics import classification_metrics
 
-    probs = softmax(scores(head, emb, views))
-    if clear is not None:
-        labeled = head.reach.covers(views) if head.reach is not None else np.ones(len(y), bool)
-        for i, line in enumerate(clear):
-            model_class = names[int(probs[i].argmax())]
-            basis, override = who_decides(line, model_class, False, bool(labeled[i]), "unlabeled")
-            probs[i] = steered(probs[i], names, basis, override)
-    return classification_metrics(probs, y, names)["macro_f1"]
+    return classification_metrics(decided(head, emb, views, names, clear), y, names)["macro_f1"]
 
 
 # ---- 1. calibration on a foreign machine -----------------------------------------------------
@@ -418,8 +426,9 @@ def cwru_scored(
 
 
 def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
-    from edge_agent.calibration.refit import calibrate
+    from edge_agent.calibration.refit import balanced_accuracy, calibrate
     from edge_agent.contract.bundle import read_manifest
+    from train.metrics import classification_metrics
 
     keys = SECTIONS["cwru_calibration"]
     if bundle is None:
@@ -451,7 +460,9 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             for where, scored in (("same", chosen), ("rig", others)):
                 e, v, t, clear = cwru_scored(records, scored, names)
                 run |= {f"{where}_{n}": macro_f1(h, e, v, t, names) for n, h in heads.items()}
-                run[f"{where}_evidence"] = macro_f1(heads["device"], e, v, t, names, clear)
+                probs = decided(heads["device"], e, v, names, clear)
+                run[f"{where}_evidence"] = classification_metrics(probs, t, names)["macro_f1"]
+                run[f"{where}_recall"] = balanced_accuracy(t, probs.argmax(axis=1))
             template = heads["device"].template
             run["template_model_weight"] = None if template is None else template.model_weight
             runs.append(run)
@@ -468,12 +479,14 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             mean, std, worst = spread(device_f1)
             d_mean, _, d_worst = spread(template_f1)
             h_mean, _, h_worst = spread(head_f1)
+            r_mean, _, r_worst = spread([r[f"{where}_recall"] for r in mine])
             target = F1_TARGETS[k] if where == "same" else None
             rows[key] = row(
                 f"CWRU as the device, {k} label(s)/class of one record each: macro-F1 on {what}",
                 mean,
-                f"{mean:.3f} ± {std:.3f} (worst {worst:.3f}); without the evidence "
-                f"{d_mean:.3f} (worst {d_worst:.3f}); head alone {h_mean:.3f} "
+                f"{mean:.3f} ± {std:.3f} (worst {worst:.3f}), balanced accuracy {r_mean:.3f} "
+                f"(worst {r_worst:.3f}); without the evidence {d_mean:.3f} "
+                f"(worst {d_worst:.3f}); head alone {h_mean:.3f} "
                 f"(worst {h_worst:.3f}); factory {mine[0][f'{where}_factory']:.3f}",
                 f">= {target:.2f}" if target else "(report)",
                 mean >= target if target else None,
