@@ -447,6 +447,7 @@ class Agent:
             "overruns": ch.buffer.overruns,
             "head_version": ch.head_version,
             "template": ch.template_source,
+            "labels_reach": _reach_status(ch),
             "condition": ch.monitor.status(),
             "embedding_log": {
                 "rows": len(ch.log),
@@ -455,6 +456,15 @@ class Agent:
             },
             "calibration_set": ch.calibration_set.counts(),
         }
+
+
+def _reach_status(ch: Channel) -> dict[str, Any] | None:
+    """The labels the device head vouches with (calibration.reach); None: a clear line decides
+    wherever it disagrees (the factory head) or nowhere beyond the head (labels without views)."""
+    reach = ch.head.reach
+    if reach is None:
+        return None
+    return {"windows": len(reach.views), "radius": round(reach.radius, 4)}
 
 
 def _inputs(cfg: AgentConfig) -> list[SourceChannel] | None:

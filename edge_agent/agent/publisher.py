@@ -96,7 +96,11 @@ class Publisher:
         else:
             kind, severity = "state_change", "info" if state == normal else "alarm"
             if out.basis == "evidence":
-                why = " (decided by the envelope spectrum: the head is not calibrated here yet)"
+                why = " (decided by the envelope spectrum: " + (
+                    "the head is not calibrated here yet)"
+                    if ch.factory_head
+                    else "the windows are unlike every window labeled on this device)"
+                )
         sure = f", confidence {decision.confidence:.2f}" if decision.confidence is not None else ""
         names = ch.decisions.class_names
         event = self.event(

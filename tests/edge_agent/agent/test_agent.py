@@ -322,6 +322,9 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             kept = "device template kept" in fault["message"]
             status = send(collector, "status", {"id": "s2b"})["data"]
             assert status["template"] == ("device" if kept else None)  # the tiny bundle has none
+            labeled = figures["set_counts"]["normal"] + figures["set_counts"]["inner_race"]
+            assert status["labels_reach"]["windows"] == labeled > 0
+            assert status["labels_reach"]["radius"] > 0
             assert (tmp_path / "dev" / "state" / "calibration_set.npz").is_file()
 
             bad = calibrate_range(collector, "c3", "cage", start, start + 1)
@@ -331,6 +334,7 @@ def test_commands_ping_malformed_calibrate_rollback_and_stop(
             assert back["ok"] and back["data"] == {"previous_version": 2, "head_version": 3}
             status = send(collector, "status", {"id": "s3"})["data"]
             assert status["head_version"] == 3 and status["template"] is None  # back to v1
+            assert status["labels_reach"] is None  # the factory head: the evidence decides
             nothing = send(collector, "reload_bundle", {"id": "b1", "path": str(tmp_path)})
             assert not nothing["ok"] and "kept the running bundle" in nothing["message"]
             archive = pack(agent_bundle, tmp_path / "tiny-1.tar.gz")

@@ -169,6 +169,9 @@ def test_a_calibrated_head_is_overruled_by_a_clear_line_only_beyond_its_labels(
     assert states[0] == ("normal", "model")
     assert states[-1][0] == published
     assert (("outer_race", "evidence") in states) == (published == "outer_race")
+    if published == "outer_race":
+        fault = next(e for e in agent.link.events if e.state == "outer_race")
+        assert "unlike every window labeled on this device" in fault.message
 
 
 def test_a_clear_line_corrects_a_wrong_fault_class_at_once(tmp_path, agent_bundle):
