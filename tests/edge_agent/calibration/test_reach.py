@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from edge_agent.calibration.headstore import CommitMeta, HeadStore
-from edge_agent.calibration.reach import LabelReach
+from edge_agent.calibration.reach import PER_CLASS, LabelReach
 from edge_agent.calibration.refit import calibrate
 from edge_agent.pipeline.head import Head
 from tests.edge_agent.calibration.test_device_template import device
@@ -45,6 +45,17 @@ def test_a_class_labeled_once_reaches_half_way_to_the_nearest_other_label() -> N
         True,
         False,
     ]
+
+
+def test_a_large_class_keeps_its_windows_spread_evenly() -> None:
+    rng = np.random.default_rng(0)
+    views = rng.normal(size=(1003, 8))
+    labels = np.r_[np.zeros(1000, int), np.ones(3, int)]
+    reach = LabelReach.of(views, labels)
+    assert len(reach.views) == PER_CLASS + 3
+    np.testing.assert_array_equal(reach.views[0], views[0].astype(np.float32))  # first and last
+    np.testing.assert_array_equal(reach.views[PER_CLASS - 1], views[999].astype(np.float32))
+    assert reach.covers(views[1000:]).all()
 
 
 @settings(max_examples=50, deadline=None)
