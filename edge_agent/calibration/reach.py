@@ -51,20 +51,20 @@ class LabelReach:
         kept = []
         for c in np.unique(y):
             rows = np.flatnonzero(y == c)
-            spread = np.linspace(0, len(rows) - 1, min(len(rows), PER_CLASS)).round()
-            kept.append(rows[spread.astype(int)])
+            picks = np.linspace(0, len(rows) - 1, min(len(rows), PER_CLASS)).round()
+            kept.append(rows[picks.astype(int)])
         keep = np.sort(np.concatenate(kept))
         v, y = v[keep], y[keep]
         radius = 0.0
         for c in np.unique(y):
             mine, others = v[y == c], v[y != c]
             if len(mine) > 1:
-                spread = kth_neighbour_distance(mine, mine, 1, leave_self_out=True)
+                apart = kth_neighbour_distance(mine, mine, 1, leave_self_out=True)
             elif len(others):
-                spread = kth_neighbour_distance(mine, others, 1) / 2
+                apart = kth_neighbour_distance(mine, others, 1) / 2
             else:
                 continue
-            radius = max(radius, float(spread.max()))
+            radius = max(radius, float(apart.max()))
         return cls(v, radius)
 
     @property
