@@ -75,6 +75,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         *(f"cwru_calibration_{k}" for k in K_LABELS),
         *(f"cwru_calibration_rig_{k}" for k in K_LABELS),
     ),
+    "cwru_agent": ("cwru_agent", "cwru_agent_uncalibrated"),
     "cwru_evidence": ("cwru_evidence",),
     "zero_label": tuple(f"zero_label_{w}_{f}" for w in ("sim", "cwru") for f in FAULTS),
     "run_to_failure": ("run_to_failure",),
@@ -502,6 +503,98 @@ def cwru_calibration_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     return rows
 
 
+AGENT_SETS = (("007", "1"), ("014", "0"), ("021", "2"))  # one label set per fault size
+AGENT_K = 5
+AGENT_LOOP_S, AGENT_SCORED_S = 90.0, 20.0  # each record replayed in a loop; the last 20 s count
+
+
+def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
+    """1c. The real Agent, calibrated on CWRU, replaying the rig's other records."""
+    from edge_agent.calibration.headstore import CommitMeta, HeadStore
+    from edge_agent.calibration.refit import calibrate
+    from edge_agent.contract.bundle import read_manifest
+
+    keys = SECTIONS["cwru_agent"]
+    if bundle is None:
+        return not_measured(keys, "no bundle (run `make demo`, or pass --bundle)")
+    manifest = read_manifest(bundle)
+    names, rate = list(manifest.class_names), manifest.preprocessing.sample_rate_hz
+    if rate != 12_000 or not set(FAULTS) <= set(names):
+        return not_measured(keys, f"needs a 12 kHz bundle with classes {', '.join(FAULTS)}")
+    if not cwru_folder().is_dir():
+        return not_measured(keys, f"no CWRU records under {cwru_folder()}")
+    sets = AGENT_SETS[:1] if quick else AGENT_SETS
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="faultwatch-bench-agent-") as tmp:
+        work = Path(tmp)
+        records, factory = cwru_windows(bundle, work, names)
+        for size, load in sets:
+            chosen = [r for r in records if cwru_record_class(r)[1:] in (("", "0"), (size, load))]
+            rng = np.random.default_rng([int(size), int(load), AGENT_K])
+            emb, views, y = cwru_labels(records, chosen, AGENT_K, rng, names)
+            order = np.arange(len(y), dtype=np.float64)
+            head = calibrate(factory, factory, emb, y, views=views, order=order).head
+            heads = work / f"heads-{size}-{load}"
+            store = HeadStore(heads)
+            store.init_from_factory(factory, manifest.model_version)
+            store.commit(head, CommitMeta(n_samples=len(y)))
+            others = [r for r in records if r not in chosen]
+            run: dict[str, Any] = dict(size=size, load=load, k=AGENT_K)
+            for follow in ("unlabeled", "uncalibrated"):
+                shares = {r: agent_share(bundle, heads, r, follow, work) for r in others}
+                per_class = {
+                    c: float(
+                        np.mean([v for r, v in shares.items() if cwru_record_class(r)[0] == c])
+                    )
+                    for c in FAULTS
+                }
+                run[follow] = dict(balanced=float(np.mean(list(per_class.values()))),
+                                   per_class=per_class, per_record=shares)  # fmt: skip
+            runs.append(run)
+    rows = {}
+    for follow, key, what in (
+        ("unlabeled", "cwru_agent", "a clear line decides beyond the labels' reach (default)"),
+        ("uncalibrated", "cwru_agent_uncalibrated", "the line decides on the factory head only"),
+    ):
+        values = [r[follow]["balanced"] for r in runs]
+        mean, std, worst = spread(values)
+        classes = ", ".join(
+            f"{c} {np.mean([r[follow]['per_class'][c] for r in runs]):.0%}" for c in FAULTS
+        )
+        rows[key] = row(
+            f"the agent calibrated on CWRU ({AGENT_K} labels/class of one record each), the "
+            f"rig's other records: windows of the last half in the right state; {what}",
+            mean,
+            f"{mean:.1%} ± {std:.1%} (worst {worst:.1%}) over {len(runs)} label sets; {classes}",
+            "(report)",
+            None,
+            runs=runs,
+        )
+    return rows
+
+
+def agent_share(bundle: Path, heads: Path, record: str, follow: str, work: Path) -> float:
+    """Share of the windows of the last SCORE_PART of a CWRU record that the real Agent, with
+    the calibrated head in `heads` and the 6205 at the record's speed, holds in the right state."""
+    import shutil
+
+    data = np.load(cwru_folder() / f"{record}.npz")
+    npy = work / f"{record}.npy"
+    if not npy.exists():
+        np.save(npy, data["DE"].astype(np.float32))
+    state = work / f"agent-{heads.name}-{follow}-{record}"
+    shutil.copytree(heads, state / "heads")
+    source = {"type": "file", "path": str(npy), "sample_rate_hz": 12_000,
+              "realtime": False, "loop": True, "chunk_samples": 1024}  # fmt: skip
+    bearing = {"designation": "6205", "shaft_rpm": float(data["rpm"]),
+               "follow_evidence": follow}  # fmt: skip
+    config = agent_config(state, bundle, source, bearing=bearing)
+    right = cwru_record_class(record)[0]
+    return zero_label_run(config, right, AGENT_LOOP_S, after_s=AGENT_LOOP_S - AGENT_SCORED_S)[
+        "share"
+    ]
+
+
 # ---- 2. physics evidence on CWRU -------------------------------------------------------------
 
 
@@ -543,9 +636,11 @@ def cwru_evidence_rows(quick: bool) -> dict[str, dict]:
 # ---- 3. zero labels, bearing configured ------------------------------------------------------
 
 
-def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[str, Any]:
+def zero_label_run(
+    config: dict, right: str, max_seconds: float | None, after_s: float = SETTLE_S
+) -> dict[str, Any]:
     """Drive the real Agent on its source (as tests/edge_agent/physics/test_stream.py does):
-    share of windows ending after SETTLE_S whose state is `right`, and the state changes."""
+    share of windows ending after `after_s` whose state is `right`, and the state changes."""
     from edge_agent.agent.agent import Agent
     from edge_agent.config import AgentConfig
     from edge_agent.mqtt.memory import MemoryLink
@@ -564,7 +659,7 @@ def zero_label_run(config: dict, right: str, max_seconds: float | None) -> dict[
             agent._drain(None)
             states += [agent.channels[0].decisions.state] * (agent.windows_total - before)
     ends = (spec.window + spec.hop * np.arange(len(states))) / spec.sample_rate_hz  # s
-    kept = [s == right for s, end in zip(states, ends, strict=True) if end > SETTLE_S]
+    kept = [s == right for s, end in zip(states, ends, strict=True) if end > after_s]
     changes = [[round(float(ends[i]), 2), st] for i, st in enumerate(states)
                if i == 0 or st != states[i - 1]]  # fmt: skip
     return {"share": float(np.mean(kept)) if kept else float("nan"), "changes": changes}
@@ -833,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     run: dict[str, Callable[[], dict[str, dict]]] = {
         "calibration": lambda: calibration_rows(bundle, seeds, args.record_s),
         "cwru_calibration": lambda: cwru_calibration_rows(bundle, args.quick),
+        "cwru_agent": lambda: cwru_agent_rows(bundle, args.quick),
         "cwru_evidence": lambda: cwru_evidence_rows(args.quick),
         "zero_label": lambda: zero_label_rows(bundle, seeds, args.quick),
         "run_to_failure": lambda: run_to_failure_rows(lives),

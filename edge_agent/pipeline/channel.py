@@ -210,7 +210,7 @@ class Channel:
                     sanity_ok=True,
                     t=t_end,
                     novel=bool(len(novel) and novel[j]),
-                    prompt=self.basis == "evidence",
+                    prompt=self.basis == "evidence" and factory_head,  # else: dwell
                 )
                 codes[j] = self._codes[decision.label]
                 findings = self._monitor(decision, self.batch[i], emb[j])

@@ -214,7 +214,8 @@ class DecisionMachine:
         novel: the open-set score says the window is unlike every trained class; it is labeled
         `unknown`, which becomes the state only when it persists, like `uncertain`.
         prompt: this window's class comes from independent physical evidence (a clear defect
-        line overruling an uncalibrated head): it may take over after k of n, without the dwell.
+        line overruling an uncalibrated head): it may take over after k of n, without the dwell
+        (a line overruling a calibrated head beyond its labels' reach is not prompt: it dwells).
         """
         class_name, confidence = self._top_class(probabilities, strict=sanity_ok)
         if not sanity_ok:
