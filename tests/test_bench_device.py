@@ -139,3 +139,21 @@ def test_the_device_decision_follows_a_clear_line_only_beyond_the_labels_reach()
     assert device.macro_f1(near, emb, views, y, names, clear) < 0.5  # the labels vouch
     assert device.macro_f1(says_normal, emb, views, y, names, clear) < 0.5  # no reach: vouch
     assert device.macro_f1(far, emb, views, y, names) < 0.5  # no evidence given
+
+
+def test_the_real_agent_replays_a_cwru_record_in_a_loop_on_a_stored_head(tmp_path, agent_bundle):
+    """1c's measure on the tiny bundle: its factory head, stored as a device would hold it,
+    calls an outer-race record inner race; the record's clear BPFO line decides, unless the
+    config says never."""
+    if not device.cwru_folder().is_dir():
+        pytest.skip(f"no CWRU records under {device.cwru_folder()} (see ../shared/datasets)")
+    from edge_agent.calibration.headstore import HeadStore
+    from edge_agent.contract.bundle import check_bundle
+
+    manifest, factory = check_bundle(agent_bundle)
+    heads = tmp_path / "heads"
+    HeadStore(heads).init_from_factory(factory, manifest.model_version)
+    record = "OR007at6_1_131"
+    share = device.agent_share(agent_bundle, heads, record, "unlabeled", tmp_path, 30.0)
+    never = device.agent_share(agent_bundle, heads, record, "never", tmp_path, 30.0)
+    assert share > 0.95 and never < 0.05
