@@ -530,6 +530,7 @@ def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     if not cwru_folder().is_dir():
         return not_measured(keys, f"no CWRU records under {cwru_folder()}")
     sets = AGENT_SETS[:1] if quick else AGENT_SETS
+    loop_s = AGENT_QUICK_LOOP_S if quick else AGENT_LOOP_S
     runs = []
     with tempfile.TemporaryDirectory(prefix="faultwatch-bench-agent-") as tmp:
         work = Path(tmp)
@@ -547,7 +548,6 @@ def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             others = [r for r in records if r not in chosen]
             run: dict[str, Any] = dict(size=size, load=load, k=AGENT_K)
             for follow in ("unlabeled", "uncalibrated"):
-                loop_s = AGENT_QUICK_LOOP_S if quick else AGENT_LOOP_S
                 shares = {r: agent_share(bundle, heads, r, follow, work, loop_s) for r in others}
                 per_class = {
                     c: float(
