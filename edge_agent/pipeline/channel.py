@@ -180,7 +180,7 @@ class Channel:
             probs = self.head.probabilities(emb)
             probs = self._fuse_physics(probs, self.batch[ok])
             template = self.template(factory_head)
-            reach = self.head.reach
+            reach = self.head.reach if self._asks_reach else None
             if template is not None or reach is not None or self.log.view_bands:
                 level = log_spectrum(self.batch[ok], BANDS)  # once for the log and the template
                 views = ranked_bands(level)
@@ -275,6 +275,17 @@ class Channel:
             windows_g, self.spec.sample_rate_hz, shaft_hz, evidence.geometry, physics.band_hz
         )
         return physics.fuse(probs, view)
+
+    @property
+    def _asks_reach(self) -> bool:
+        """Whether who decides a window depends on the labels' reach: a calibrated head with
+        one, and an evidence stream that follows lines beyond it."""
+        evidence = self.monitor.evidence
+        return (
+            self.head.reach is not None
+            and evidence is not None
+            and evidence.cfg.follow_evidence == "unlabeled"
+        )
 
     def _steer(self, probs: np.ndarray, factory_head: bool, labeled: bool) -> np.ndarray:
         """The probabilities the decisions see (`steered`), and who decided (`self.basis`)."""
