@@ -367,6 +367,27 @@ def cwru_folder() -> Path:
     return default_data_root() / "cwru" / "12k_DE"
 
 
+def cwru_records() -> dict[str, Path]:
+    """Every CWRU drive-end record by name: the 12 kHz fault records and the normal ones."""
+    folders = (cwru_folder(), cwru_folder().parent / "normal")
+    return {p.stem: p for folder in folders for p in sorted(folder.glob("*.npz"))}
+
+
+def cwru_replay_config(
+    bundle: Path, path: Path, state: Path, work: Path, loop: bool, chunk: int, **bearing: Any
+) -> dict:
+    """An agent config replaying CWRU record `path` (its drive-end channel, at its own rate,
+    resampled as the agent does), the 6205 at the record's speed (`bearing`: more fields)."""
+    data = np.load(path)
+    npy = work / f"{path.stem}.npy"
+    if not npy.exists():
+        np.save(npy, data["DE"].astype(np.float32))
+    source = {"type": "file", "path": str(npy), "sample_rate_hz": int(data["fs"]), "resample": True}
+    source |= {"realtime": False, "loop": loop, "chunk_samples": chunk}
+    bearing = {"designation": "6205", "shaft_rpm": float(data["rpm"]), **bearing}
+    return agent_config(state, bundle, source, bearing=bearing)
+
+
 def cwru_record_class(stem: str) -> tuple[str, str, str]:
     """'IR007_1_106' -> ('inner_race', '007', '1'); 'Normal_0_97' -> ('normal', '', '0')."""
     from train.cwru import parse_cwru_name
@@ -392,9 +413,8 @@ def cwru_windows(bundle: Path, work: Path, names: list[str]) -> tuple[dict[str, 
     cfg = load_config(path)
     model = load_runtime(cfg)
     rate = model.manifest.preprocessing.sample_rate_hz
-    folders = (cwru_folder(), cwru_folder().parent / "normal")
     out = {}
-    for record in sorted(p for folder in folders for p in folder.glob("*.npz")):
+    for record in sorted(cwru_records().values()):
         if cwru_record_class(record.stem)[0] not in names:
             continue
         data = np.load(record)  # the normal record is at 48 kHz: resampled as the agent would
@@ -589,18 +609,10 @@ def agent_share(
     at the record's speed, holds in the right state."""
     import shutil
 
-    folders = (cwru_folder(), cwru_folder().parent / "normal")
-    data = np.load(next(f / f"{record}.npz" for f in folders if (f / f"{record}.npz").exists()))
-    npy = work / f"{record}.npy"
-    if not npy.exists():
-        np.save(npy, data["DE"].astype(np.float32))
     state = work / f"agent-{heads.name}-{follow}-{record}"
     shutil.copytree(heads, state / "heads")
-    source = {"type": "file", "path": str(npy), "sample_rate_hz": int(data["fs"]),
-              "resample": True, "realtime": False, "loop": True, "chunk_samples": 1024}  # fmt: skip
-    bearing = {"designation": "6205", "shaft_rpm": float(data["rpm"]),
-               "follow_evidence": follow}  # fmt: skip
-    config = agent_config(state, bundle, source, bearing=bearing)
+    path = cwru_records()[record]
+    config = cwru_replay_config(bundle, path, state, work, True, 1024, follow_evidence=follow)
     right = cwru_record_class(record)[0]
     return zero_label_run(config, right, loop_s, after_s=loop_s - AGENT_SCORED_S)["share"]
 
@@ -731,14 +743,8 @@ def zero_label_cwru(bundle, names, rate, hop, quick, work) -> dict[str, dict]:
         paths = [p for p in paths if "_0_" in p.name]
     runs: dict[str, dict[str, dict]] = {f: {} for f in FAULTS}
     for path in paths:
-        data = np.load(path)
         fault = CWRU_CLASS[path.name[:2].rstrip("0123456789")]
-        npy = work / f"{path.stem}.npy"
-        np.save(npy, data["DE"].astype(np.float32))
-        source = {"type": "file", "path": str(npy), "sample_rate_hz": 12_000,
-                  "realtime": False, "loop": False, "chunk_samples": hop}  # fmt: skip
-        bearing = {"designation": "6205", "shaft_rpm": float(data["rpm"])}
-        config = agent_config(work / f"cwru-{path.stem}", bundle, source, bearing=bearing)
+        config = cwru_replay_config(bundle, path, work / f"cwru-{path.stem}", work, False, hop)
         runs[fault][path.stem] = zero_label_run(config, fault, None)
     return {
         f"zero_label_cwru_{f}": zero_label_row("CWRU as a second machine", f, r, "records")
