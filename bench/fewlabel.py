@@ -1,5 +1,6 @@
-"""`python -m bench fewlabel`: SimCLR + fine-tune vs supervised only vs pseudo-labeling (and kNN /
-prototype on frozen embeddings, a spectral template, and a zero-label envelope analysis),
+"""`python -m bench fewlabel`: SimCLR + fine-tune vs supervised only vs pseudo-labeling (and the
+same recipe from an encoder that never pretrained, kNN / prototype on frozen embeddings, a
+spectral template, and a zero-label envelope analysis),
 macro-F1 mean ± std and the worst seed, with each method's rank per task, on the simulator's
 reference scenario and two real machines: CWRU (in distribution, and transfer: unseen bearing,
 cross-load both ways, leave one load out) and MFPT where its clone is (in distribution,
@@ -44,7 +45,14 @@ from train.data import (
     pool_name,
     raw_test_records,
 )
-from train.loop import MIN_TEMPERATURE, finetune, pretrain
+from train.loop import (
+    MIN_TEMPERATURE,
+    build_encoder,
+    encoder_spec,
+    finetune,
+    pretrain,
+    seed_everything,
+)
 from train.metrics import classification_metrics
 from train.mfpt import MFPT_SOURCE, mfpt_root
 from train.records import Record
@@ -86,6 +94,10 @@ TARGETS = {
 TARGET_TEXT = {"sim-reference (200 labels)": ">= 0.95 and +10 pts vs supervised"}
 RECIPE = "SimCLR + fine-tune"
 MODEL_ALONE = "SimCLR + fine-tune, model alone"  # the recipe without its fused views
+# the same fine-tune from an encoder that never pretrained: what the pretraining adds
+UNPRETRAINED = "the recipe, never pretrained"
+UNPRETRAINED_ALONE = "the recipe, never pretrained, model alone"
+NOT_RANKED = (MODEL_ALONE, UNPRETRAINED_ALONE)  # they show what a part adds; they do not compete
 FUSED_TEMPLATE = "the recipe's template, without the model (--cheap-only)"
 # --tasks accepts these group names, a data name (`cwru-lolo-2`) or a task name
 GROUPS: dict[str, list[str]] = {
@@ -180,21 +192,20 @@ def task_config(base: TrainConfig, data: str, labels: int, seed: int) -> TrainCo
     return base.model_copy(update=update)
 
 
-def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
+def run_task(
+    cfg: TrainConfig, encoder, baselines: bool, unpretrained: bool = False
+) -> dict[str, Any]:
     """Every method's test metrics on the task; with no encoder only the rows that train
-    nothing on a budget (spectral template, envelope analysis)."""
+    nothing on a budget (spectral template, envelope analysis). `unpretrained` adds the recipe
+    fine-tuned from a freshly initialized encoder, the check that the pretraining pays."""
     split = build_split(cfg)
     results: dict[str, dict[str, Any]] = {}
     if encoder is not None:
-        recipe = evaluate(
-            finetune(cfg, split, copy.deepcopy(encoder), show_progress=False),
-            split,
-            cfg.uncertain_below,
-        )
-        used = {f"{view}_used": bool(recipe.get(view, {}).get("used")) for view in VIEWS}
-        alone = recipe.get("model_alone", recipe)
-        results[RECIPE] = {**recipe, **used}
-        results[MODEL_ALONE] = {**alone, "ece": None}
+        results.update(recipe_rows(cfg, split, copy.deepcopy(encoder), RECIPE, MODEL_ALONE))
+        if unpretrained:
+            seed_everything(cfg.seed)
+            fresh = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"])
+            results.update(recipe_rows(cfg, split, fresh, UNPRETRAINED, UNPRETRAINED_ALONE))
         results.update(frozen_embedding_metrics(encoder, split, cfg.uncertain_below))
         if baselines:
             results.update(run_baselines(cfg, split, show_progress=False))
@@ -214,6 +225,15 @@ def run_task(cfg: TrainConfig, encoder, baselines: bool) -> dict[str, Any]:
         }
         for name, m in results.items()
     }
+
+
+def recipe_rows(cfg: TrainConfig, split, encoder, name: str, alone_name: str) -> dict[str, Any]:
+    """The recipe fine-tuned from `encoder`: its fused output and its model alone."""
+    model = finetune(cfg, split, encoder, show_progress=False)
+    recipe = evaluate(model, split, cfg.uncertain_below)
+    used = {f"{view}_used": bool(recipe.get(view, {}).get("used")) for view in VIEWS}
+    alone = recipe.get("model_alone", recipe)
+    return {name: {**recipe, **used}, alone_name: {**alone, "ece": None}}
 
 
 def fused_template_metrics(cfg: TrainConfig, split) -> dict[str, dict[str, Any]]:
@@ -263,8 +283,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
                     f"{v}_used_seeds": sum(bool(r.get(f"{v}_used")) for r in runs_of) for v in VIEWS
                 },
             }
-        # the model-alone row shows what the fused views add; it does not compete
-        rank = ranks({m: r["macro_f1_mean"] for m, r in out[task].items() if m != MODEL_ALONE})
+        rank = ranks({m: r["macro_f1_mean"] for m, r in out[task].items() if m not in NOT_RANKED})
         for method, r in out[task].items():
             r["rank"] = rank.get(method)
     return out
@@ -277,7 +296,14 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     )
     methods = sorted(
         {m for t in summary.values() for m in t},
-        key=lambda m: (m != RECIPE, m != FUSED_TEMPLATE, m != MODEL_ALONE, m == ENVELOPE, m),
+        key=lambda m: (
+            m != RECIPE,
+            m != FUSED_TEMPLATE,
+            m != MODEL_ALONE,
+            m not in (UNPRETRAINED, UNPRETRAINED_ALONE),
+            m == ENVELOPE,
+            m,
+        ),
     )
     table.add_column("task")
     for m in methods:
@@ -312,6 +338,11 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
             + (", ".join(used) if used else "on no task")
         )
     console.print(f"'{MODEL_ALONE}' is the same model without them (not ranked).")
+    if any(UNPRETRAINED in r for r in summary.values()):
+        console.print(
+            f"'{UNPRETRAINED}': the same fine-tune from an encoder that never pretrained; where "
+            f"it scores as high as {RECIPE}, the pretraining does not pay on that task."
+        )
 
 
 def select_tasks(spec: str) -> list[str]:
@@ -405,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         "are cheap and stay)",
     )
     parser.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help=f"skip '{UNPRETRAINED}' (the recipe fine-tuned from an encoder that never "
+        "pretrained: whether the pretraining pays; one more fine-tune per task)",
+    )
+    parser.add_argument(
         "--cheap-only",
         action="store_true",
         help="no pretraining: the spectral template and envelope rows, and the recipe's template "
@@ -457,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
                 data, labels = TASKS[task]
                 t1 = time.perf_counter()
                 runs.setdefault(task, []).append(
-                    run_task(task_config(base, data, labels, seed), encoder, not args.no_baselines)
+                    run_task(
+                        task_config(base, data, labels, seed),
+                        encoder,
+                        not args.no_baselines,
+                        unpretrained=not args.no_ablation,
+                    )
                 )
                 timings[f"{task} seed {seed}"] = time.perf_counter() - t1
                 console.print(

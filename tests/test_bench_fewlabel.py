@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bench import fewlabel
 from edge_agent.physics.bearing_sim import SKF_6205
@@ -14,6 +15,10 @@ from train.mfpt import MFPT_GEOMETRY
 from train.records import Record
 from train.scenarios import lab_records
 from train.workflow import SPECTRAL
+
+# a pretraining and fine-tunes that finish in seconds
+TINY_RUN = ["epochs=1", "labels_per_class=4", "unlabeled_windows=60", "window=512", "hop=256",
+            "sim_seconds_per_record=1.0", "probe_epochs=2", "finetune_epochs=1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +201,50 @@ def test_cheap_only_scores_the_recipes_template_without_the_model_on_real_cwru(t
     rows = json.loads(out.read_text())["summary"]["cwru 10-class, 5/class"]
     assert set(rows) == {fewlabel.FUSED_TEMPLATE, SPECTRAL, fewlabel.ENVELOPE}
     assert rows[fewlabel.FUSED_TEMPLATE]["macro_f1_mean"] >= 0.95  # 0.999 over 5 seeds
+
+
+def test_the_ablation_fine_tunes_the_recipe_from_an_encoder_that_never_pretrained(
+    tmp_path, monkeypatch
+):
+    """Two fine-tunes per task: the first from the pretrained encoder, the second from the
+    seed's freshly initialized one; both rows land, only the fused one is ranked."""
+    pretrained, tuned_from = [], []
+    real_pretrain, real_finetune = fewlabel.pretrain, fewlabel.finetune
+
+    def state(encoder) -> dict:
+        return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+    def spy_pretrain(*args, **kwargs):
+        result = real_pretrain(*args, **kwargs)
+        pretrained.append(state(result.encoder))
+        return result
+
+    def spy_finetune(cfg, split, encoder, **kwargs):
+        tuned_from.append(state(encoder))
+        return real_finetune(cfg, split, encoder, **kwargs)
+
+    monkeypatch.setattr(fewlabel, "pretrain", spy_pretrain)
+    monkeypatch.setattr(fewlabel, "finetune", spy_finetune)
+    out = tmp_path / "fewlabel.json"
+    args = ["--tasks", "sim", "--seeds", "1", "--no-baselines", "--out", str(out)]
+    assert fewlabel.main([*args, *(f"--set={s}" for s in TINY_RUN)]) == 0
+
+    (before,), (from_pretrained, from_fresh) = pretrained, tuned_from
+    cfg = fewlabel.task_config(load_config(None, TINY_RUN), "sim-reference", 4, seed=0)
+    fewlabel.seed_everything(cfg.seed)
+    fresh = state(fewlabel.build_encoder(cfg.encoder, **fewlabel.encoder_spec(cfg)["kwargs"]))
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(from_pretrained, before) and same(from_fresh, fresh)
+    assert not same(from_fresh, before)
+    (rows,) = json.loads(out.read_text())["summary"].values()
+    assert rows[fewlabel.UNPRETRAINED]["rank"] is not None
+    assert rows[fewlabel.UNPRETRAINED_ALONE]["rank"] is None
+    assert 0 <= rows[fewlabel.UNPRETRAINED]["macro_f1_mean"] <= 1
+
+
+def test_no_ablation_skips_the_never_pretrained_rows(tmp_path):
+    out = tmp_path / "fewlabel.json"
+    args = ["--tasks", "sim", "--seeds", "1", "--no-baselines", "--no-ablation", "--out", str(out)]
+    assert fewlabel.main([*args, *(f"--set={s}" for s in TINY_RUN)]) == 0
+    (rows,) = json.loads(out.read_text())["summary"].values()
+    assert fewlabel.RECIPE in rows and fewlabel.UNPRETRAINED not in rows
