@@ -488,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                     kept[f"{group} seed {seed}"] = {
                         "epoch": pre.selection["best_epoch"],
                         "trained": len(pre.selection["scores"]),
+                        "scores": [round(v, 4) for v in pre.selection["scores"]],
                     }
                 encoder = pre.encoder
             for task in members:

@@ -236,7 +236,10 @@ def test_the_ablation_fine_tunes_the_recipe_from_an_encoder_that_never_pretraine
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(from_pretrained, before) and same(from_fresh, fresh)
     assert not same(from_fresh, before)
-    (rows,) = json.loads(out.read_text())["summary"].values()
+    result = json.loads(out.read_text())
+    (kept,) = result["pretrain_epoch_kept"].values()  # the monitor's score after every epoch
+    assert len(kept["scores"]) == kept["trained"] == 1 and kept["epoch"] == 1
+    (rows,) = result["summary"].values()
     assert rows[fewlabel.UNPRETRAINED]["rank"] is not None
     assert rows[fewlabel.UNPRETRAINED_ALONE]["rank"] is None
     assert 0 <= rows[fewlabel.UNPRETRAINED]["macro_f1_mean"] <= 1
