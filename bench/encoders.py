@@ -97,10 +97,9 @@ def probe(
 def trained_encoders(cfg, split):
     """(name, encoder) for each of ENCODERS, trained on `split` as the recipe trains them."""
     from train.baselines import supervised
-    from train.loop import build_encoder, encoder_spec, finetune, pretrain, seed_everything
+    from train.loop import finetune, initial_encoder, pretrain
 
-    seed_everything(cfg.seed)
-    yield ENCODERS[0], build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"])
+    yield ENCODERS[0], initial_encoder(cfg)
     yield ENCODERS[1], supervised(cfg, split, show_progress=True).encoder
     pretrained = pretrain(cfg, split, show_progress=True).encoder
     yield ENCODERS[2], pretrained

@@ -45,14 +45,7 @@ from train.data import (
     pool_name,
     raw_test_records,
 )
-from train.loop import (
-    MIN_TEMPERATURE,
-    build_encoder,
-    encoder_spec,
-    finetune,
-    pretrain,
-    seed_everything,
-)
+from train.loop import MIN_TEMPERATURE, finetune, initial_encoder, pretrain
 from train.metrics import classification_metrics
 from train.mfpt import MFPT_SOURCE, mfpt_root
 from train.records import Record
@@ -203,8 +196,7 @@ def run_task(
     if encoder is not None:
         results.update(recipe_rows(cfg, split, copy.deepcopy(encoder), RECIPE, MODEL_ALONE))
         if unpretrained:
-            seed_everything(cfg.seed)
-            fresh = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"])
+            fresh = initial_encoder(cfg, next(encoder.parameters()).device)
             results.update(recipe_rows(cfg, split, fresh, UNPRETRAINED, UNPRETRAINED_ALONE))
         results.update(frozen_embedding_metrics(encoder, split, cfg.uncertain_below))
         if baselines:

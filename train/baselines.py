@@ -8,14 +8,12 @@ import logging
 import numpy as np
 
 from train.config import TrainConfig
-from train.encoder import build_encoder
 from train.loop import (
     Classifier,
     calibrate_temperature,
-    encoder_spec,
+    initial_encoder,
     new_head,
     pick_device,
-    seed_everything,
     train_classifier,
 )
 from train.splits import Split, WindowSet
@@ -27,9 +25,8 @@ def supervised(
     cfg: TrainConfig, split: Split, labeled: WindowSet | None = None, *, show_progress: bool = True
 ) -> Classifier:
     """Same encoder and head from random initialization, trained end-to-end on the labels only."""
-    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
+    encoder = initial_encoder(cfg, device)
     model = Classifier(encoder, new_head(cfg, len(split.class_names), device))
     train_classifier(
         cfg,

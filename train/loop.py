@@ -71,6 +71,13 @@ def encoder_spec(cfg: TrainConfig) -> dict[str, Any]:
     return {"name": cfg.encoder, "kwargs": kwargs}
 
 
+def initial_encoder(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The seed's freshly initialized encoder: where pretraining, the supervised baseline and
+    the never-pretrained ablation (bench) all start."""
+    seed_everything(cfg.seed)
+    return build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
+
+
 def autocast(device: torch.device, enabled: bool):
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -156,8 +163,7 @@ def pretrain(
     """
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     device = dist.device if dist else pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    encoder = build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]).to(device)
+    encoder = initial_encoder(cfg, device)
     projection = ProjectionHead([cfg.embedding_dim, *cfg.projection_dims]).to(device)
     params = [*encoder.parameters(), *projection.parameters()]
     optimizer = torch.optim.AdamW(
