@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -555,6 +556,7 @@ def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="faultwatch-bench-agent-") as tmp:
         work = Path(tmp)
         records, factory = cwru_windows(bundle, work, names)
+        paths = cwru_records()
         for size, load in sets:
             chosen = [r for r in records if cwru_record_class(r)[1:] in (("", "0"), (size, load))]
             rng = np.random.default_rng([int(size), int(load), AGENT_K])
@@ -565,10 +567,12 @@ def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
             store = HeadStore(heads)
             store.init_from_factory(factory, manifest.model_version)
             store.commit(head, CommitMeta(n_samples=len(y)))
-            others = [r for r in records if r not in chosen]
+            others = [paths[r] for r in records if r not in chosen]
             run: dict[str, Any] = dict(size=size, load=load, k=AGENT_K)
             for follow in ("unlabeled", "uncalibrated"):
-                shares = {r: agent_share(bundle, heads, r, follow, work, loop_s) for r in others}
+                shares = {
+                    p.stem: agent_share(bundle, heads, p, follow, work, loop_s) for p in others
+                }
                 per_class = {
                     c: float(
                         np.mean([v for r, v in shares.items() if cwru_record_class(r)[0] == c])
@@ -602,18 +606,15 @@ def cwru_agent_rows(bundle: Path | None, quick: bool) -> dict[str, dict]:
 
 
 def agent_share(
-    bundle: Path, heads: Path, record: str, follow: str, work: Path, loop_s: float
+    bundle: Path, heads: Path, path: Path, follow: str, work: Path, loop_s: float
 ) -> float:
-    """Share of the windows of the last AGENT_SCORED_S of `loop_s` seconds of a CWRU record,
-    replayed in a loop, that the real Agent, with the calibrated head in `heads` and the 6205
-    at the record's speed, holds in the right state."""
-    import shutil
-
-    state = work / f"agent-{heads.name}-{follow}-{record}"
+    """Share of the windows of the last AGENT_SCORED_S of `loop_s` seconds of CWRU record
+    `path`, replayed in a loop, that the real Agent, with the calibrated head in `heads` and the
+    6205 at the record's speed, holds in the right state."""
+    state = work / f"agent-{heads.name}-{follow}-{path.stem}"
     shutil.copytree(heads, state / "heads")
-    path = cwru_records()[record]
     config = cwru_replay_config(bundle, path, state, work, True, 1024, follow_evidence=follow)
-    right = cwru_record_class(record)[0]
+    right = cwru_record_class(path.stem)[0]
     return zero_label_run(config, right, loop_s, after_s=loop_s - AGENT_SCORED_S)["share"]
 
 

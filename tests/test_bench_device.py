@@ -153,7 +153,7 @@ def test_the_real_agent_replays_a_cwru_record_in_a_loop_on_a_stored_head(tmp_pat
     manifest, factory = check_bundle(agent_bundle)
     heads = tmp_path / "heads"
     HeadStore(heads).init_from_factory(factory, manifest.model_version)
-    record = "OR007at6_1_131"
+    record = device.cwru_records()["OR007at6_1_131"]
     share = device.agent_share(agent_bundle, heads, record, "unlabeled", tmp_path, 30.0)
     never = device.agent_share(agent_bundle, heads, record, "never", tmp_path, 30.0)
     assert share > 0.95 and never < 0.05
