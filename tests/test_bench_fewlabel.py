@@ -95,6 +95,27 @@ def test_the_model_alone_row_is_not_ranked_and_view_use_is_counted():
     assert summary[fewlabel.RECIPE]["spectral_used_seeds"] == 1
 
 
+def test_the_pretrainings_gain_is_paired_per_seed_with_ties_and_missing_rows():
+    def seed(recipe: float, never: float | None, alone: float = 0.5) -> dict:
+        row = {"accuracy": 0.0, "uncertain_rate": 0.0}
+        rows = {
+            fewlabel.RECIPE: {**row, "macro_f1": recipe},
+            fewlabel.MODEL_ALONE: {**row, "macro_f1": alone},
+        }
+        if never is not None:
+            rows[fewlabel.UNPRETRAINED] = {**row, "macro_f1": never}
+        return rows
+
+    seeds = [seed(0.99, 0.90), seed(0.95, 0.96), seed(0.80, 0.802), seed(0.10, None)]
+    gain = fewlabel.pretraining_gain(seeds, fewlabel.RECIPE, fewlabel.UNPRETRAINED)
+    assert gain["mean"] == pytest.approx((0.09 - 0.01 - 0.002) / 3)  # the unpaired seed is out
+    assert gain["worst_seed"] == pytest.approx(0.80 - 0.802)
+    assert (gain["gained"], gain["tied"], gain["lost"]) == (1, 1, 1)
+    (parts,) = fewlabel.pretraining_gains({"t": seeds}).values()
+    assert set(parts) == {"the recipe"}  # no seed ran the model alone never pretrained
+    assert fewlabel.pretraining_gains({"t": [seed(0.9, None)]}) == {}
+
+
 def test_task_selection_by_group_data_or_name():
     assert fewlabel.select_tasks("all") == list(fewlabel.TASKS)
     chosen = fewlabel.select_tasks("cwru-unseen-bearing,cwru-crossload-3to0,lolo")
@@ -245,6 +266,10 @@ def test_the_ablation_fine_tunes_the_recipe_from_an_encoder_that_never_pretraine
     assert rows[fewlabel.UNPRETRAINED]["rank"] is not None
     assert rows[fewlabel.UNPRETRAINED_ALONE]["rank"] is None
     assert 0 <= rows[fewlabel.UNPRETRAINED]["macro_f1_mean"] <= 1
+    (gain,) = result["pretraining_gain"].values()
+    recipe = rows[fewlabel.RECIPE]["macro_f1_mean"] - rows[fewlabel.UNPRETRAINED]["macro_f1_mean"]
+    assert gain["the recipe"]["mean"] == pytest.approx(recipe)
+    assert sum(gain["the model alone"][k] for k in ("gained", "tied", "lost")) == 1
 
 
 def test_no_ablation_skips_the_never_pretrained_rows(tmp_path):
@@ -253,3 +278,4 @@ def test_no_ablation_skips_the_never_pretrained_rows(tmp_path):
     assert fewlabel.main([*args, *(f"--set={s}" for s in TINY_RUN)]) == 0
     (rows,) = json.loads(out.read_text())["summary"].values()
     assert fewlabel.RECIPE in rows and fewlabel.UNPRETRAINED not in rows
+    assert json.loads(out.read_text())["pretraining_gain"] == {}
