@@ -48,6 +48,7 @@ from train.line_labels import clear_line_labels, line_named_classes, strongest_l
 from train.splits import WindowSet
 
 if TYPE_CHECKING:
+    from edge_agent.physics.bearing_sim import BearingGeometry
     from train.config import TrainConfig
     from train.splits import Split
 
@@ -212,19 +213,43 @@ def lines_favour_model(lines_name_model: int, lines_name_template: int) -> float
     return float(binomtest(lines_name_model, sided, alternative="greater").pvalue)
 
 
+def trusted_lines(
+    known: WindowSet,
+    class_names: list[str],
+    geometry: BearingGeometry,
+    sample_rate_hz: float,
+    ratio: float,
+) -> np.ndarray:
+    """(C, C) bool, [t, m]: whether a window's strongest defect line naming class m is evidence
+    for m over t on this machine and sensor. It is where, among the labeled windows `known`, the
+    line names m in class m's windows at least `ratio` times as often as in class t's (from the
+    fan end most ball windows show the inner race's line: no evidence). `ratio` 0 trusts all."""
+    if ratio == 0:
+        return np.ones((len(class_names),) * 2, bool)
+    named, _ = strongest_lines(known, class_names, geometry, sample_rate_hz)
+    classes = range(len(class_names))
+    share = np.array([[np.mean(named[known.y == t] == m) for m in classes] for t in classes])
+    own = share.diagonal()[None, :]  # [., m]: how often the line names m in m's windows
+    return (own > 0) & (own >= ratio * share)
+
+
 def vouched_windows(
     model_named: np.ndarray,
     template_named: np.ndarray,
     line_named: np.ndarray,
     record_ids: list[str],
+    trusted: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the windows the model and the template name differently whose strongest
     defect line (`strongest_lines`) names the model's class, in records where the model and
     the strongest lines each name that class in most windows: a few windows of a ball record
     that the model calls a race and whose race line happens to stand highest do not speak for
-    the record."""
+    the record. With `trusted` (`trusted_lines`), only where that line is evidence for the
+    model's class over the template's."""
     records = np.asarray(record_ids)
     sided = (model_named != template_named) & (line_named == model_named)
+    if trusted is not None:
+        sided &= trusted[template_named, model_named]
     keep = np.zeros(len(records), bool)
     for record in np.unique(records[sided]):
         own = records == record
@@ -266,11 +291,20 @@ def model_vote(
         if vote["p_value"] >= REFEREE_SIGNIFICANCE:
             logger.info("the model does not vote: the pool's defect lines do not side with it")
             return 0.0, vote, none
-        vouched = (
-            vouched_windows(model_named, template_named, line_named, pool.record_ids)
-            if cfg.spectral_vouched_labels
-            else none
-        )
+        vouched = none
+        if cfg.spectral_vouched_labels:
+            known = WindowSet.concat([split.labeled, split.val], split.labeled.x.shape[-1])
+            trusted = trusted_lines(
+                known, split.class_names, geometry, cfg.sample_rate_hz, cfg.spectral_line_evidence
+            )
+            vote["lines_not_evidence"] = [
+                f"{split.class_names[m]} over {split.class_names[t]}"
+                for t, m in zip(*np.nonzero(~trusted), strict=True)
+                if t != m and m in line_named_classes(split.class_names)
+            ]
+            vouched = vouched_windows(
+                model_named, template_named, line_named, pool.record_ids, trusted
+            )
         return cfg.spectral_vouched_model_weight, vote, vouched
     return weight, vote, none
 

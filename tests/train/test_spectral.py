@@ -438,10 +438,17 @@ def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch,
 @pytest.mark.parametrize("vouched_labels", [True, False])
 def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouched_labels) -> None:
     """The labels call each race the other, the model names every pool record's windows right
-    and their defect lines agree with it: the template learns the model's calls on them."""
+    and their defect lines agree with it: the template learns the model's calls on them. (Every
+    line is trusted here: the misnamed labels' own lines say the lines are no evidence, below.)"""
     split = replace(line_split(), class_names=MISNAMED)
     cfg = load_config(
-        None, ["seed=9", "spectral_envelope_labels=0", f"spectral_vouched_labels={vouched_labels}"]
+        None,
+        [
+            "seed=9",
+            "spectral_envelope_labels=0",
+            f"spectral_vouched_labels={vouched_labels}",
+            "spectral_line_evidence=0",
+        ],
     )
     val_probs = np.full((len(split.val), 3), 1 / 3)
     pool_probs = named_by_record(split, {})
@@ -457,6 +464,44 @@ def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouche
     else:
         assert "vouched_labels" not in report
         assert np.mean(named == truth) <= 0.1
+
+
+def test_a_line_is_evidence_only_where_the_labeled_windows_of_the_other_class_seldom_show_it():
+    from train.data import machine_geometry
+    from train.spectral import trusted_lines
+
+    split = line_split()
+    geometry = machine_geometry(load_config(None, []))
+    known = WindowSet.concat([split.labeled, split.val], W)
+    names = split.class_names  # normal, inner_race, outer_race
+    trusted = trusted_lines(known, names, geometry, FS, 4.0)
+    assert trusted[1, 2] and trusted[2, 1]  # each race's line speaks against the other race
+    assert not trusted[:, 0].any()  # no line names normal
+    # half of the windows labeled outer race are the inner race's: its line is no evidence there
+    inner = known.x[known.y == 1]
+    mixed = WindowSet(
+        np.concatenate([known.x, inner]),
+        np.r_[known.y, np.full(len(inner), 2)],
+        [],
+        np.r_[known.shaft_hz, np.full(len(inner), known.shaft_hz[0])],
+    )
+    trusted = trusted_lines(mixed, names, geometry, FS, 4.0)
+    assert not trusted[2, 1] and trusted[1, 2]
+    assert trusted_lines(mixed, names, geometry, FS, 0.0).all()  # 0 trusts every line
+
+
+def test_lines_that_the_labels_show_are_no_evidence_vouch_for_nothing() -> None:
+    """The setting above with the default evidence ratio: the misnamed labels' own windows show
+    the other race's line, so the lines still let the model vote but teach the template nothing."""
+    split = replace(line_split(), class_names=MISNAMED)
+    cfg = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
+    val_probs = np.full((len(split.val), 3), 1 / 3)
+    pool_probs = named_by_record(split, {})
+    head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
+    assert head is not None and report["model_weight"] == 0.5, report
+    assert "vouched_labels" not in report
+    not_evidence = report["vote"]["lines_not_evidence"]
+    assert {"inner_race over outer_race", "outer_race over inner_race"} <= set(not_evidence)
 
 
 def test_a_record_whose_lines_name_the_model_in_few_windows_does_not_vouch() -> None:
