@@ -239,12 +239,11 @@ class TrainConfig(BaseModel):
         "names the model's class, in records where the model and the lines each name that "
         "class in most windows (train.spectral.vouched_windows).",
     )
-    spectral_line_evidence: float = Field(
-        4.0,
-        ge=0,
+    spectral_line_evidence: bool = Field(
+        True,
         description="A line naming class m vouches a window of the template's class t over to m "
-        "only if, in the labeled and validation windows, it names m in class m's windows this "
-        "many times as often as in class t's (train.spectral.trusted_lines); 0 trusts every line.",
+        "only above the highest level at which it names m in the labeled and validation "
+        "windows of class t (train.spectral.line_thresholds).",
     )
     spectral_line_referee: bool = Field(
         True,

@@ -213,24 +213,22 @@ def lines_favour_model(lines_name_model: int, lines_name_template: int) -> float
     return float(binomtest(lines_name_model, sided, alternative="greater").pvalue)
 
 
-def trusted_lines(
-    known: WindowSet,
-    class_names: list[str],
-    geometry: BearingGeometry,
-    sample_rate_hz: float,
-    ratio: float,
+def line_thresholds(
+    known: WindowSet, class_names: list[str], geometry: BearingGeometry, sample_rate_hz: float
 ) -> np.ndarray:
-    """(C, C) bool, [t, m]: whether a window's strongest defect line naming class m is evidence
-    for m over t on this machine and sensor. It is where, among the labeled windows `known`, the
-    line names m in class m's windows at least `ratio` times as often as in class t's (from the
-    fan end most ball windows show the inner race's line: no evidence). `ratio` 0 trusts all."""
-    if ratio == 0:
-        return np.ones((len(class_names),) * 2, bool)
-    named, _ = strongest_lines(known, class_names, geometry, sample_rate_hz)
-    classes = range(len(class_names))
-    share = np.array([[np.mean(named[known.y == t] == m) for m in classes] for t in classes])
-    own = share.diagonal()[None, :]  # [., m]: how often the line names m in m's windows
-    return (own > 0) & (own >= ratio * share)
+    """(C, C) float, [t, m]: the highest level (dB) at which a window's strongest defect line
+    names class m in the labeled windows `known` of class t (-inf where it never does; on the
+    diagonal -inf). A line naming m is evidence for m over t only above it: from the fan end
+    most ball windows show the inner race's line, at levels a ball record's windows reach too."""
+    named, level = strongest_lines(known, class_names, geometry, sample_rate_hz)
+    n = len(class_names)
+    out = np.full((n, n), -np.inf)
+    for t in range(n):
+        for m in range(n):
+            shown = (known.y == t) & (named == m)
+            if t != m and shown.any():
+                out[t, m] = level[shown].max()
+    return out
 
 
 def vouched_windows(
@@ -238,18 +236,20 @@ def vouched_windows(
     template_named: np.ndarray,
     line_named: np.ndarray,
     record_ids: list[str],
-    trusted: np.ndarray | None = None,
+    line_level: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the windows the model and the template name differently whose strongest
     defect line (`strongest_lines`) names the model's class, in records where the model and
     the strongest lines each name that class in most windows: a few windows of a ball record
     that the model calls a race and whose race line happens to stand highest do not speak for
-    the record. With `trusted` (`trusted_lines`), only where that line is evidence for the
-    model's class over the template's."""
+    the record. With `line_level` (dB, per window) and `thresholds` (`line_thresholds`), only
+    windows whose line stands above the level at which the labels of the template's class show
+    it."""
     records = np.asarray(record_ids)
     sided = (model_named != template_named) & (line_named == model_named)
-    if trusted is not None:
-        sided &= trusted[template_named, model_named]
+    if line_level is not None and thresholds is not None:
+        sided &= line_level > thresholds[template_named, model_named]
     keep = np.zeros(len(records), bool)
     for record in np.unique(records[sided]):
         own = records == record
@@ -285,7 +285,9 @@ def model_vote(
     vote: dict[str, Any] = {"agreement": float(np.mean(model_named == template_named))}
     if cfg.spectral_line_referee and line_named_classes(split.class_names):
         geometry = machine_geometry(cfg)
-        line_named, _ = strongest_lines(pool, split.class_names, geometry, cfg.sample_rate_hz)
+        line_named, line_level = strongest_lines(
+            pool, split.class_names, geometry, cfg.sample_rate_hz
+        )
         vote.update(line_referee(model_named, template_named, line_named))
         vote["p_value"] = lines_favour_model(vote["lines_name_model"], vote["lines_name_template"])
         if vote["p_value"] >= REFEREE_SIGNIFICANCE:
@@ -294,16 +296,11 @@ def model_vote(
         vouched = none
         if cfg.spectral_vouched_labels:
             known = WindowSet.concat([split.labeled, split.val], split.labeled.x.shape[-1])
-            trusted = trusted_lines(
-                known, split.class_names, geometry, cfg.sample_rate_hz, cfg.spectral_line_evidence
-            )
-            vote["lines_not_evidence"] = [
-                f"{split.class_names[m]} over {split.class_names[t]}"
-                for t, m in zip(*np.nonzero(~trusted), strict=True)
-                if t != m and m in line_named_classes(split.class_names)
-            ]
+            thresholds = None
+            if cfg.spectral_line_evidence:
+                thresholds = line_thresholds(known, split.class_names, geometry, cfg.sample_rate_hz)
             vouched = vouched_windows(
-                model_named, template_named, line_named, pool.record_ids, trusted
+                model_named, template_named, line_named, pool.record_ids, line_level, thresholds
             )
         return cfg.spectral_vouched_model_weight, vote, vouched
     return weight, vote, none

@@ -439,7 +439,7 @@ def test_the_fine_tune_trains_on_the_labels_and_the_envelope_labels(monkeypatch,
 def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouched_labels) -> None:
     """The labels call each race the other, the model names every pool record's windows right
     and their defect lines agree with it: the template learns the model's calls on them. (Every
-    line is trusted here: the misnamed labels' own lines say the lines are no evidence, below.)"""
+    line is trusted here: the misnamed labels' own windows show the lines at these levels.)"""
     split = replace(line_split(), class_names=MISNAMED)
     cfg = load_config(
         None,
@@ -447,7 +447,7 @@ def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouche
             "seed=9",
             "spectral_envelope_labels=0",
             f"spectral_vouched_labels={vouched_labels}",
-            "spectral_line_evidence=0",
+            "spectral_line_evidence=false",
         ],
     )
     val_probs = np.full((len(split.val), 3), 1 / 3)
@@ -466,18 +466,17 @@ def test_where_the_lines_vouch_for_the_model_its_calls_teach_the_template(vouche
         assert np.mean(named == truth) <= 0.1
 
 
-def test_a_line_is_evidence_only_where_the_labeled_windows_of_the_other_class_seldom_show_it():
+def test_a_line_vouches_only_above_the_level_the_other_class_shows_it_at():
     from train.data import machine_geometry
-    from train.spectral import trusted_lines
+    from train.line_labels import strongest_lines
+    from train.spectral import line_thresholds, vouched_windows
 
     split = line_split()
     geometry = machine_geometry(load_config(None, []))
     known = WindowSet.concat([split.labeled, split.val], W)
     names = split.class_names  # normal, inner_race, outer_race
-    trusted = trusted_lines(known, names, geometry, FS, 4.0)
-    assert trusted[1, 2] and trusted[2, 1]  # each race's line speaks against the other race
-    assert not trusted[:, 0].any()  # no line names normal
-    # half of the windows labeled outer race are the inner race's: its line is no evidence there
+    assert np.isneginf(np.diag(line_thresholds(known, names, geometry, FS))).all()
+    # the inner race's windows also labeled outer race: its line, at their levels, is no evidence
     inner = known.x[known.y == 1]
     mixed = WindowSet(
         np.concatenate([known.x, inner]),
@@ -485,23 +484,32 @@ def test_a_line_is_evidence_only_where_the_labeled_windows_of_the_other_class_se
         [],
         np.r_[known.shaft_hz, np.full(len(inner), known.shaft_hz[0])],
     )
-    trusted = trusted_lines(mixed, names, geometry, FS, 4.0)
-    assert not trusted[2, 1] and trusted[1, 2]
-    assert trusted_lines(mixed, names, geometry, FS, 0.0).all()  # 0 trusts every line
+    thresholds = line_thresholds(mixed, names, geometry, FS)
+    named, level = strongest_lines(mixed, names, geometry, FS)
+    shown = (mixed.y == 1) & (named == 1)
+    assert shown.any() and thresholds[2, 1] == level[shown].max()
+    # one record: the template says outer race, the model and the inner race's line inner race
+    model, template, line = np.ones(4, int), np.full(4, 2), np.ones(4, int)
+    levels = thresholds[2, 1] + np.array([-1.0, 0.0, 0.5, 3.0])
+    chosen = vouched_windows(model, template, line, ["r"] * 4, levels, thresholds)
+    np.testing.assert_array_equal(chosen, [2, 3])
+    np.testing.assert_array_equal(vouched_windows(model, template, line, ["r"] * 4), range(4))
 
 
-def test_lines_that_the_labels_show_are_no_evidence_vouch_for_nothing() -> None:
-    """The setting above with the default evidence ratio: the misnamed labels' own windows show
-    the other race's line, so the lines still let the model vote but teach the template nothing."""
+def test_lines_no_stronger_than_the_labels_show_them_teach_little() -> None:
+    """The misnamed labels above with the default rule: their own windows show the other race's
+    line, so only pool windows whose line stands above all of theirs teach the template."""
     split = replace(line_split(), class_names=MISNAMED)
-    cfg = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
     val_probs = np.full((len(split.val), 3), 1 / 3)
     pool_probs = named_by_record(split, {})
-    head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
-    assert head is not None and report["model_weight"] == 0.5, report
-    assert "vouched_labels" not in report
-    not_evidence = report["vote"]["lines_not_evidence"]
-    assert {"inner_race over outer_race", "outer_race over inner_race"} <= set(not_evidence)
+    taught = {}
+    for evidence in (True, False):
+        cfg = load_config(None, ["seed=9", "spectral_envelope_labels=0"])
+        cfg = cfg.model_copy(update={"spectral_line_evidence": evidence})
+        head, report = fit_spectral(cfg, split, val_probs, 0.5, model_pool_probs=pool_probs)
+        assert head is not None and report["model_weight"] == 0.5, report  # the vote stands
+        taught[evidence] = sum(report["vouched_labels"].values())
+    assert taught[True] <= taught[False] / 4
 
 
 def test_a_record_whose_lines_name_the_model_in_few_windows_does_not_vouch() -> None:
