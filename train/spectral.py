@@ -295,9 +295,9 @@ def model_vote(
             return 0.0, vote, none
         vouched = none
         if cfg.spectral_vouched_labels:
-            known = WindowSet.concat([split.labeled, split.val], split.labeled.x.shape[-1])
             thresholds = None
             if cfg.spectral_line_evidence:
+                known = WindowSet.concat([split.labeled, split.val], split.labeled.x.shape[-1])
                 thresholds = line_thresholds(known, split.class_names, geometry, cfg.sample_rate_hz)
             vouched = vouched_windows(
                 model_named, template_named, line_named, pool.record_ids, line_level, thresholds
