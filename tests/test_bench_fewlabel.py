@@ -11,8 +11,7 @@ import torch
 from bench import fewlabel
 from edge_agent.physics.bearing_sim import SKF_6205
 from train.config import load_config
-from train.encoder import build_encoder
-from train.loop import encoder_spec, seed_everything
+from train.loop import initial_encoder
 from train.mfpt import MFPT_GEOMETRY
 from train.records import Record
 from train.scenarios import lab_records
@@ -254,8 +253,7 @@ def test_the_ablation_fine_tunes_the_recipe_from_an_encoder_that_never_pretraine
 
     (before,), (from_pretrained, from_fresh) = pretrained, tuned_from
     cfg = fewlabel.task_config(load_config(None, TINY_RUN), "sim-reference", 4, seed=0)
-    seed_everything(cfg.seed)
-    fresh = state(build_encoder(cfg.encoder, **encoder_spec(cfg)["kwargs"]))
+    fresh = state(initial_encoder(cfg))
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(from_pretrained, before) and same(from_fresh, fresh)
     assert not same(from_fresh, before)

@@ -221,13 +221,9 @@ def line_thresholds(
     diagonal -inf). A line naming m is evidence for m over t only above it: from the fan end
     most ball windows show the inner race's line, at levels a ball record's windows reach too."""
     named, level = strongest_lines(known, class_names, geometry, sample_rate_hz)
-    n = len(class_names)
-    out = np.full((n, n), -np.inf)
-    for t in range(n):
-        for m in range(n):
-            shown = (known.y == t) & (named == m)
-            if t != m and shown.any():
-                out[t, m] = level[shown].max()
+    other = (named >= 0) & (named != known.y)  # a line naming a class the window is not
+    out = np.full((len(class_names),) * 2, -np.inf)
+    np.maximum.at(out, (known.y[other], named[other]), level[other])
     return out
 
 
