@@ -182,7 +182,7 @@ def pretrain(
     )
     history: list[dict[str, float]] = []
     start = 0
-    watched = WindowSet.concat([split.labeled, split.val], cfg.window)
+    watched = split.known()
     selector = None
     if cfg.pretrain_monitor and scored_classes(watched.y, watched.record_ids):
         selector = EpochSelector(watched.y, watched.record_ids, cfg.monitor_patience)

@@ -291,10 +291,11 @@ def model_vote(
             return 0.0, vote, none
         vouched = none
         if cfg.spectral_vouched_labels:
-            thresholds = None
-            if cfg.spectral_line_evidence:
-                known = WindowSet.concat([split.labeled, split.val], split.labeled.x.shape[-1])
-                thresholds = line_thresholds(known, split.class_names, geometry, cfg.sample_rate_hz)
+            thresholds = (
+                line_thresholds(split.known(), split.class_names, geometry, cfg.sample_rate_hz)
+                if cfg.spectral_line_evidence
+                else None
+            )
             vouched = vouched_windows(
                 model_named, template_named, line_named, pool.record_ids, line_level, thresholds
             )

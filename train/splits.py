@@ -152,6 +152,10 @@ class Split:
     pool: SegmentPool
     description: dict[str, Any]
 
+    def known(self) -> WindowSet:
+        """The labeled and validation windows: every window whose label training may read."""
+        return WindowSet.concat([self.labeled, self.val], self.pool.window)
+
 
 def windows_of(segment: Segment, window: int, hop: int, normalization: str) -> WindowSet:
     if segment.signal.shape[0] < window:
